@@ -1,0 +1,440 @@
+//! Deploy: validate a tenant's module, discover its actions, compile it once (through the on-disk
+//! cache) and prepare it for instantiation.
+//!
+//! Everything a module is refused for is checked on its bytes before a single function is
+//! compiled: size, validity, complexity caps, imports, action signatures, memory and table
+//! maxima. Each refusal names the culprit.
+
+use crate::abi::{self, ActionCtx};
+use crate::error::Error;
+use crate::limits::DeployLimits;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use wasmparser::{Encoding, ExternalKind, Parser, Payload, TypeRef, ValidPayload, Validator, WasmFeatures};
+use wasmtime::{InstancePre, Linker, Module, ModuleExport};
+
+/// The action that, when an app exports it, receives every failure of the app's other actions
+/// (as the JSON input `{"failure":{"kind":..,"action":..,"message":..}}`).
+pub const ERROR_ACTION: &str = "on_error";
+
+/// Wasm page size (modules may not use custom page sizes here).
+const PAGE: u64 = 64 << 10;
+
+/// Why a module was refused. Each names what is wrong and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeployError {
+    /// Over the module size limit.
+    #[error("the module is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not a WebAssembly binary at all.
+    #[error("these bytes are not a WebAssembly module (no `\\0asm` header)")]
+    NotWasm,
+    /// A component rather than a core module.
+    #[error(
+        "this is a WebAssembly component; Turnstile runs core modules (build for wasm32-unknown-unknown or wasm32-wasip1)"
+    )]
+    Component,
+    /// Fails WebAssembly validation.
+    #[error("invalid WebAssembly: {0}")]
+    Invalid(String),
+    /// Over one of the complexity caps applied before compiling.
+    #[error("the module has {count} {what}, over the limit of {limit}")]
+    TooComplex {
+        /// What was counted.
+        what: String,
+        /// How many.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// An import outside the ABI.
+    #[error(
+        "forbidden import `{module}::{name}` ({kind}): modules may only import the `turnstile` functions (and `wasi_snapshot_preview1` functions)"
+    )]
+    ForbiddenImport {
+        /// Import module.
+        module: String,
+        /// Import name.
+        name: String,
+        /// What kind of item.
+        kind: &'static str,
+    },
+    /// An ABI import with the wrong signature.
+    #[error("import `turnstile::{name}` has signature {found}, the ABI says {expected}")]
+    ImportSignature {
+        /// The import.
+        name: String,
+        /// The ABI's signature.
+        expected: String,
+        /// The module's.
+        found: String,
+    },
+    /// An exported function that would be an action but is not `() -> i32`.
+    #[error(
+        "export `{name}` looks like an action but has signature {found}; actions are `() -> i32` (prefix helpers with `_` or `turnstile_`, or don't export them)"
+    )]
+    ActionSignature {
+        /// The export.
+        name: String,
+        /// Its signature.
+        found: String,
+    },
+    /// No exported action at all.
+    #[error("the module exports no actions (exported functions `() -> i32`)")]
+    NoActions,
+    /// No exported `memory`.
+    #[error("the module does not export its memory as `memory`")]
+    NoMemory,
+    /// A memory bigger than allowed.
+    #[error("memory {which} is {bytes} bytes, over the limit of {limit}")]
+    MemoryTooLarge {
+        /// `minimum` or `maximum`.
+        which: &'static str,
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A table bigger than allowed.
+    #[error("table {which} is {elements} elements, over the limit of {limit}")]
+    TableTooLarge {
+        /// `minimum` or `maximum`.
+        which: &'static str,
+        /// Its size.
+        elements: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// wasmtime refused to compile or link it.
+    #[error("compiling failed: {0}")]
+    Compile(String),
+}
+
+impl DeployError {
+    /// A stable snake_case code for this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeployError::TooLarge { .. } => "module_too_large",
+            DeployError::NotWasm => "not_wasm",
+            DeployError::Component => "component_not_supported",
+            DeployError::Invalid(_) => "invalid_wasm",
+            DeployError::TooComplex { .. } => "module_too_complex",
+            DeployError::ForbiddenImport { .. } => "forbidden_import",
+            DeployError::ImportSignature { .. } => "import_signature",
+            DeployError::ActionSignature { .. } => "action_signature",
+            DeployError::NoActions => "no_actions",
+            DeployError::NoMemory => "no_memory",
+            DeployError::MemoryTooLarge { .. } => "memory_too_large",
+            DeployError::TableTooLarge { .. } => "table_too_large",
+            DeployError::Compile(_) => "compile_failed",
+        }
+    }
+}
+
+/// One import of a module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportInfo {
+    /// Import module.
+    pub module: String,
+    /// Import name.
+    pub name: String,
+    /// Its type, e.g. `func (i32, i32) -> ()`.
+    pub ty: String,
+}
+
+/// A memory or table's declared size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Extent {
+    /// Minimum (bytes for a memory, elements for a table).
+    pub min: u64,
+    /// Declared maximum, if any.
+    pub max: Option<u64>,
+}
+
+/// What deploy found in a module: what `turnstile inspect` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModuleInfo {
+    /// sha-256 of the bytes, hex: the app version.
+    pub hash: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// Its imports.
+    pub imports: Vec<ImportInfo>,
+    /// Its actions, sorted.
+    pub actions: Vec<String>,
+    /// Its memory.
+    pub memory: Extent,
+    /// Its table, if it has one.
+    pub table: Option<Extent>,
+    /// Whether it was built for `wasm32-wasip1` (imports WASI).
+    pub wasi: bool,
+    /// Functions it defines.
+    pub functions: u32,
+}
+
+/// sha-256 of `bytes`, as lowercase hex.
+pub fn module_hash(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+fn signature<P: ToString, R: ToString>(params: &[P], results: &[R]) -> String {
+    fn list<T: ToString>(items: &[T]) -> String {
+        items.iter().map(ToString::to_string).collect::<Vec<String>>().join(", ")
+    }
+    format!("({}) -> ({})", list(params), list(results))
+}
+
+fn features() -> WasmFeatures {
+    let mut features = WasmFeatures::default();
+    for off in [
+        WasmFeatures::THREADS,
+        WasmFeatures::SHARED_EVERYTHING_THREADS,
+        WasmFeatures::GC,
+        WasmFeatures::MEMORY64,
+        WasmFeatures::CUSTOM_PAGE_SIZES,
+        WasmFeatures::STACK_SWITCHING,
+        WasmFeatures::EXCEPTIONS,
+        WasmFeatures::LEGACY_EXCEPTIONS,
+        WasmFeatures::COMPONENT_MODEL,
+    ] {
+        features.remove(off);
+    }
+    features
+}
+
+/// Validates a module and reports what it holds, or the first reason to refuse it. Compiles
+/// nothing.
+pub fn inspect(bytes: &[u8], limits: &DeployLimits) -> Result<ModuleInfo, DeployError> {
+    if bytes.len() > limits.max_module_bytes {
+        return Err(DeployError::TooLarge { size: bytes.len(), limit: limits.max_module_bytes });
+    }
+    if !bytes.starts_with(b"\0asm") {
+        return Err(DeployError::NotWasm);
+    }
+    let invalid = |e: wasmparser::BinaryReaderError| DeployError::Invalid(e.to_string());
+    let too_complex = |what: &str, count: u64, limit: u64| -> Result<(), DeployError> {
+        if count > limit { Err(DeployError::TooComplex { what: what.to_owned(), count, limit }) } else { Ok(()) }
+    };
+    let mut validator = Validator::new_with_features(features());
+    let mut imports = Vec::new();
+    let mut exports: Vec<(String, u32)> = Vec::new();
+    let mut has_memory_export = false;
+    let mut memory = None;
+    let mut table = None;
+    let mut functions = 0;
+    let mut types = None;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(invalid)?;
+        if let Payload::Version { encoding: Encoding::Component, .. } = payload {
+            return Err(DeployError::Component);
+        }
+        match &payload {
+            Payload::FunctionSection(section) => {
+                functions = section.count();
+                too_complex("functions", u64::from(functions), u64::from(limits.max_functions))?;
+            }
+            Payload::DataSection(section) => {
+                too_complex("data segments", u64::from(section.count()), u64::from(limits.max_data_segments))?;
+            }
+            Payload::CodeSectionEntry(body) => {
+                let size = u64::try_from(body.range().len()).unwrap_or(u64::MAX);
+                let limit = u64::try_from(limits.max_function_body_bytes).unwrap_or(u64::MAX);
+                too_complex("bytes in one function body", size, limit)?;
+                let mut locals = 0u64;
+                for local in body.get_locals_reader().map_err(invalid)? {
+                    locals += u64::from(local.map_err(invalid)?.0);
+                }
+                too_complex("locals in one function", locals, u64::from(limits.max_locals))?;
+            }
+            Payload::ImportSection(section) => {
+                for import in section.clone().into_imports() {
+                    let import = import.map_err(invalid)?;
+                    imports.push((import.module.to_owned(), import.name.to_owned(), import.ty));
+                }
+            }
+            Payload::ExportSection(section) => {
+                for export in section.clone() {
+                    let export = export.map_err(invalid)?;
+                    match export.kind {
+                        ExternalKind::Func => exports.push((export.name.to_owned(), export.index)),
+                        ExternalKind::Memory if export.name == "memory" => has_memory_export = true,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        match validator.payload(&payload).map_err(invalid)? {
+            ValidPayload::Func(func, body) => {
+                let mut func = func.into_validator(Default::default());
+                func.validate(&body).map_err(invalid)?;
+            }
+            ValidPayload::End(end) => types = Some(end),
+            _ => {}
+        }
+    }
+    let Some(types) = types else {
+        return Err(DeployError::Invalid("the module ends early".into()));
+    };
+    let types = types.as_ref();
+
+    let mut import_info = Vec::new();
+    let mut wasi = false;
+    for (module, name, ty) in imports {
+        let TypeRef::Func(type_index) = ty else {
+            let kind = match ty {
+                TypeRef::Memory(_) => "memory",
+                TypeRef::Table(_) => "table",
+                TypeRef::Global(_) => "global",
+                _ => "tag",
+            };
+            return Err(DeployError::ForbiddenImport { module, name, kind });
+        };
+        let func = types[types.core_type_at_in_module(type_index)].unwrap_func();
+        let found = signature(func.params(), func.results());
+        if module == abi::MODULE {
+            let Some((_, params, results)) = abi::IMPORTS.iter().find(|(n, _, _)| *n == name) else {
+                return Err(DeployError::ForbiddenImport { module, name, kind: "function not in the ABI" });
+            };
+            let expected = signature(params, results);
+            if expected != found {
+                return Err(DeployError::ImportSignature { name, expected, found });
+            }
+        } else if module == abi::WASI_MODULE {
+            wasi = true;
+        } else {
+            return Err(DeployError::ForbiddenImport { module, name, kind: "function" });
+        }
+        import_info.push(ImportInfo { module, name, ty: format!("func {found}") });
+    }
+
+    let mut actions = Vec::new();
+    for (name, index) in exports {
+        if name.starts_with('_') || name.starts_with("turnstile_") {
+            continue;
+        }
+        let func = types[types.core_function_at(index)].unwrap_func();
+        if !func.params().is_empty() || func.results() != [wasmparser::ValType::I32] {
+            return Err(DeployError::ActionSignature { name, found: signature(func.params(), func.results()) });
+        }
+        actions.push(name);
+    }
+    actions.sort();
+    if actions.is_empty() {
+        return Err(DeployError::NoActions);
+    }
+    if !has_memory_export {
+        return Err(DeployError::NoMemory);
+    }
+    if types.memory_count() > 0 {
+        let ty = types.memory_at(0);
+        let extent = Extent { min: ty.initial.saturating_mul(PAGE), max: ty.maximum.map(|m| m.saturating_mul(PAGE)) };
+        for (which, bytes) in [("minimum", Some(extent.min)), ("maximum", extent.max)] {
+            if let Some(bytes) = bytes.filter(|b| *b > limits.max_memory_bytes) {
+                return Err(DeployError::MemoryTooLarge { which, bytes, limit: limits.max_memory_bytes });
+            }
+        }
+        memory = Some(extent);
+    }
+    if types.table_count() > 0 {
+        let ty = types.table_at(0);
+        let extent = Extent { min: ty.initial, max: ty.maximum };
+        for (which, elements) in [("minimum", Some(extent.min)), ("maximum", extent.max)] {
+            if let Some(elements) = elements.filter(|e| *e > limits.max_table_elements) {
+                return Err(DeployError::TableTooLarge { which, elements, limit: limits.max_table_elements });
+            }
+        }
+        table = Some(extent);
+    }
+    let Some(memory) = memory else {
+        return Err(DeployError::NoMemory);
+    };
+    Ok(ModuleInfo {
+        hash: module_hash(bytes),
+        size: bytes.len(),
+        imports: import_info,
+        actions,
+        memory,
+        table,
+        wasi,
+        functions,
+    })
+}
+
+/// A deployed app version: validated, compiled, ready to instantiate.
+pub struct App {
+    info: ModuleInfo,
+    actions: Arc<HashSet<String>>,
+    exports: HashMap<String, ModuleExport>,
+    error_action: Option<String>,
+    pub(crate) pre: InstancePre<ActionCtx>,
+}
+
+impl App {
+    /// Compiles a module that [`inspect`] accepted (a cache hit when these bytes were compiled
+    /// before by an engine of the same configuration) and links it.
+    pub(crate) fn compile(
+        engine: &wasmtime::Engine,
+        linker: &Linker<ActionCtx>,
+        bytes: &[u8],
+        info: ModuleInfo,
+    ) -> Result<App, Error> {
+        let module = Module::new(engine, bytes).map_err(|e| DeployError::Compile(e.to_string()))?;
+        let pre = linker.instantiate_pre(&module).map_err(|e| DeployError::Compile(e.to_string()))?;
+        let mut exports = HashMap::new();
+        for name in &info.actions {
+            let export = module
+                .get_export_index(name)
+                .ok_or_else(|| DeployError::Compile(format!("export `{name}` vanished")))?;
+            exports.insert(name.clone(), export);
+        }
+        let actions: HashSet<String> = info.actions.iter().cloned().collect();
+        let error_action = actions.get(ERROR_ACTION).cloned();
+        Ok(App { info, actions: Arc::new(actions), exports, error_action, pre })
+    }
+
+    /// The app version: sha-256 of the module, hex.
+    pub fn hash(&self) -> &str {
+        &self.info.hash
+    }
+
+    /// What deploy found in the module.
+    pub fn info(&self) -> &ModuleInfo {
+        &self.info
+    }
+
+    /// The app's error action, when it exports [`ERROR_ACTION`].
+    pub fn error_action(&self) -> Option<&str> {
+        self.error_action.as_deref()
+    }
+
+    /// Ok when `name` is one of the app's actions.
+    pub fn check_action(&self, name: &str) -> Result<(), Error> {
+        if self.actions.contains(name) {
+            Ok(())
+        } else {
+            Err(Error::UnknownAction { name: name.to_owned(), available: self.info.actions.join(", ") })
+        }
+    }
+
+    pub(crate) fn action_names(&self) -> &Arc<HashSet<String>> {
+        &self.actions
+    }
+
+    pub(crate) fn export(&self, action: &str) -> Option<&ModuleExport> {
+        self.exports.get(action)
+    }
+}

@@ -1,0 +1,134 @@
+//! The only place that configures wasmtime: one engine per host, its pooling allocator, its
+//! on-disk compile cache, and the one epoch ticker that enforces wall-clock deadlines.
+//!
+//! Choices made here, and why:
+//! - **Cranelift only, NaN canonicalisation on**: an action re-run on another machine after a
+//!   failover must compute the same result.
+//! - **Fuel and epochs both on**: fuel is the fair-share currency and the per-action cap, but it
+//!   under-charges some bulk memory operations, so the epoch deadline is always armed as a backstop.
+//! - **Pooling allocator**: every action gets a fresh instance, so instantiation must be cheap.
+//! - **wasmtime's own compile cache** (not `Module::deserialize`): the host forbids `unsafe`, and
+//!   the cache keys each artifact by the module's sha-256 and the engine's compatibility hash, so
+//!   a restart or a redeploy of unchanged bytes never compiles again.
+//! - **No wasm backtraces**: traps are normal here (hostile tenants); capturing a backtrace for
+//!   each would cost more than the action.
+
+use crate::error::Error;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+use wasmtime::{Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How the shared engine is built: the pool's size and the hard ceilings of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Instances the pool holds at once (at least one per worker).
+    pub pool_instances: u32,
+    /// The hard ceiling of one instance's linear memory in the pool, in bytes. A tenant's own
+    /// memory limit may only be lower.
+    pub max_memory_bytes: usize,
+    /// The hard ceiling of one table, in elements.
+    pub max_table_elements: usize,
+    /// How often the epoch ticker ticks; wall-clock deadlines are rounded up to it.
+    pub epoch_tick: Duration,
+    /// Bytes of native stack wasm code may use before it traps with `stack_overflow`.
+    pub max_wasm_stack: usize,
+    /// Where compiled modules are cached; `None` keeps no cache (every deploy compiles).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            pool_instances: 64,
+            max_memory_bytes: 256 << 20,
+            max_table_elements: 100_000,
+            epoch_tick: Duration::from_millis(5),
+            max_wasm_stack: 512 << 10,
+            cache_dir: None,
+        }
+    }
+}
+
+/// The shared wasmtime engine plus what lives exactly as long as it: the compile cache handle and
+/// the epoch ticker thread (stopped when the engine is dropped).
+pub(crate) struct Engine {
+    wasmtime: wasmtime::Engine,
+    cache: Option<Cache>,
+    epoch_tick: Duration,
+    _ticker: EpochTicker,
+}
+
+impl Engine {
+    pub(crate) fn new(config: &EngineConfig) -> Result<Engine, Error> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(config.pool_instances)
+            .total_memories(config.pool_instances)
+            .total_tables(config.pool_instances)
+            .total_stacks(config.pool_instances)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .max_memory_size(config.max_memory_bytes)
+            .table_elements(config.max_table_elements);
+
+        let cache = match &config.cache_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                let mut cache_config = CacheConfig::new();
+                cache_config.with_directory(dir);
+                Some(Cache::new(cache_config).map_err(|e| Error::Engine(format!("compile cache: {e}")))?)
+            }
+            None => None,
+        };
+
+        let mut wasm = Config::new();
+        wasm.strategy(wasmtime::Strategy::Cranelift)
+            .cranelift_nan_canonicalization(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .wasm_backtrace_max_frames(None)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cache(cache.clone());
+        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| Error::Engine(e.to_string()))?;
+        let ticker = EpochTicker::start(wasmtime.clone(), config.epoch_tick)?;
+        Ok(Engine { wasmtime, cache, epoch_tick: config.epoch_tick, _ticker: ticker })
+    }
+
+    pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.wasmtime
+    }
+
+    /// Epoch ticks that cover `wall` (rounded up, plus the tick already under way).
+    pub(crate) fn deadline_ticks(&self, wall: Duration) -> u64 {
+        let tick = self.epoch_tick.as_nanos().max(1);
+        u64::try_from(wall.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
+    }
+
+    /// Compiles seen by the on-disk cache so far: `(hits, misses)`. A miss is a real compile.
+    pub(crate) fn cache_counts(&self) -> Option<(usize, usize)> {
+        self.cache.as_ref().map(|c| (c.cache_hits(), c.cache_misses()))
+    }
+}
+
+/// One thread per engine that advances the epoch; actions' deadlines are counted in its ticks.
+/// It waits on a channel rather than sleeping, so dropping the engine stops it at once.
+struct EpochTicker {
+    _stop: mpsc::Sender<()>,
+}
+
+impl EpochTicker {
+    fn start(engine: wasmtime::Engine, tick: Duration) -> Result<EpochTicker, Error> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        thread::Builder::new()
+            .name("turnstile-epoch".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::io("starting the epoch ticker", e))?;
+        Ok(EpochTicker { _stop: stop })
+    }
+}

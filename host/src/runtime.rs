@@ -1,0 +1,161 @@
+//! The runtime: one engine, one linker and the deployed app versions, shared by every session.
+//! Deploying validates and compiles (once: in memory per process, on disk across processes);
+//! running an action hands it to a fresh sandbox.
+
+use crate::abi::{self, ActionCtx, KvRead};
+use crate::app::{self, App, ModuleInfo};
+use crate::engine::{Engine, EngineConfig};
+use crate::error::Error;
+use crate::limits::{DeployLimits, Limits};
+use crate::sandbox::{self, ActionCall, ActionOutcome};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use wasmtime::Linker;
+
+/// How a runtime is set up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// The shared engine and its pool.
+    pub engine: EngineConfig,
+    /// Default limits of an action.
+    pub limits: Limits,
+    /// Caps checked at deploy.
+    pub deploy: DeployLimits,
+}
+
+/// Where a deployed module's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompileSource {
+    /// It was compiled now.
+    Compiled,
+    /// It was loaded from the on-disk cache (compiled earlier, maybe by another process).
+    DiskCache,
+    /// This runtime had already deployed the same bytes.
+    AlreadyDeployed,
+}
+
+/// A deployed app version and how its code was obtained.
+#[derive(Clone)]
+pub struct Deployment {
+    /// The app version.
+    pub app: Arc<App>,
+    /// Whether deploying it compiled anything.
+    pub source: CompileSource,
+}
+
+/// How many deploys compiled, hit the disk cache, or reused an app this runtime had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompileStats {
+    /// Deploys that compiled.
+    pub compiled: u64,
+    /// Deploys served from the on-disk cache.
+    pub disk_cache: u64,
+    /// Deploys of bytes already deployed here.
+    pub already_deployed: u64,
+}
+
+/// The shared engine, linker and deployed apps.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<ActionCtx>,
+    limits: Arc<Limits>,
+    deploy_limits: DeployLimits,
+    apps: Mutex<HashMap<String, Arc<App>>>,
+    /// Serialises compiles, so the cache counters tell which deploy hit the cache.
+    compiling: Mutex<()>,
+    compiled: AtomicU64,
+    disk_cache: AtomicU64,
+    already_deployed: AtomicU64,
+}
+
+impl Runtime {
+    /// Builds the engine and linker.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, Error> {
+        if config.limits.memory_bytes > config.engine.max_memory_bytes {
+            return Err(Error::Engine(format!(
+                "configuration: the memory limit of an action ({} bytes) is above the pool's slot size ({} bytes)",
+                config.limits.memory_bytes, config.engine.max_memory_bytes
+            )));
+        }
+        let engine = Engine::new(&config.engine)?;
+        let mut linker = Linker::new(engine.wasmtime());
+        abi::add_to_linker(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
+        let mut deploy_limits = config.deploy;
+        deploy_limits.max_memory_bytes =
+            deploy_limits.max_memory_bytes.min(u64::try_from(config.engine.max_memory_bytes).unwrap_or(u64::MAX));
+        deploy_limits.max_table_elements =
+            deploy_limits.max_table_elements.min(u64::try_from(config.engine.max_table_elements).unwrap_or(u64::MAX));
+        Ok(Runtime {
+            engine,
+            linker,
+            limits: Arc::new(config.limits),
+            deploy_limits,
+            apps: Mutex::default(),
+            compiling: Mutex::default(),
+            compiled: AtomicU64::new(0),
+            disk_cache: AtomicU64::new(0),
+            already_deployed: AtomicU64::new(0),
+        })
+    }
+
+    /// Validates a module without compiling it.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<ModuleInfo, Error> {
+        Ok(app::inspect(bytes, &self.deploy_limits)?)
+    }
+
+    /// Deploys a module: validates it, then compiles it unless these exact bytes were compiled
+    /// before (by this runtime, or by any runtime sharing the cache directory).
+    pub fn deploy(&self, bytes: &[u8]) -> Result<Deployment, Error> {
+        let info = app::inspect(bytes, &self.deploy_limits)?;
+        if let Some(app) = self.apps.lock().unwrap_or_else(PoisonError::into_inner).get(&info.hash) {
+            self.already_deployed.fetch_add(1, Ordering::Relaxed);
+            return Ok(Deployment { app: app.clone(), source: CompileSource::AlreadyDeployed });
+        }
+        let (app, source) = {
+            let _compiling = self.compiling.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = self.engine.cache_counts();
+            let app = App::compile(self.engine.wasmtime(), &self.linker, bytes, info)?;
+            let hit = matches!((before, self.engine.cache_counts()), (Some((b, _)), Some((a, _))) if a > b);
+            (app, if hit { CompileSource::DiskCache } else { CompileSource::Compiled })
+        };
+        match source {
+            CompileSource::DiskCache => &self.disk_cache,
+            _ => &self.compiled,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let app = Arc::new(app);
+        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        let app = apps.entry(app.hash().to_owned()).or_insert(app).clone();
+        Ok(Deployment { app, source })
+    }
+
+    /// How deploys obtained their code so far.
+    pub fn compile_stats(&self) -> CompileStats {
+        CompileStats {
+            compiled: self.compiled.load(Ordering::Relaxed),
+            disk_cache: self.disk_cache.load(Ordering::Relaxed),
+            already_deployed: self.already_deployed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The default limits of an action.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    /// Runs one action of `app` in a fresh sandbox under `limits`, with the full per-action fuel.
+    pub fn run_action(
+        &self,
+        app: &App,
+        action: &str,
+        input: Vec<u8>,
+        state: Vec<u8>,
+        kv: Arc<dyn KvRead>,
+        limits: &Arc<Limits>,
+    ) -> ActionOutcome {
+        let fuel = limits.fuel_per_action;
+        sandbox::run(&self.engine, ActionCall { app, action, input, state, kv, limits, fuel })
+    }
+}

@@ -1,0 +1,8 @@
+//! Turnstile's integration tests: one binary, shared fixtures (the examples are built to Wasm once
+//! per run), WAT modules inline where a Rust guest can't express the case.
+
+mod cli;
+mod deploy;
+mod fixtures;
+mod flows;
+mod sandbox;
