@@ -34,6 +34,29 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A tenant, app or session that does not exist (or belongs to another tenant).
+    #[error("no such {0}")]
+    NotFound(String),
+    /// A tenant or app name outside `[a-z0-9_-]{{1,64}}`.
+    #[error("invalid {what} name `{name}`: use 1 to 64 of a-z, 0-9, `-` and `_`")]
+    InvalidName {
+        /// Tenant or app.
+        what: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// Something by that name already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// A quota of the tenant would be exceeded.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    /// A pending queue or inbox is full: try again later. Nothing was queued.
+    #[error("queue full: {0}; nothing was queued, try again later")]
+    QueueFull(String),
+    /// A configuration value that can't work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// wasmtime could not be set up as configured.
     #[error("engine: {0}")]
     Engine(String),
@@ -60,6 +83,12 @@ impl Error {
             Error::UnknownAction { .. } => "unknown_action",
             Error::SessionState { .. } => "session_state",
             Error::EventTooLarge { .. } => "event_too_large",
+            Error::NotFound(_) => "not_found",
+            Error::InvalidName { .. } => "invalid_name",
+            Error::Conflict(_) => "conflict",
+            Error::Quota(_) => "quota_exceeded",
+            Error::QueueFull(_) => "queue_full",
+            Error::Config(_) => "invalid_config",
             Error::Engine(_) => "engine",
             Error::Io { .. } => "io",
         }

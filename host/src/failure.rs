@@ -8,7 +8,7 @@ use std::fmt;
 
 /// The kind of an action failure. The set is closed and each kind has a stable snake_case name
 /// (what the tenant sees in the session, in logs and, later, in the API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// The action burned its whole fuel allowance (an endless or too-long loop).

@@ -62,6 +62,7 @@ pub struct Runtime {
     linker: Linker<ActionCtx>,
     limits: Arc<Limits>,
     deploy_limits: DeployLimits,
+    max_memory_bytes: usize,
     apps: Mutex<HashMap<String, Arc<App>>>,
     /// Serialises compiles, so the cache counters tell which deploy hit the cache.
     compiling: Mutex<()>,
@@ -74,8 +75,8 @@ impl Runtime {
     /// Builds the engine and linker.
     pub fn new(config: RuntimeConfig) -> Result<Runtime, Error> {
         if config.limits.memory_bytes > config.engine.max_memory_bytes {
-            return Err(Error::Engine(format!(
-                "configuration: the memory limit of an action ({} bytes) is above the pool's slot size ({} bytes)",
+            return Err(Error::Config(format!(
+                "the memory limit of an action ({} bytes) is above the pool's slot size ({} bytes)",
                 config.limits.memory_bytes, config.engine.max_memory_bytes
             )));
         }
@@ -92,6 +93,7 @@ impl Runtime {
             linker,
             limits: Arc::new(config.limits),
             deploy_limits,
+            max_memory_bytes: config.engine.max_memory_bytes,
             apps: Mutex::default(),
             compiling: Mutex::default(),
             compiled: AtomicU64::new(0),
@@ -138,6 +140,11 @@ impl Runtime {
             disk_cache: self.disk_cache.load(Ordering::Relaxed),
             already_deployed: self.already_deployed.load(Ordering::Relaxed),
         }
+    }
+
+    /// The pool's memory slot size: no tenant's memory limit may be above it.
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
     }
 
     /// The default limits of an action.

@@ -1,0 +1,209 @@
+//! What the host counts, per tenant: actions, fuel burned, throttled time, failures by kind,
+//! queue depth and action latency. Read as a [`MetricsSnapshot`] or as Prometheus text.
+//!
+//! Latency is kept in a fixed log-scale histogram (no allocation per sample), from which p50 and
+//! p99 are read to within one bucket (±6%).
+
+use crate::failure::FailureKind;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Buckets of the latency histogram: bucket `i` holds samples up to `FIRST_NS * GROWTH^i`.
+const BUCKETS: usize = 160;
+const FIRST_NS: f64 = 1_000.0;
+const GROWTH: f64 = 1.125;
+
+/// A log-scale histogram of durations from 1 µs to about an hour.
+#[derive(Debug, Clone)]
+pub(crate) struct Histogram {
+    counts: Box<[u64; BUCKETS]>,
+    total: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { counts: Box::new([0; BUCKETS]), total: 0 }
+    }
+}
+
+impl Histogram {
+    pub(crate) fn record(&mut self, value: Duration) {
+        let ns = value.as_nanos() as f64;
+        let index = if ns <= FIRST_NS { 0 } else { ((ns / FIRST_NS).ln() / GROWTH.ln()).ceil() as usize };
+        self.counts[index.min(BUCKETS - 1)] += 1;
+        self.total += 1;
+    }
+
+    /// The `q` quantile (0..=1), as the upper bound of the bucket that holds it.
+    pub(crate) fn quantile(&self, q: f64) -> Duration {
+        if self.total == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((self.total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (index, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Duration::from_nanos((FIRST_NS * GROWTH.powi(index as i32)) as u64);
+            }
+        }
+        Duration::MAX
+    }
+}
+
+/// Counters of one tenant, kept by the scheduler.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TenantCounters {
+    pub(crate) actions: u64,
+    pub(crate) fuel: u64,
+    pub(crate) throttled: Duration,
+    pub(crate) failures: BTreeMap<FailureKind, u64>,
+    pub(crate) sessions_started: u64,
+    pub(crate) sessions_finished: u64,
+    pub(crate) latency: Histogram,
+}
+
+/// One tenant's figures at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantMetrics {
+    /// The tenant.
+    pub tenant: String,
+    /// Its weight.
+    pub weight: u32,
+    /// Actions completed.
+    pub actions: u64,
+    /// Fuel burned by them.
+    pub fuel: u64,
+    /// Time it had work waiting while its fuel bucket was empty.
+    pub throttled_ms: u64,
+    /// Failures by kind.
+    pub failures: BTreeMap<FailureKind, u64>,
+    /// Actions waiting in its apps' pending queues.
+    pub queue_depth: u64,
+    /// Actions running now.
+    pub in_flight: u64,
+    /// Sessions started.
+    pub sessions_started: u64,
+    /// Sessions done or failed.
+    pub sessions_finished: u64,
+    /// Median time from an action becoming ready to its completion, in µs.
+    pub latency_p50_us: u64,
+    /// 99th percentile of the same, in µs.
+    pub latency_p99_us: u64,
+}
+
+/// The whole host's figures at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    /// Per tenant, by name.
+    pub tenants: Vec<TenantMetrics>,
+    /// Actions waiting in all pending queues.
+    pub queue_depth: u64,
+    /// Sessions the host holds.
+    pub sessions: u64,
+    /// Sessions waiting for a customer (with or without a timer).
+    pub waiting: u64,
+}
+
+impl TenantMetrics {
+    pub(crate) fn new(tenant: &str, weight: u32, counters: &TenantCounters, queue_depth: u64, in_flight: u64) -> Self {
+        TenantMetrics {
+            tenant: tenant.to_owned(),
+            weight,
+            actions: counters.actions,
+            fuel: counters.fuel,
+            throttled_ms: u64::try_from(counters.throttled.as_millis()).unwrap_or(u64::MAX),
+            failures: counters.failures.clone(),
+            queue_depth,
+            in_flight,
+            sessions_started: counters.sessions_started,
+            sessions_finished: counters.sessions_finished,
+            latency_p50_us: micros(counters.latency.quantile(0.5)),
+            latency_p99_us: micros(counters.latency.quantile(0.99)),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl MetricsSnapshot {
+    /// The snapshot in Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, String)>| {
+            let _ = writeln!(out, "# HELP turnstile_{name} {help}\n# TYPE turnstile_{name} {kind}");
+            for (labels, value) in rows {
+                let _ = writeln!(out, "turnstile_{name}{{{labels}}} {value}");
+            }
+        };
+        let tenant = |t: &TenantMetrics| format!("tenant=\"{}\"", escape(&t.tenant));
+        let per = |f: fn(&TenantMetrics) -> String| self.tenants.iter().map(move |t| (tenant(t), f(t)));
+        family("actions_total", "counter", "Actions completed.", &mut per(|t| t.actions.to_string()));
+        family("fuel_burned_total", "counter", "Fuel burned by actions.", &mut per(|t| t.fuel.to_string()));
+        family(
+            "throttled_seconds_total",
+            "counter",
+            "Time with work waiting on an empty fuel bucket.",
+            &mut per(|t| format!("{:.3}", t.throttled_ms as f64 / 1000.0)),
+        );
+        family("queue_depth", "gauge", "Actions waiting in pending queues.", &mut per(|t| t.queue_depth.to_string()));
+        family("in_flight", "gauge", "Actions running.", &mut per(|t| t.in_flight.to_string()));
+        family("sessions_started_total", "counter", "Sessions started.", &mut per(|t| t.sessions_started.to_string()));
+        family(
+            "sessions_finished_total",
+            "counter",
+            "Sessions done or failed.",
+            &mut per(|t| t.sessions_finished.to_string()),
+        );
+        let failures = self.tenants.iter().flat_map(|t| {
+            FailureKind::ALL.iter().map(move |kind| {
+                (format!("{},kind=\"{kind}\"", tenant(t)), t.failures.get(kind).copied().unwrap_or(0).to_string())
+            })
+        });
+        family("action_failures_total", "counter", "Failed actions by kind.", &mut failures.into_iter());
+        let latency = self.tenants.iter().flat_map(|t| {
+            [("0.5", t.latency_p50_us), ("0.99", t.latency_p99_us)]
+                .map(|(q, us)| (format!("{},quantile=\"{q}\"", tenant(t)), format!("{:.6}", us as f64 / 1e6)))
+        });
+        family("action_latency_seconds", "summary", "Ready-to-completed time of actions.", &mut latency.into_iter());
+        let _ = writeln!(out, "# HELP turnstile_sessions Sessions held.\n# TYPE turnstile_sessions gauge");
+        let _ = writeln!(out, "turnstile_sessions {}", self.sessions);
+        let _ = writeln!(
+            out,
+            "# HELP turnstile_sessions_waiting Sessions waiting for a customer.\n# TYPE turnstile_sessions_waiting gauge"
+        );
+        let _ = writeln!(out, "turnstile_sessions_waiting {}", self.waiting);
+        out
+    }
+
+    /// One tenant's figures.
+    pub fn tenant(&self, name: &str) -> Option<&TenantMetrics> {
+        self.tenants.iter().find(|t| t.tenant == name)
+    }
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_land_within_a_bucket() {
+        let mut h = Histogram::default();
+        for us in 1..=1000 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.quantile(0.5).as_micros() as f64;
+        let p99 = h.quantile(0.99).as_micros() as f64;
+        assert!((500.0..=500.0 * GROWTH + 1.0).contains(&p50), "{p50}");
+        assert!((990.0..=990.0 * GROWTH + 1.0).contains(&p99), "{p99}");
+        assert_eq!(Histogram::default().quantile(0.5), Duration::ZERO);
+    }
+}
