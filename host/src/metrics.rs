@@ -1,8 +1,8 @@
 //! What the host counts, per tenant: actions, fuel burned, throttled time, failures by kind,
 //! queue depth and action latency. Read as a [`MetricsSnapshot`] or as Prometheus text.
 //!
-//! Latency is kept in a fixed log-scale histogram (no allocation per sample), from which p50 and
-//! p99 are read to within one bucket (±6%).
+//! Latency is kept in a fixed log-linear histogram (no allocation per sample), from which p50 and
+//! p99 are read to within one bucket (12.5%).
 
 use crate::failure::FailureKind;
 use serde::Serialize;
@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// Buckets of the latency histogram: bucket `i` holds samples up to `FIRST_NS * GROWTH^i`.
-const BUCKETS: usize = 160;
-const FIRST_NS: f64 = 1_000.0;
-const GROWTH: f64 = 1.125;
+/// Sub-buckets per power of two: latencies are kept to within 1/8 (12.5%).
+const SUB_BITS: u32 = 3;
+const SUB: u64 = 1 << SUB_BITS;
+/// Enough buckets for every `u64` of nanoseconds: `(64 - SUB_BITS + 1) * SUB`.
+const BUCKETS: usize = (64 - 3 + 1) * 8;
 
-/// A log-scale histogram of durations from 1 µs to about an hour.
+/// A log-linear histogram of durations (in nanoseconds), with no allocation per sample.
 #[derive(Debug, Clone)]
 pub(crate) struct Histogram {
     counts: Box<[u64; BUCKETS]>,
@@ -28,25 +29,47 @@ impl Default for Histogram {
     }
 }
 
+/// The bucket of `ns`: the power of two it falls in, then which eighth of that power.
+fn bucket(ns: u64) -> usize {
+    let index = if ns < SUB {
+        ns
+    } else {
+        let exp = u64::from(63 - ns.leading_zeros());
+        let eighth = (ns >> (exp - u64::from(SUB_BITS))) & (SUB - 1);
+        (exp - u64::from(SUB_BITS) + 1) * SUB + eighth
+    };
+    usize::try_from(index).unwrap_or(BUCKETS - 1).min(BUCKETS - 1)
+}
+
+/// The largest value of bucket `index`.
+fn upper(index: usize) -> u64 {
+    let index = u64::try_from(index).unwrap_or(u64::MAX);
+    if index < SUB {
+        return index;
+    }
+    let shift = index / SUB - 1;
+    let eighth = index % SUB;
+    u64::try_from((u128::from(SUB + eighth + 1) << shift) - 1).unwrap_or(u64::MAX)
+}
+
 impl Histogram {
     pub(crate) fn record(&mut self, value: Duration) {
-        let ns = value.as_nanos() as f64;
-        let index = if ns <= FIRST_NS { 0 } else { ((ns / FIRST_NS).ln() / GROWTH.ln()).ceil() as usize };
-        self.counts[index.min(BUCKETS - 1)] += 1;
+        let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[bucket(ns)] += 1;
         self.total += 1;
     }
 
-    /// The `q` quantile (0..=1), as the upper bound of the bucket that holds it.
-    pub(crate) fn quantile(&self, q: f64) -> Duration {
+    /// The quantile `per_mille`/1000, as the upper bound of the bucket that holds it.
+    pub(crate) fn quantile(&self, per_mille: u64) -> Duration {
         if self.total == 0 {
             return Duration::ZERO;
         }
-        let rank = ((self.total as f64) * q).ceil().max(1.0) as u64;
+        let rank = (self.total * per_mille).div_ceil(1000).max(1);
         let mut seen = 0;
         for (index, count) in self.counts.iter().enumerate() {
             seen += count;
             if seen >= rank {
-                return Duration::from_nanos((FIRST_NS * GROWTH.powi(index as i32)) as u64);
+                return Duration::from_nanos(upper(index));
             }
         }
         Duration::MAX
@@ -120,8 +143,8 @@ impl TenantMetrics {
             in_flight,
             sessions_started: counters.sessions_started,
             sessions_finished: counters.sessions_finished,
-            latency_p50_us: micros(counters.latency.quantile(0.5)),
-            latency_p99_us: micros(counters.latency.quantile(0.99)),
+            latency_p50_us: micros(counters.latency.quantile(500)),
+            latency_p99_us: micros(counters.latency.quantile(990)),
         }
     }
 }
@@ -195,15 +218,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantiles_land_within_a_bucket() {
+    fn buckets_tile_the_range_and_quantiles_land_within_one() {
+        for ns in [0, 1, 7, 8, 9, 15, 16, 17, 1000, 123_456_789, u64::MAX] {
+            let index = bucket(ns);
+            assert!(upper(index) >= ns, "{ns} above its bucket {index}");
+            assert!(index == 0 || upper(index - 1) < ns, "{ns} belongs to an earlier bucket");
+        }
         let mut h = Histogram::default();
         for us in 1..=1000 {
             h.record(Duration::from_micros(us));
         }
-        let p50 = h.quantile(0.5).as_micros() as f64;
-        let p99 = h.quantile(0.99).as_micros() as f64;
-        assert!((500.0..=500.0 * GROWTH + 1.0).contains(&p50), "{p50}");
-        assert!((990.0..=990.0 * GROWTH + 1.0).contains(&p99), "{p99}");
-        assert_eq!(Histogram::default().quantile(0.5), Duration::ZERO);
+        let p50 = h.quantile(500).as_micros();
+        let p99 = h.quantile(990).as_micros();
+        assert!((500..=563).contains(&p50), "{p50}");
+        assert!((990..=1114).contains(&p99), "{p99}");
+        assert_eq!(Histogram::default().quantile(500), Duration::ZERO);
     }
 }

@@ -60,16 +60,22 @@ impl TokenBucket {
         self.updated = now;
     }
 
-    /// Takes `amount`, or tells when the bucket will hold it.
-    fn reserve(&mut self, amount: u64, now: Instant) -> Result<(), Instant> {
+    /// Ok when the bucket holds `amount`, else when it will.
+    fn check(&mut self, amount: u64, now: Instant) -> Result<(), Instant> {
         self.refill(now);
         if self.level >= amount {
-            self.level -= amount;
             return Ok(());
         }
         let missing = u128::from(amount - self.level);
         let nanos = missing * 1_000_000_000 / u128::from(self.rate.max(1)) + 1;
         Err(now + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)))
+    }
+
+    /// Takes `amount`, or tells when the bucket will hold it.
+    fn reserve(&mut self, amount: u64, now: Instant) -> Result<(), Instant> {
+        self.check(amount, now)?;
+        self.level -= amount;
+        Ok(())
     }
 
     fn refund(&mut self, amount: u64) {
@@ -257,64 +263,96 @@ impl Scheduler {
     /// The next action to run, by weighted deficit round robin over the tenants with work.
     pub(crate) fn pick(&mut self, now: Instant) -> Pick {
         let mut earliest_refill: Option<Instant> = None;
-        // Each tenant is visited at most twice per pick: once to top up, once to serve.
-        let mut visits = 2 * self.active.len() + 1;
-        while visits > 0 {
-            let Some(&t) = self.active.front() else { break };
-            let tenant = &mut self.tenants[t];
-            // Drop apps that stopped being dispatchable (a cancelled session emptied the queue).
-            while let Some(&app) = tenant.ready_apps.front() {
-                let slot = &mut self.apps[app];
-                if !slot.pending.is_empty() && slot.in_flight < slot.max_in_flight {
-                    break;
+        // At most two passes: if the first finds no tenant in credit, the rounds that would pass
+        // before one is are credited at once, and the second pass serves it.
+        for _ in 0..2 {
+            for _ in 0..self.active.len() {
+                let Some(&t) = self.active.front() else { break };
+                if !self.has_ready_app(t) {
+                    self.active.pop_front();
+                    let tenant = &mut self.tenants[t];
+                    tenant.in_active = false;
+                    tenant.deficit = 0;
+                    continue;
                 }
-                slot.in_ready = false;
-                tenant.ready_apps.pop_front();
-            }
-            let Some(&app) = tenant.ready_apps.front() else {
-                self.active.pop_front();
-                tenant.in_active = false;
-                tenant.deficit = 0;
-                continue;
-            };
-            if tenant.deficit <= 0 {
-                let credit = i64::try_from(self.quantum.saturating_mul(u64::from(tenant.weight))).unwrap_or(i64::MAX);
-                tenant.deficit = tenant.deficit.saturating_add(credit);
+                let tenant = &mut self.tenants[t];
+                if tenant.deficit > 0 {
+                    match tenant.bucket.reserve(tenant.fuel_per_action, now) {
+                        Ok(()) => return Pick::Run(self.dispatch(t, now)),
+                        Err(refilled) => {
+                            tenant.throttled_since.get_or_insert(now);
+                            earliest_refill = Some(earliest_refill.map_or(refilled, |e| e.min(refilled)));
+                        }
+                    }
+                }
                 self.active.rotate_left(1);
-                visits -= 1;
-                continue;
             }
-            let fuel = tenant.fuel_per_action;
-            if let Err(refilled) = tenant.bucket.reserve(fuel, now) {
-                tenant.throttled_since.get_or_insert(now);
-                earliest_refill = Some(earliest_refill.map_or(refilled, |e| e.min(refilled)));
-                self.active.rotate_left(1);
-                visits -= 1;
-                continue;
+            // Nobody in credit could run. Every active tenant gets `rounds` quanta, `rounds` being
+            // the fewest after which a tenant that is not throttled is in credit: the same as
+            // that many rounds of classic DRR in which nobody could be served.
+            let mut rounds: Option<u64> = None;
+            for &t in &self.active {
+                let tenant = &mut self.tenants[t];
+                if tenant.deficit > 0 {
+                    continue;
+                }
+                if let Err(refilled) = tenant.bucket.check(tenant.fuel_per_action, now) {
+                    tenant.throttled_since.get_or_insert(now);
+                    earliest_refill = Some(earliest_refill.map_or(refilled, |e| e.min(refilled)));
+                    continue;
+                }
+                let credit = self.quantum * u64::from(tenant.weight);
+                let needed = (tenant.deficit.unsigned_abs() + 1).div_ceil(credit);
+                rounds = Some(rounds.map_or(needed, |r| r.min(needed)));
             }
-            if let Some(since) = tenant.throttled_since.take() {
-                tenant.counters.throttled += now.saturating_duration_since(since);
+            let Some(rounds) = rounds else { break };
+            for &t in &self.active {
+                let tenant = &mut self.tenants[t];
+                let credit = rounds.saturating_mul(self.quantum).saturating_mul(u64::from(tenant.weight));
+                tenant.deficit = tenant.deficit.saturating_add(i64::try_from(credit).unwrap_or(i64::MAX));
             }
-            tenant.ready_apps.pop_front();
-            let estimate = tenant.estimate;
-            tenant.deficit = tenant.deficit.saturating_sub(i64::try_from(estimate).unwrap_or(i64::MAX));
-            tenant.queue_depth -= 1;
-            tenant.in_flight += 1;
-            let slot = &mut self.apps[app];
-            slot.in_ready = false;
-            let Some((session, ready_at)) = slot.pending.pop_front() else {
-                unreachable!("a ready app has a pending action");
-            };
-            slot.in_flight += 1;
-            slot.peak_in_flight = slot.peak_in_flight.max(slot.in_flight);
-            self.pending_total -= 1;
-            self.make_ready(app);
-            return Pick::Run(Dispatch { session, app, tenant: t, fuel, estimate, ready_at });
         }
         match earliest_refill {
             Some(at) => Pick::WaitUntil(at),
             None => Pick::Idle,
         }
+    }
+
+    /// Whether the tenant has an app it can dispatch from (dropping apps that stopped being
+    /// dispatchable from the front of its ready queue).
+    fn has_ready_app(&mut self, t: TenantIx) -> bool {
+        let tenant = &mut self.tenants[t];
+        while let Some(&app) = tenant.ready_apps.front() {
+            let slot = &mut self.apps[app];
+            if !slot.pending.is_empty() && slot.in_flight < slot.max_in_flight {
+                return true;
+            }
+            slot.in_ready = false;
+            tenant.ready_apps.pop_front();
+        }
+        false
+    }
+
+    /// Moves the next action of tenant `t`'s first ready app into the action list. The tenant's
+    /// fuel was reserved, and it has a ready app.
+    fn dispatch(&mut self, t: TenantIx, now: Instant) -> Dispatch {
+        let tenant = &mut self.tenants[t];
+        if let Some(since) = tenant.throttled_since.take() {
+            tenant.counters.throttled += now.saturating_duration_since(since);
+        }
+        let app = tenant.ready_apps.pop_front().unwrap_or_default();
+        let (estimate, fuel) = (tenant.estimate, tenant.fuel_per_action);
+        tenant.deficit = tenant.deficit.saturating_sub(i64::try_from(estimate).unwrap_or(i64::MAX));
+        tenant.queue_depth -= 1;
+        tenant.in_flight += 1;
+        let slot = &mut self.apps[app];
+        slot.in_ready = false;
+        let (session, ready_at) = slot.pending.pop_front().unwrap_or((SessionId(0), now));
+        slot.in_flight += 1;
+        slot.peak_in_flight = slot.peak_in_flight.max(slot.in_flight);
+        self.pending_total -= 1;
+        self.make_ready(app);
+        Dispatch { session, app, tenant: t, fuel, estimate, ready_at }
     }
 
     /// Releases the action's slot in the action list and charges its tenant the fuel it burned.
@@ -372,6 +410,19 @@ mod tests {
             let burned = run([1, 3], fuel, 20_000);
             let ratio = burned[1] as f64 / burned[0] as f64;
             assert!((2.9..=3.1).contains(&ratio), "fuel {fuel:?}: ratio {ratio}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_deep_in_debt_is_still_served_when_alone() {
+        let now = Instant::now();
+        let mut s = Scheduler::new(100, 100);
+        let t = s.add_tenant("t", 1, 50_000_000, unlimited(now));
+        let app = s.add_app(t, 1);
+        for i in 0..3 {
+            s.enqueue(app, SessionId(i), now).expect("room");
+            let Pick::Run(d) = s.pick(now) else { panic!("pending work must be picked") };
+            s.complete(&d, 50_000_000);
         }
     }
 

@@ -131,10 +131,9 @@ fn discovers_actions_from_exports() {
 fn compiles_each_module_once_also_across_runtimes_sharing_a_cache() {
     let dir = std::env::temp_dir().join(format!("turnstile-cache-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = || {
-        let mut config = RuntimeConfig::default();
-        config.engine = EngineConfig { cache_dir: Some(dir.clone()), pool_instances: 4, ..EngineConfig::default() };
-        config
+    let config = || RuntimeConfig {
+        engine: EngineConfig { cache_dir: Some(dir.clone()), pool_instances: 4, ..EngineConfig::default() },
+        ..RuntimeConfig::default()
     };
     let bytes = example("order_bot");
 

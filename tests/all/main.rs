@@ -5,4 +5,5 @@ mod cli;
 mod deploy;
 mod fixtures;
 mod flows;
+mod host;
 mod sandbox;
