@@ -36,7 +36,13 @@ pub struct EngineConfig {
     pub max_wasm_stack: usize,
     /// Where compiled modules are cached; `None` keeps no cache (every deploy compiles).
     pub cache_dir: Option<PathBuf>,
+    /// Bytes of each memory and table slot reset in place (memset of touched pages) rather than
+    /// decommitted when an instance is freed.
+    pub keep_resident_bytes: usize,
 }
+
+/// Slots decommitted together, so the TLB shootdowns they cost are shared.
+const DECOMMIT_BATCH: usize = 16;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -47,6 +53,7 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(5),
             max_wasm_stack: 512 << 10,
             cache_dir: None,
+            keep_resident_bytes: 2 << 20,
         }
     }
 }
@@ -70,7 +77,15 @@ impl Engine {
             .max_memories_per_module(1)
             .max_tables_per_module(1)
             .max_memory_size(config.max_memory_bytes)
-            .table_elements(config.max_table_elements);
+            .table_elements(config.max_table_elements)
+            // Resetting a slot with madvise makes the kernel shoot down the TLB of every other
+            // worker thread (an IPI per action). Resetting the pages the action touched with
+            // memset, found by PAGEMAP_SCAN where the kernel has it, keeps the workers apart;
+            // what is still decommitted is batched.
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(config.keep_resident_bytes)
+            .table_keep_resident(config.keep_resident_bytes)
+            .decommit_batch_size(DECOMMIT_BATCH);
 
         let cache = match &config.cache_dir {
             Some(dir) => {

@@ -46,6 +46,7 @@ mod abi;
 mod app;
 mod engine;
 mod error;
+pub mod examples;
 mod failure;
 mod host;
 mod limits;

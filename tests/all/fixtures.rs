@@ -1,45 +1,16 @@
 //! Shared fixtures: the example apps built to Wasm once per test run, runtimes, WAT modules.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use turnstile::{App, Limits, LocalSession, MemoryKv, Runtime, RuntimeConfig, Step};
 
-/// The repository root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
-}
-
-/// Builds the example crates for `target` (once per target per test run) and returns the
-/// directory holding their `.wasm` files.
-fn built(target: &'static str) -> &'static Path {
-    static PLAIN: OnceLock<PathBuf> = OnceLock::new();
-    static WASI: OnceLock<PathBuf> = OnceLock::new();
-    let cell = if target == "wasm32-wasip1" { &WASI } else { &PLAIN };
-    cell.get_or_init(|| {
-        let target_dir = root().join("target").join("guest");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root())
-            .args(["build", "--release", "--target", target, "-p", "ivr-menu", "-p", "order-bot", "-p", "hostile"])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .status()
-            .expect("running cargo to build the examples");
-        assert!(status.success(), "building the examples for {target} failed");
-        target_dir.join(target).join("release")
-    })
-}
-
 /// The bytes of an example app (`ivr_menu`, `order_bot`, `hostile`) built for `target`.
-pub fn example_for(name: &str, target: &'static str) -> Vec<u8> {
-    let path = built(target).join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+pub fn example_for(name: &str, target: &str) -> Vec<u8> {
+    turnstile::examples::example_wasm(name, target).expect("the example apps build")
 }
 
 /// The bytes of an example app built for `wasm32-unknown-unknown`.
 pub fn example(name: &str) -> Vec<u8> {
-    example_for(name, "wasm32-unknown-unknown")
+    example_for(name, turnstile::examples::PLAIN)
 }
 
 /// A runtime with the default limits, shared by the tests that need nothing special.

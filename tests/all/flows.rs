@@ -84,7 +84,7 @@ fn ivr_hang_up_and_unknown_account() {
     assert_eq!(error.code(), "session_state");
 }
 
-fn order(bot: &str, target: &'static str) -> (LocalSession<'static>, Vec<Step>) {
+fn order(bot: &str, target: &str) -> (LocalSession<'static>, Vec<Step>) {
     let app = runtime().deploy(&example_for(bot, target)).expect("deploys").app;
     let mut all = Vec::new();
     let (mut chat, steps) =
