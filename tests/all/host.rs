@@ -329,3 +329,35 @@ fn bad_tenant_settings_and_names_are_refused() {
     assert_eq!(host.deploy("t", "app", b"nope").expect_err("not wasm").code(), "not_wasm");
     assert_eq!(host.deploy("nobody", "app", b"nope").expect_err("no tenant").code(), "not_found");
 }
+
+#[test]
+fn events_for_a_busy_session_wait_in_its_inbox_and_arrive_in_order() {
+    let host = host(1);
+    let events = host.subscribe();
+    // One action's worth of fuel, refilling over days: after `start`, the tenant is throttled
+    // until the operator raises its rate.
+    let limits = Limits { fuel_per_action: 1_000_000, ..Limits::default() };
+    let throttled = TenantConfig { fuel_per_second: 1, fuel_burst: 1_000_000, limits, ..TenantConfig::default() };
+    host.create_tenant("t", throttled.clone()).expect("tenant");
+    let echo = abi_module(
+        r#"(data (i32.const 0) "{\"wait\":{\"action\":\"echo\"}}")
+           (func (export "start") (result i32) (call $next (i32.const 0) (i32.const 26)) i32.const 0)
+           (func (export "echo") (result i32)
+             (call $input_read (i32.const 100))
+             (call $emit (i32.const 100) (call $input_len))
+             (call $next (i32.const 0) (i32.const 26)) i32.const 0)"#,
+    );
+    host.deploy("t", "echo", &echo).expect("deploys");
+    let id = host.start_session("t", "echo", "start", Vec::new()).expect("starts");
+    await_events(&events, 1, |e| e.session == id);
+    host.deliver("t", id, br#""first""#.to_vec()).expect("queued: the tenant is throttled");
+    host.deliver("t", id, br#""second""#.to_vec()).expect("kept in the inbox");
+    assert!(matches!(host.session("t", id).expect("s").status, Status::Ready { .. }));
+
+    host.update_tenant("t", TenantConfig { fuel_per_second: 1_000_000_000, ..throttled }).expect("updated");
+    // The first echo ends in a wait, which takes the inbox's event at once; the second waits.
+    let seen = await_events(&events, 2, |e| e.session == id);
+    assert!(matches!(seen[0].status, Status::Ready { .. }), "{:?}", seen[0].status);
+    assert!(matches!(seen[1].status, Status::Waiting { .. }), "{:?}", seen[1].status);
+    assert_eq!(host.session("t", id).expect("s").outputs, [r#""first""#, r#""second""#]);
+}
