@@ -57,6 +57,15 @@ pub enum Error {
     /// A configuration value that can't work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The store failed, or holds data this host cannot use (the message says which).
+    #[error("store: {0}")]
+    Store(String),
+    /// A checkpoint was refused because the session is now owned under a newer fencing token.
+    #[error("session {session} is owned by another host now: this host's write was refused")]
+    Fenced {
+        /// The session.
+        session: String,
+    },
     /// wasmtime could not be set up as configured.
     #[error("engine: {0}")]
     Engine(String),
@@ -89,6 +98,8 @@ impl Error {
             Error::Quota(_) => "quota_exceeded",
             Error::QueueFull(_) => "queue_full",
             Error::Config(_) => "invalid_config",
+            Error::Store(_) => "store",
+            Error::Fenced { .. } => "fenced",
             Error::Engine(_) => "engine",
             Error::Io { .. } => "io",
         }

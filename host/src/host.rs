@@ -8,8 +8,14 @@
 //! 2. A worker asks the scheduler for the next action (weighted DRR over tenants, never past an
 //!    app's `max_in_flight`, skipping throttled tenants), and runs it *outside* the lock.
 //! 3. When it completes, the worker frees the app's slot in the action list first, so the app's
-//!    next pending action can go while this one is still being committed, then commits the
-//!    checkpoint to the store, and only then releases the outputs and schedules the next step.
+//!    next pending action can go while this one is being committed, applies the outcome to the
+//!    session and hands the checkpoint to the checkpoint writer (`checkpoint.rs`).
+//! 4. The writer commits checkpoints in groups; only then are the outputs released and the
+//!    session's next step queued, or its timer armed.
+//!
+//! A host built on a store that already holds data resumes it: tenants, apps, and every session,
+//! ready ones queued again (those caught mid-action re-run from their last checkpoint), waiting
+//! ones re-armed with what is left of their timeout.
 
 use crate::abi::KvRead;
 use crate::app::App;
@@ -22,7 +28,9 @@ use crate::pool;
 use crate::runtime::{CompileSource, Runtime, RuntimeConfig};
 use crate::scheduler::{AppIx, Dispatch, QueueFull, Scheduler, SessionId, TenantIx, TokenBucket};
 use crate::session::{Counters, Session, Status};
-use crate::store::{Checkpoint, MemoryStore, Store};
+use crate::store::{
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, SessionRecord, Store, TenantRecord,
+};
 use crate::timers::Timers;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
@@ -42,7 +50,8 @@ pub struct HostConfig {
     pub max_pending_total: usize,
     /// Customer events one session may hold while it is busy.
     pub max_inbox: usize,
-    /// Where checkpoints and key-value spaces go.
+    /// Where tenants, apps, checkpoints, inboxes and key-value spaces are kept; a store that
+    /// already holds data is resumed from.
     pub store: Arc<dyn Store>,
 }
 
@@ -61,7 +70,8 @@ impl Default for HostConfig {
 }
 
 /// A tenant's quota and share.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TenantConfig {
     /// Its share of the pool relative to other tenants' weights (1..=1000).
     pub weight: u32,
@@ -123,6 +133,15 @@ pub struct SessionEvent {
     pub outputs: Vec<String>,
 }
 
+/// What delivering a customer event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The event is durable in the session's inbox and will be applied once.
+    Accepted,
+    /// An event with the same idempotency key was acknowledged before: this one changed nothing.
+    Duplicate,
+}
+
 /// A deployed app version, as deploy reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppVersion {
@@ -148,7 +167,6 @@ pub(crate) struct TenantEntry {
 pub(crate) struct AppEntry {
     pub(crate) name: String,
     pub(crate) current: Arc<App>,
-    versions: Vec<Arc<App>>,
 }
 
 pub(crate) struct SessionEntry {
@@ -156,7 +174,15 @@ pub(crate) struct SessionEntry {
     pub(crate) app: AppIx,
     pub(crate) version: Arc<App>,
     pub(crate) session: Session,
-    inbox: VecDeque<Vec<u8>>,
+    /// Acknowledged events not yet consumed, oldest first.
+    inbox: VecDeque<InboxEvent>,
+    /// The inbox event the running (or next) action consumes.
+    consumed: Option<u64>,
+    /// Its last checkpoint is on its way to the store: nothing may be scheduled until it lands.
+    committing: bool,
+    /// Its next action is in a pending queue or running.
+    scheduled: bool,
+    fence: u64,
     outputs: Vec<String>,
     /// Bumped whenever a wait ends, so a stale timer is recognised and ignored.
     pub(crate) wait_seq: u64,
@@ -174,6 +200,10 @@ pub(crate) struct State {
     pub(crate) shutting_down: bool,
     subscribers: Vec<mpsc::Sender<SessionEvent>>,
     max_inbox: usize,
+    /// Checkpoints of completed actions waiting for the next group commit.
+    pub(crate) commit_queue: Vec<Checkpoint>,
+    /// A worker is committing a group (see `checkpoint.rs`).
+    pub(crate) commit_in_progress: bool,
 }
 
 /// What the pool's workers and the timer thread share with the host.
@@ -193,7 +223,8 @@ impl Shared {
     }
 }
 
-/// The multi-tenant host. Dropping it stops the pool after the actions in flight complete.
+/// The multi-tenant host. Dropping it stops the pool after the actions in flight complete and
+/// their checkpoints are committed.
 pub struct Host {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -220,8 +251,13 @@ fn check_name(what: &'static str, name: &str) -> Result<(), Error> {
     if ok { Ok(()) } else { Err(Error::InvalidName { what, name: name.to_owned() }) }
 }
 
+fn not_found(what: &str) -> Error {
+    Error::NotFound(what.to_owned())
+}
+
 impl Host {
-    /// Builds the engine and starts the pool's workers and the timer thread.
+    /// Builds the engine, resumes whatever the store holds, and starts the pool's workers and the
+    /// timer thread.
     pub fn new(mut config: HostConfig) -> Result<Host, Error> {
         if config.workers == 0 {
             return Err(Error::Config("the pool needs at least one worker".into()));
@@ -242,10 +278,14 @@ impl Host {
                 shutting_down: false,
                 subscribers: Vec::new(),
                 max_inbox: config.max_inbox,
+                commit_queue: Vec::new(),
+                commit_in_progress: false,
             }),
             work: Condvar::new(),
             timer_changed: Condvar::new(),
         });
+        let image = shared.store.load()?;
+        resume(&shared, image)?;
         let mut threads = Vec::new();
         for n in 0..config.workers {
             threads.push(pool::spawn_worker(shared.clone(), n)?);
@@ -267,14 +307,8 @@ impl Host {
         if state.tenants.contains_key(name) {
             return Err(Error::Conflict(format!("tenant `{name}` already exists")));
         }
-        let bucket = TokenBucket::new(config.fuel_per_second, config.fuel_burst, Instant::now());
-        let ix = state.scheduler.add_tenant(name, config.weight, config.limits.fuel_per_action, bucket);
-        let kv: Arc<dyn KvRead> = Arc::new(TenantKv { store: self.shared.store.clone(), tenant: name.to_owned() });
-        let limits = Arc::new(config.limits.clone());
-        state.tenant_names.push(name.to_owned());
-        state
-            .tenants
-            .insert(name.to_owned(), TenantEntry { ix, config, limits, kv, apps: HashMap::new(), open_sessions: 0 });
+        self.shared.store.put_tenant(&TenantRecord { name: name.to_owned(), config: config.clone() })?;
+        state.add_tenant(&self.shared.store, name, config);
         Ok(())
     }
 
@@ -283,7 +317,8 @@ impl Host {
         self.check_tenant_config(&config)?;
         let mut state = self.shared.lock();
         let state = &mut *state;
-        let tenant = state.tenants.get_mut(name).ok_or_else(|| Error::NotFound(format!("tenant `{name}`")))?;
+        let tenant = state.tenants.get_mut(name).ok_or_else(|| not_found(&format!("tenant `{name}`")))?;
+        self.shared.store.put_tenant(&TenantRecord { name: name.to_owned(), config: config.clone() })?;
         let slot = &mut state.scheduler.tenants[tenant.ix];
         slot.weight = config.weight;
         slot.fuel_per_action = config.limits.fuel_per_action;
@@ -323,7 +358,7 @@ impl Host {
     /// Seeds keys in a tenant's key-value space.
     pub fn kv_put(&self, tenant: &str, writes: impl IntoIterator<Item = (String, Vec<u8>)>) -> Result<(), Error> {
         if !self.shared.lock().tenants.contains_key(tenant) {
-            return Err(Error::NotFound(format!("tenant `{tenant}`")));
+            return Err(not_found(&format!("tenant `{tenant}`")));
         }
         self.shared.store.kv_put(tenant, writes.into_iter().collect())
     }
@@ -333,28 +368,14 @@ impl Host {
     pub fn deploy(&self, tenant: &str, app: &str, bytes: &[u8]) -> Result<AppVersion, Error> {
         check_name("app", app)?;
         if !self.shared.lock().tenants.contains_key(tenant) {
-            return Err(Error::NotFound(format!("tenant `{tenant}`")));
+            return Err(not_found(&format!("tenant `{tenant}`")));
         }
-        // Compiling happens outside the lock: the pool keeps running meanwhile.
+        // Compiling and storing happen outside the lock: the pool keeps running meanwhile.
         let deployment = self.shared.runtime.deploy(bytes)?;
         let version = deployment.app;
-        let mut state = self.shared.lock();
-        let state = &mut *state;
-        let entry = state.tenants.get_mut(tenant).ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`")))?;
-        let ix = match entry.apps.get(app) {
-            Some(&ix) => ix,
-            None => {
-                let ix = state.scheduler.add_app(entry.ix, entry.config.max_in_flight);
-                state.apps.push(AppEntry { name: app.to_owned(), current: version.clone(), versions: Vec::new() });
-                entry.apps.insert(app.to_owned(), ix);
-                ix
-            }
-        };
-        let app_entry = &mut state.apps[ix];
-        if !app_entry.versions.iter().any(|v| v.hash() == version.hash()) {
-            app_entry.versions.push(version.clone());
-        }
-        app_entry.current = version.clone();
+        let record = AppRecord { tenant: tenant.to_owned(), app: app.to_owned(), version: version.hash().to_owned() };
+        self.shared.store.put_app(&record, bytes)?;
+        self.shared.lock().set_app(tenant, app, version.clone())?;
         Ok(AppVersion {
             app: app.to_owned(),
             version: version.hash().to_owned(),
@@ -363,80 +384,87 @@ impl Host {
         })
     }
 
-    /// Starts a session of the app's current version at `entry`.
+    /// Starts a session of the app's current version at `entry`. It is stored before this returns.
     pub fn start_session(&self, tenant: &str, app: &str, entry: &str, input: Vec<u8>) -> Result<SessionId, Error> {
+        let (record, tenant_ix, app_ix, version) = {
+            let mut state = self.shared.lock();
+            let state = &mut *state;
+            let owner = state.tenants.get(tenant).ok_or_else(|| not_found(&format!("tenant `{tenant}`")))?;
+            let &app_ix = owner.apps.get(app).ok_or_else(|| not_found(&format!("app `{app}`")))?;
+            if input.len() > owner.limits.max_input_bytes {
+                return Err(Error::EventTooLarge { size: input.len(), limit: owner.limits.max_input_bytes });
+            }
+            if owner.open_sessions >= owner.config.max_sessions {
+                return Err(Error::Quota(format!(
+                    "tenant `{tenant}` already has {} open sessions",
+                    owner.open_sessions
+                )));
+            }
+            let version = state.apps[app_ix].current.clone();
+            let session = Session::start(&version, entry, input)?;
+            state.scheduler.has_room(app_ix).map_err(queue_full)?;
+            let id = SessionId(state.next_session);
+            state.next_session += 1;
+            let record =
+                SessionRecord { id, tenant: tenant.to_owned(), app: app.to_owned(), snapshot: session, fence: 0 };
+            (record, owner.ix, app_ix, version)
+        };
+        // Durable before it is acknowledged; the store is written outside the lock.
+        self.shared.store.create_session(&record)?;
         let mut state = self.shared.lock();
-        let state = &mut *state;
-        let owner = state.tenants.get_mut(tenant).ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`")))?;
-        let &app_ix = owner.apps.get(app).ok_or_else(|| Error::NotFound(format!("app `{app}`")))?;
-        if input.len() > owner.limits.max_input_bytes {
-            return Err(Error::EventTooLarge { size: input.len(), limit: owner.limits.max_input_bytes });
-        }
-        if owner.open_sessions >= owner.config.max_sessions {
-            return Err(Error::Quota(format!("tenant `{tenant}` already has {} open sessions", owner.open_sessions)));
-        }
-        let version = state.apps[app_ix].current.clone();
-        let session = Session::start(&version, entry, input)?;
-        state.scheduler.has_room(app_ix).map_err(queue_full)?;
-        let id = SessionId(state.next_session);
-        state.next_session += 1;
-        owner.open_sessions += 1;
-        let tenant_ix = owner.ix;
-        state.scheduler.tenants[tenant_ix].counters.sessions_started += 1;
-        state.sessions.insert(
-            id,
-            SessionEntry {
-                tenant: tenant_ix,
-                app: app_ix,
-                version,
-                session,
-                inbox: VecDeque::new(),
-                outputs: Vec::new(),
-                wait_seq: 0,
-            },
-        );
-        state.scheduler.push(app_ix, id, Instant::now());
-        self.shared.work.notify_one();
+        let id = record.id;
+        state.insert_session(tenant_ix, app_ix, version, record, Vec::new(), Vec::new());
+        state.schedule(id, Instant::now(), &self.shared);
         Ok(id)
     }
 
-    /// Delivers a customer event. A waiting session runs its awaited action with it; a busy one
-    /// keeps it in its inbox (bounded) for its next wait.
-    pub fn deliver(&self, tenant: &str, session: SessionId, event: Vec<u8>) -> Result<(), Error> {
-        let mut state = self.shared.lock();
-        let state = &mut *state;
-        let owner = state.tenants.get(tenant).ok_or_else(|| Error::NotFound(format!("tenant `{tenant}`")))?;
-        let tenant_ix = owner.ix;
-        if event.len() > owner.limits.max_input_bytes {
-            return Err(Error::EventTooLarge { size: event.len(), limit: owner.limits.max_input_bytes });
-        }
-        let entry = match state.sessions.get_mut(&session) {
-            Some(entry) if entry.tenant == tenant_ix => entry,
-            _ => return Err(Error::NotFound(format!("session {session}"))),
-        };
-        match &entry.session.status {
-            Status::Done { .. } | Status::Failed { .. } => {
-                Err(Error::SessionState { status: entry.session.status.name(), request: "take a customer event" })
+    /// Delivers a customer event. It is acknowledged (this returns `Ok`) once it is durable in the
+    /// session's inbox; the session's awaited action then runs with it, now or (if the session is
+    /// busy) at its next wait. With an idempotency key, a retried delivery is acknowledged again
+    /// but applied once.
+    pub fn deliver(
+        &self,
+        tenant: &str,
+        session: SessionId,
+        event: Vec<u8>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Delivery, Error> {
+        {
+            let state = self.shared.lock();
+            let owner = state.tenants.get(tenant).ok_or_else(|| not_found(&format!("tenant `{tenant}`")))?;
+            if event.len() > owner.limits.max_input_bytes {
+                return Err(Error::EventTooLarge { size: event.len(), limit: owner.limits.max_input_bytes });
             }
-            Status::Waiting { .. } => {
+            let entry = match state.sessions.get(&session) {
+                Some(entry) if entry.tenant == owner.ix => entry,
+                _ => return Err(not_found(&format!("session {session}"))),
+            };
+            if entry.session.status.is_finished() {
+                return Err(Error::SessionState {
+                    status: entry.session.status.name(),
+                    request: "take a customer event",
+                });
+            }
+            if entry.inbox.len() >= state.max_inbox {
+                return Err(Error::QueueFull(format!(
+                    "session {session} already holds {} undelivered events",
+                    state.max_inbox
+                )));
+            }
+            if matches!(entry.session.status, Status::Waiting { .. }) {
                 state.scheduler.has_room(entry.app).map_err(queue_full)?;
-                entry.session.deliver(event)?;
-                entry.wait_seq += 1;
-                state.scheduler.push(entry.app, session, Instant::now());
-                self.shared.work.notify_one();
-                Ok(())
-            }
-            Status::Ready { .. } => {
-                if entry.inbox.len() >= state.max_inbox {
-                    return Err(Error::QueueFull(format!(
-                        "session {session} already holds {} undelivered events",
-                        state.max_inbox
-                    )));
-                }
-                entry.inbox.push_back(event);
-                Ok(())
             }
         }
+        let seq = match self.shared.store.append_event(session, &event, idempotency_key)? {
+            Appended::Duplicate => return Ok(Delivery::Duplicate),
+            Appended::New(seq) => seq,
+        };
+        let mut state = self.shared.lock();
+        if let Some(entry) = state.sessions.get_mut(&session) {
+            entry.inbox.push_back(InboxEvent { seq, event });
+        }
+        state.schedule(session, Instant::now(), &self.shared);
+        Ok(Delivery::Accepted)
     }
 
     /// Reads a session of `tenant` (not found if it is another tenant's).
@@ -456,7 +484,7 @@ impl Host {
                     outputs: entry.outputs.clone(),
                 })
             }
-            _ => Err(Error::NotFound(format!("session {session}"))),
+            _ => Err(not_found(&format!("session {session}"))),
         }
     }
 
@@ -504,7 +532,44 @@ impl Drop for Host {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        // Whatever the workers queued last is committed before the host goes.
+        drop(crate::checkpoint::commit_queued(&self.shared, self.shared.lock()));
     }
+}
+
+/// Rebuilds the host's state from what the store holds.
+fn resume(shared: &Shared, image: Image) -> Result<(), Error> {
+    let module = |hash: &str| -> Result<Arc<App>, Error> {
+        let bytes = image
+            .modules
+            .get(hash)
+            .ok_or_else(|| Error::Store(format!("the store lacks the module of app version {hash}")))?;
+        Ok(shared.runtime.deploy(bytes)?.app)
+    };
+    let mut state = shared.lock();
+    for tenant in &image.tenants {
+        state.add_tenant(&shared.store, &tenant.name, tenant.config.clone());
+    }
+    for app in &image.apps {
+        state.set_app(&app.tenant, &app.app, module(&app.version)?)?;
+    }
+    let now = Instant::now();
+    for stored in image.sessions {
+        let record = stored.record;
+        let id = record.id;
+        let tenant = state.tenants.get(&record.tenant).ok_or_else(|| {
+            Error::Store(format!("session {id} belongs to tenant `{}`, which the store lacks", record.tenant))
+        })?;
+        let &app_ix = tenant.apps.get(&record.app).ok_or_else(|| {
+            Error::Store(format!("session {id} belongs to app `{}`, which the store lacks", record.app))
+        })?;
+        let tenant_ix = tenant.ix;
+        let version = module(&record.snapshot.app)?;
+        state.next_session = state.next_session.max(id.0 + 1);
+        state.insert_session(tenant_ix, app_ix, version, record, stored.inbox, stored.outputs);
+        state.schedule(id, now, shared);
+    }
+    Ok(())
 }
 
 fn queue_full(full: QueueFull) -> Error {
@@ -512,13 +577,6 @@ fn queue_full(full: QueueFull) -> Error {
         QueueFull::App(limit) => format!("the app already has {limit} actions pending"),
         QueueFull::Total(limit) => format!("the host already has {limit} actions pending"),
     })
-}
-
-/// What booking an action changed that the caller must act on.
-#[derive(Debug, Default)]
-pub(crate) struct Finished {
-    /// A timer was armed that is now the earliest: the timer thread must wake sooner.
-    pub(crate) timer_first: bool,
 }
 
 /// What a worker needs to run a dispatched action.
@@ -532,6 +590,103 @@ pub(crate) struct Job {
 }
 
 impl State {
+    fn add_tenant(&mut self, store: &Arc<dyn Store>, name: &str, config: TenantConfig) {
+        let bucket = TokenBucket::new(config.fuel_per_second, config.fuel_burst, Instant::now());
+        let ix = self.scheduler.add_tenant(name, config.weight, config.limits.fuel_per_action, bucket);
+        let kv: Arc<dyn KvRead> = Arc::new(TenantKv { store: store.clone(), tenant: name.to_owned() });
+        let limits = Arc::new(config.limits.clone());
+        self.tenant_names.push(name.to_owned());
+        self.tenants
+            .insert(name.to_owned(), TenantEntry { ix, config, limits, kv, apps: HashMap::new(), open_sessions: 0 });
+    }
+
+    fn set_app(&mut self, tenant: &str, app: &str, version: Arc<App>) -> Result<(), Error> {
+        let entry = self.tenants.get_mut(tenant).ok_or_else(|| not_found(&format!("tenant `{tenant}`")))?;
+        match entry.apps.get(app) {
+            Some(&ix) => self.apps[ix].current = version,
+            None => {
+                let ix = self.scheduler.add_app(entry.ix, entry.config.max_in_flight);
+                self.apps.push(AppEntry { name: app.to_owned(), current: version });
+                entry.apps.insert(app.to_owned(), ix);
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_session(
+        &mut self,
+        tenant: TenantIx,
+        app: AppIx,
+        version: Arc<App>,
+        record: SessionRecord,
+        inbox: Vec<InboxEvent>,
+        outputs: Vec<String>,
+    ) {
+        let finished = record.snapshot.status.is_finished();
+        let slot = &mut self.scheduler.tenants[tenant];
+        slot.counters.sessions_started += 1;
+        if finished {
+            slot.counters.sessions_finished += 1;
+        } else if let Some(owner) = self.tenants.get_mut(&self.tenant_names[tenant]) {
+            owner.open_sessions += 1;
+        }
+        self.sessions.insert(
+            record.id,
+            SessionEntry {
+                tenant,
+                app,
+                version,
+                session: record.snapshot,
+                inbox: inbox.into(),
+                consumed: None,
+                committing: false,
+                scheduled: false,
+                fence: record.fence,
+                outputs,
+                wait_seq: 0,
+            },
+        );
+    }
+
+    /// Moves an idle session on: a waiting one takes the first event of its inbox (or has its
+    /// timer armed, with what is left of its timeout), a ready one is queued. A session whose
+    /// checkpoint is being committed, or that is queued or running, is left alone.
+    pub(crate) fn schedule(&mut self, id: SessionId, now: Instant, shared: &Shared) {
+        let Some(entry) = self.sessions.get_mut(&id) else { return };
+        if entry.committing || entry.scheduled {
+            return;
+        }
+        if let Status::Waiting { .. } = entry.session.status
+            && let Some(event) = entry.inbox.pop_front()
+        {
+            if entry.session.deliver(event.event).is_ok() {
+                entry.consumed = Some(event.seq);
+                entry.wait_seq += 1;
+                entry.scheduled = true;
+                self.scheduler.push(entry.app, id, now);
+                shared.work.notify_one();
+            }
+            return;
+        }
+        match &entry.session.status {
+            Status::Ready { .. } => {
+                entry.scheduled = true;
+                self.scheduler.push(entry.app, id, now);
+                shared.work.notify_one();
+            }
+            Status::Waiting { wait, since_ms } => {
+                entry.wait_seq += 1;
+                if let Some(timeout) = wait.timeout_ms {
+                    let remaining = (since_ms + timeout).saturating_sub(now_ms());
+                    if self.timers.arm(now + std::time::Duration::from_millis(remaining), id, entry.wait_seq) {
+                        shared.timer_changed.notify_one();
+                    }
+                }
+            }
+            Status::Done { .. } | Status::Failed { .. } => {}
+        }
+    }
+
     /// Takes what the dispatched action needs from its session, or `None` when the session has
     /// nothing due after all (its loop guard just ended it).
     pub(crate) fn prepare(&mut self, dispatch: &Dispatch) -> Option<Job> {
@@ -549,94 +704,92 @@ impl State {
         })
     }
 
-    /// Books a completed (or skipped) action: frees its slot, applies the outcome to the session,
-    /// commits the checkpoint, releases outputs and schedules what comes next.
-    pub(crate) fn finish(
-        &mut self,
-        store: &dyn Store,
-        dispatch: &Dispatch,
-        outcome: Option<crate::sandbox::ActionOutcome>,
-        now: Instant,
-    ) -> Finished {
+    /// Books a completed (or skipped) action: frees its slot, applies the outcome to the session
+    /// and queues its checkpoint for the next group commit. Nothing is released yet.
+    pub(crate) fn finish(&mut self, dispatch: &Dispatch, outcome: Option<crate::sandbox::ActionOutcome>, now: Instant) {
         // The slot goes back first: the app's next action may start while this one commits.
         let fuel = outcome.as_ref().map_or(0, |o| o.fuel);
         self.scheduler.complete(dispatch, fuel);
-        let mut finished = Finished::default();
-        let Some(entry) = self.sessions.get_mut(&dispatch.session) else { return finished };
+        let Some(entry) = self.sessions.get_mut(&dispatch.session) else { return };
         let tenant = &mut self.scheduler.tenants[dispatch.tenant];
-        let mut outputs = Vec::new();
-        if outcome.is_none()
-            && let Status::Failed { failure } = &entry.session.status
-        {
-            // Ended by its loop guard before the action could run.
-            *tenant.counters.failures.entry(failure.kind).or_default() += 1;
-        }
-        if let Some(outcome) = outcome {
-            tenant.counters.latency.record(now.saturating_duration_since(dispatch.ready_at));
-            if let Err(failure) = &outcome.result {
-                *tenant.counters.failures.entry(failure.kind).or_default() += 1;
-            }
-            let released = entry.session.apply(&entry.version, outcome.fuel, outcome.result, now_ms());
-            let checkpoint = Checkpoint {
-                session: dispatch.session,
-                tenant: tenant.name.clone(),
-                snapshot: entry.session.clone(),
-                outputs: released.outputs,
-                kv_writes: released.kv_writes,
-            };
-            outputs = checkpoint.outputs.clone();
-            if let Err(error) = store.commit(vec![checkpoint]) {
-                // Nothing is released from an action whose checkpoint did not commit.
-                let failure =
-                    Failure::new(crate::failure::FailureKind::Trap, "", format!("checkpoint failed: {error}"));
-                entry.session.status = Status::Failed { failure };
-                outputs.clear();
-            }
-        }
-        entry.outputs.extend(outputs.iter().cloned());
-        // A session that now waits takes the next event of its inbox at once.
-        if matches!(entry.session.status, Status::Waiting { .. })
-            && let Some(event) = entry.inbox.pop_front()
-            && entry.session.deliver(event).is_ok()
-        {
-            entry.wait_seq += 1;
-        }
-        match &entry.session.status {
-            Status::Ready { .. } => self.scheduler.push(dispatch.app, dispatch.session, now),
-            Status::Waiting { wait, .. } => {
-                entry.wait_seq += 1;
-                if let Some(ms) = wait.timeout_ms {
-                    let at = now + std::time::Duration::from_millis(ms);
-                    finished.timer_first = self.timers.arm(at, dispatch.session, entry.wait_seq);
+        let mut released = crate::session::Released::default();
+        match outcome {
+            Some(outcome) => {
+                tenant.counters.latency.record(now.saturating_duration_since(dispatch.ready_at));
+                if let Err(failure) = &outcome.result {
+                    *tenant.counters.failures.entry(failure.kind).or_default() += 1;
                 }
+                released = entry.session.apply(&entry.version, outcome.fuel, outcome.result, now_ms());
             }
-            Status::Done { .. } | Status::Failed { .. } => {
-                tenant.counters.sessions_finished += 1;
-                entry.inbox.clear();
-                if let Some(owner) = self.tenants.get_mut(&self.tenant_names[dispatch.tenant]) {
-                    owner.open_sessions = owner.open_sessions.saturating_sub(1);
+            None => {
+                if let Status::Failed { failure } = &entry.session.status {
+                    // Ended by its loop guard before the action could run.
+                    *tenant.counters.failures.entry(failure.kind).or_default() += 1;
                 }
             }
         }
+        let checkpoint = Checkpoint {
+            session: dispatch.session,
+            tenant: tenant.name.clone(),
+            snapshot: entry.session.clone(),
+            outputs: released.outputs,
+            kv_writes: released.kv_writes,
+            consumed: entry.consumed.take(),
+            fence: entry.fence,
+        };
+        entry.scheduled = false;
+        entry.committing = true;
+        self.commit_queue.push(checkpoint);
+    }
+
+    /// A checkpoint is committed: its outputs are released, and the session moves on.
+    pub(crate) fn committed(&mut self, checkpoint: Checkpoint, now: Instant, shared: &Shared) {
+        let Some(entry) = self.sessions.get_mut(&checkpoint.session) else { return };
+        entry.committing = false;
+        entry.outputs.extend(checkpoint.outputs.iter().cloned());
+        let (tenant, status) = (entry.tenant, entry.session.status.clone());
+        if status.is_finished() {
+            entry.inbox.clear();
+            self.scheduler.tenants[tenant].counters.sessions_finished += 1;
+            if let Some(owner) = self.tenants.get_mut(&self.tenant_names[tenant]) {
+                owner.open_sessions = owner.open_sessions.saturating_sub(1);
+            }
+        }
+        self.schedule(checkpoint.session, now, shared);
         if !self.subscribers.is_empty() {
             let event = SessionEvent {
-                session: dispatch.session,
-                tenant: self.tenant_names[dispatch.tenant].clone(),
-                status: entry.session.status.clone(),
-                outputs,
+                session: checkpoint.session,
+                tenant: checkpoint.tenant,
+                status,
+                outputs: checkpoint.outputs,
             };
             self.subscribers.retain(|s| s.send(event.clone()).is_ok());
         }
-        finished
+    }
+
+    /// A checkpoint could not be committed: the session stops here, in this process. Its last
+    /// committed checkpoint is intact, so a restart resumes it from there (the action re-runs).
+    pub(crate) fn not_committed(&mut self, checkpoint: Checkpoint, error: &Error) {
+        let Some(entry) = self.sessions.get_mut(&checkpoint.session) else { return };
+        entry.committing = false;
+        let failure = Failure::new(
+            crate::failure::FailureKind::Trap,
+            "",
+            format!(
+                "the checkpoint could not be committed ({error}); the session resumes from its last checkpoint after a restart"
+            ),
+        );
+        entry.session.status = Status::Failed { failure };
     }
 
     /// A timer fired: if the session still waits on that very wait, its timeout action is queued.
     pub(crate) fn fire_timer(&mut self, session: SessionId, seq: u64, now: Instant) -> bool {
         let Some(entry) = self.sessions.get_mut(&session) else { return false };
-        if entry.wait_seq != seq || entry.session.time_out().is_err() {
+        if entry.committing || entry.wait_seq != seq || entry.session.time_out().is_err() {
             return false;
         }
         entry.wait_seq += 1;
+        entry.scheduled = true;
         self.scheduler.push(entry.app, session, now);
         true
     }

@@ -44,6 +44,7 @@
 
 mod abi;
 mod app;
+mod checkpoint;
 mod engine;
 mod error;
 pub mod examples;
@@ -65,7 +66,7 @@ pub use app::{App, DeployError, ERROR_ACTION, Extent, ImportInfo, ModuleInfo, mo
 pub use engine::EngineConfig;
 pub use error::Error;
 pub use failure::{Failure, FailureKind};
-pub use host::{AppVersion, Host, HostConfig, SessionEvent, SessionView, TenantConfig};
+pub use host::{AppVersion, Delivery, Host, HostConfig, SessionEvent, SessionView, TenantConfig};
 pub use limits::{DeployLimits, Limits};
 pub use local::{LocalSession, MemoryKv, Step};
 pub use metrics::{MetricsSnapshot, TenantMetrics};
@@ -73,4 +74,7 @@ pub use runtime::{CompileSource, CompileStats, Deployment, Runtime, RuntimeConfi
 pub use sandbox::{ActionOutcome, Effects};
 pub use scheduler::SessionId;
 pub use session::{Counters, Next, Released, Session, Status, Wait};
-pub use store::{Checkpoint, MemoryStore, Store};
+pub use store::{
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, SessionRecord, SqliteStore, Store, StoredSession,
+    TenantRecord,
+};

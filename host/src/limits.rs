@@ -5,7 +5,8 @@ use std::time::Duration;
 
 /// What one action may use and produce. The operator sets these per tenant; the defaults suit an
 /// IVR or chat script with room to spare.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Fuel (roughly, wasm instructions) one action may burn.
     pub fuel_per_action: u64,

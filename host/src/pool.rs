@@ -32,10 +32,8 @@ fn work(shared: &Shared) {
                     shared.runtime.run_action(&job.app, &job.action, job.input, job.state, job.kv, &job.limits)
                 });
                 let mut state = shared.lock();
-                let finished = state.finish(&*shared.store, &dispatch, outcome, Instant::now());
-                if finished.timer_first {
-                    shared.timer_changed.notify_one();
-                }
+                state.finish(&dispatch, outcome, Instant::now());
+                let state = crate::checkpoint::commit_queued(shared, state);
                 // More runnable work than this worker can take next: wake another.
                 if state.scheduler.pending_total() > 1 {
                     shared.work.notify_one();

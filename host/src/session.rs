@@ -78,6 +78,7 @@ pub enum Status {
         /// The action to run.
         action: String,
         /// Its input (the customer event, or empty).
+        #[serde(with = "base64_bytes")]
         input: Vec<u8>,
     },
     /// Waiting for the customer.
@@ -138,6 +139,7 @@ pub struct Session {
     /// Where it is.
     pub status: Status,
     /// The state blob the app keeps between actions.
+    #[serde(with = "base64_bytes")]
     pub state: Vec<u8>,
     /// What it has used.
     pub counters: Counters,
@@ -242,4 +244,20 @@ pub struct Released {
     pub outputs: Vec<String>,
     /// Writes to the tenant's key-value space.
     pub kv_writes: BTreeMap<String, Vec<u8>>,
+}
+
+/// Byte blobs in JSON as base64 strings (a third bigger, rather than four times as an array).
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }

@@ -144,7 +144,7 @@ pub(crate) fn demo(engine: EngineConfig, sessions: usize, workers: Option<usize>
         for _ in 0..replies_to_retry.len() {
             let Some((id, reply)) = replies_to_retry.pop_front() else { break };
             if let Some(caller) = on_the_line.get(&id)
-                && let Err(Error::QueueFull(_)) = host.deliver(caller.tenant, id, reply.as_bytes().to_vec())
+                && let Err(Error::QueueFull(_)) = host.deliver(caller.tenant, id, reply.as_bytes().to_vec(), None)
             {
                 replies_to_retry.push_back((id, reply));
             }
@@ -154,9 +154,9 @@ pub(crate) fn demo(engine: EngineConfig, sessions: usize, workers: Option<usize>
                 Status::Waiting { .. } => {
                     let Some(caller) = on_the_line.get_mut(&event.session) else { continue };
                     if let Some(Some(reply)) = caller.replies.pop_front() {
-                        match host.deliver(caller.tenant, event.session, reply.as_bytes().to_vec()) {
+                        match host.deliver(caller.tenant, event.session, reply.as_bytes().to_vec(), None) {
                             Err(Error::QueueFull(_)) => replies_to_retry.push_back((event.session, reply)),
-                            other => other?,
+                            other => drop(other?),
                         }
                     }
                 }
