@@ -3,6 +3,7 @@
 
 mod cli;
 mod deploy;
+mod durability;
 mod fixtures;
 mod flows;
 mod host;

@@ -1,0 +1,197 @@
+//! Checkpoints and recovery: a host rebuilt on the store of a previous one resumes every
+//! session where its last checkpoint left it, on the in-memory and the SQLite store alike;
+//! customer events are applied exactly once; bad data is refused and left untouched.
+
+use crate::fixtures::{abi_module, example};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+use turnstile::{
+    Delivery, EngineConfig, Host, HostConfig, MemoryStore, RuntimeConfig, SessionEvent, SessionId, SqliteStore, Status,
+    Store, TenantConfig,
+};
+
+/// A directory of its own under the system's temp dir, emptied first.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("turnstile-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn host_on(store: Arc<dyn Store>, cache: &std::path::Path) -> Host {
+    let engine = EngineConfig { cache_dir: Some(cache.to_path_buf()), pool_instances: 8, ..EngineConfig::default() };
+    let config = HostConfig {
+        workers: 2,
+        store,
+        runtime: RuntimeConfig { engine, ..RuntimeConfig::default() },
+        ..HostConfig::default()
+    };
+    Host::new(config).expect("host starts")
+}
+
+fn wait_for(events: &Receiver<SessionEvent>, session: SessionId, pred: impl Fn(&Status) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = events.recv_timeout(left).expect("the session moves on");
+        if event.session == session && pred(&event.status) {
+            return;
+        }
+    }
+}
+
+fn waiting(status: &Status) -> bool {
+    matches!(status, Status::Waiting { .. })
+}
+
+/// A waiting app: `start` waits for `answer` (with a timeout, or for ever), which is done.
+fn wait_app(timeout_ms: Option<u64>) -> Vec<u8> {
+    let wait = match timeout_ms {
+        Some(ms) => format!(r#"{{"wait":{{"action":"answer","timeout_ms":{ms},"on_timeout":"expired"}}}}"#),
+        None => r#"{"wait":{"action":"answer"}}"#.to_owned(),
+    };
+    abi_module(&format!(
+        r#"(data (i32.const 0) "{escaped}")
+           (data (i32.const 200) "{{\"done\":\"answered\"}}")
+           (data (i32.const 300) "{{\"done\":\"expired\"}}")
+           (func (export "start") (result i32) (call $next (i32.const 0) (i32.const {len})) i32.const 0)
+           (func (export "answer") (result i32)
+             (call $input_read (i32.const 1000)) (call $emit (i32.const 1000) (call $input_len))
+             (call $next (i32.const 200) (i32.const 19)) i32.const 0)
+           (func (export "expired") (result i32) (call $next (i32.const 300) (i32.const 18)) i32.const 0)"#,
+        escaped = wait.replace('"', "\\\""),
+        len = wait.len()
+    ))
+}
+
+fn resumes_every_session(store: impl Fn() -> Arc<dyn Store>, name: &str) {
+    let cache = temp_dir(&format!("{name}-cache"));
+    let (call, finished, expiring, patient);
+    let outputs_before;
+    {
+        let host = host_on(store(), &cache);
+        let events = host.subscribe();
+        host.create_tenant("bank", TenantConfig::default()).expect("tenant");
+        host.kv_put("bank", [("balance:demo".to_owned(), b"7 EUR".to_vec())]).expect("kv");
+        host.deploy("bank", "ivr", &example("ivr_menu")).expect("deploys");
+        host.deploy("bank", "short", &wait_app(Some(1000))).expect("deploys");
+        host.deploy("bank", "patient", &wait_app(None)).expect("deploys");
+
+        call = host.start_session("bank", "ivr", "start", Vec::new()).expect("starts");
+        wait_for(&events, call, waiting);
+        host.deliver("bank", call, b"1".to_vec(), None).expect("delivered");
+        wait_for(&events, call, waiting);
+        finished = host.start_session("bank", "ivr", "start", Vec::new()).expect("starts");
+        wait_for(&events, finished, waiting);
+        host.deliver("bank", finished, b"9".to_vec(), None).expect("delivered");
+        wait_for(&events, finished, Status::is_finished);
+        expiring = host.start_session("bank", "short", "start", Vec::new()).expect("starts");
+        patient = host.start_session("bank", "patient", "start", Vec::new()).expect("starts");
+        wait_for(&events, patient, waiting);
+        outputs_before = host.session("bank", call).expect("s").outputs;
+        assert!(outputs_before.iter().any(|o| o.contains("Your balance is 7 EUR.")), "{outputs_before:?}");
+    }
+
+    // A new host on the same store: everything is where it was.
+    let host = host_on(store(), &cache);
+    assert_eq!(host.runtime().compile_stats().compiled, 0, "recovery compiles nothing compiled before");
+    let events = host.subscribe();
+    let view = host.session("bank", call).expect("resumed");
+    assert!(waiting(&view.status), "{:?}", view.status);
+    assert_eq!(view.outputs, outputs_before, "released outputs are kept, none twice");
+    assert!(host.session("bank", finished).expect("kept").status.is_finished());
+    // The short wait's timer was re-armed with what was left of it, and fires.
+    if !host.session("bank", expiring).expect("s").status.is_finished() {
+        wait_for(&events, expiring, Status::is_finished);
+    }
+    assert_eq!(host.session("bank", expiring).expect("s").status, Status::Done { result: "expired".into() });
+    // The others take events as before.
+    host.deliver("bank", call, b"9".to_vec(), None).expect("delivered");
+    wait_for(&events, call, Status::is_finished);
+    host.deliver("bank", patient, br#""still here""#.to_vec(), None).expect("delivered");
+    wait_for(&events, patient, Status::is_finished);
+    assert_eq!(host.session("bank", patient).expect("s").outputs, [r#""still here""#]);
+    // New sessions get new ids.
+    let fresh = host.start_session("bank", "patient", "start", Vec::new()).expect("starts");
+    assert!(fresh.0 > patient.0.max(call.0).max(expiring.0), "{fresh} reuses an id");
+}
+
+#[test]
+fn a_host_on_a_memory_store_resumes_every_session() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    resumes_every_session(|| store.clone(), "memory");
+}
+
+#[test]
+fn a_host_on_sqlite_resumes_every_session() {
+    let dir = temp_dir("sqlite-resume");
+    let path = dir.join("turnstile.db");
+    resumes_every_session(|| Arc::new(SqliteStore::open(&path).expect("opens")), "sqlite");
+}
+
+#[test]
+fn a_retried_event_with_the_same_key_is_acknowledged_and_applied_once() {
+    let dir = temp_dir("idempotent");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    let host = host_on(store, &dir.join("cache"));
+    let events = host.subscribe();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+    let id = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+    wait_for(&events, id, waiting);
+    let first = host.deliver("t", id, br#""once""#.to_vec(), Some("evt-1")).expect("delivered");
+    let again = host.deliver("t", id, br#""once""#.to_vec(), Some("evt-1")).expect("acknowledged");
+    assert_eq!((first, again), (Delivery::Accepted, Delivery::Duplicate));
+    wait_for(&events, id, Status::is_finished);
+    assert_eq!(host.session("t", id).expect("s").outputs, [r#""once""#]);
+    // A key seen before is a duplicate even after the session moved on.
+    assert_eq!(host.deliver("t", id, b"x".to_vec(), Some("evt-1")).expect_err("finished").code(), "session_state");
+}
+
+#[test]
+fn bad_databases_are_refused_with_a_clear_error_and_left_untouched() {
+    let dir = temp_dir("bad-db");
+    // Not a database at all.
+    let junk = dir.join("junk.db");
+    std::fs::write(&junk, b"this is not sqlite, just text that is long enough to matter ".repeat(100)).expect("write");
+    let before = std::fs::read(&junk).expect("read");
+    let error = SqliteStore::open(&junk).expect_err("refused");
+    assert_eq!(error.code(), "store");
+    assert!(error.to_string().contains("not a readable Turnstile database"), "{error}");
+    assert_eq!(std::fs::read(&junk).expect("read"), before, "left untouched");
+
+    // A real database cut in half.
+    let good = dir.join("good.db");
+    {
+        let store = SqliteStore::open(&good).expect("opens");
+        for n in 0..200 {
+            let tenant = turnstile::TenantRecord { name: format!("tenant-{n}"), config: TenantConfig::default() };
+            store.put_tenant(&tenant).expect("stored");
+        }
+    }
+    let bytes = std::fs::read(&good).expect("read");
+    let truncated = dir.join("truncated.db");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let error = SqliteStore::open(&truncated).expect_err("refused");
+    assert_eq!(error.code(), "store", "{error}");
+
+    // A database from a newer Turnstile.
+    let newer = dir.join("newer.db");
+    std::fs::copy(&good, &newer).expect("copy");
+    set_user_version(&newer, 99);
+    let error = SqliteStore::open(&newer).expect_err("refused");
+    assert!(error.to_string().contains("schema version 99, newer"), "{error}");
+    // The good one still opens, with everything in it.
+    let image = SqliteStore::open(&good).expect("opens").load().expect("loads");
+    assert_eq!(image.tenants.len(), 200);
+}
+
+/// Sets a database's `user_version` by patching its header (bytes 60..64, big-endian), as a
+/// newer Turnstile would have left it.
+fn set_user_version(path: &std::path::Path, version: u32) {
+    let mut bytes = std::fs::read(path).expect("read");
+    bytes[60..64].copy_from_slice(&version.to_be_bytes());
+    std::fs::write(path, bytes).expect("write");
+}
