@@ -117,6 +117,8 @@ pub struct SessionView {
     pub last_failure: Option<Failure>,
     /// Every output released so far, in order.
     pub outputs: Vec<String>,
+    /// Its state blob.
+    pub state: Vec<u8>,
 }
 
 /// Something that happened to a session, for subscribers (the demo's simulated customers, the
@@ -472,19 +474,36 @@ impl Host {
         let state = self.shared.lock();
         let tenant_ix = state.tenants.get(tenant).map(|t| t.ix);
         match state.sessions.get(&session) {
-            Some(entry) if Some(entry.tenant) == tenant_ix => {
-                let app = &state.apps[entry.app];
-                Ok(SessionView {
-                    id: session,
-                    app: app.name.clone(),
-                    version: entry.version.hash().to_owned(),
-                    status: entry.session.status.clone(),
-                    counters: entry.session.counters.clone(),
-                    last_failure: entry.session.last_failure.clone(),
-                    outputs: entry.outputs.clone(),
-                })
-            }
+            Some(entry) if Some(entry.tenant) == tenant_ix => Ok(state.view(session, entry)),
             _ => Err(not_found(&format!("session {session}"))),
+        }
+    }
+
+    /// Every session of every tenant, by id, with its tenant's name: for operators' tools.
+    pub fn sessions(&self) -> Vec<(String, SessionView)> {
+        let state = self.shared.lock();
+        let mut all: Vec<_> = state
+            .sessions
+            .iter()
+            .map(|(&id, entry)| (state.tenant_names[entry.tenant].clone(), state.view(id, entry)))
+            .collect();
+        all.sort_by_key(|(_, view)| view.id);
+        all
+    }
+
+    /// Blocks until no session is queued, running or being committed (every one waits for a
+    /// customer or has finished).
+    pub fn settle(&self) {
+        let events = self.subscribe();
+        loop {
+            {
+                let state = self.shared.lock();
+                if state.commit_queue.is_empty() && state.sessions.values().all(|s| !s.scheduled && !s.committing) {
+                    return;
+                }
+            }
+            // Every commit sends an event; the timeout only guards against a missed one.
+            let _ = events.recv_timeout(std::time::Duration::from_millis(50));
         }
     }
 
@@ -590,6 +609,19 @@ pub(crate) struct Job {
 }
 
 impl State {
+    fn view(&self, id: SessionId, entry: &SessionEntry) -> SessionView {
+        SessionView {
+            id,
+            app: self.apps[entry.app].name.clone(),
+            version: entry.version.hash().to_owned(),
+            status: entry.session.status.clone(),
+            counters: entry.session.counters.clone(),
+            last_failure: entry.session.last_failure.clone(),
+            outputs: entry.outputs.clone(),
+            state: entry.session.state.clone(),
+        }
+    }
+
     fn add_tenant(&mut self, store: &Arc<dyn Store>, name: &str, config: TenantConfig) {
         let bucket = TokenBucket::new(config.fuel_per_second, config.fuel_burst, Instant::now());
         let ix = self.scheduler.add_tenant(name, config.weight, config.limits.fuel_per_action, bucket);

@@ -9,6 +9,7 @@
 mod cli {
     pub(crate) mod bench;
     pub(crate) mod demo;
+    pub(crate) mod drive;
     pub(crate) mod run;
 }
 
@@ -65,6 +66,13 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// A host on a data directory driven by JSON commands on stdin (one reply line each, written
+    /// once the command's effect is durable): for scripts and the crash test.
+    Drive {
+        /// The data directory (SQLite database and compile cache).
+        #[arg(long, default_value = "turnstile-data")]
+        data_dir: PathBuf,
+    },
     /// Measure throughput against raw wasmtime, fairness and isolation, all in one run.
     Bench {
         /// Seconds each measurement runs.
@@ -92,6 +100,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Inspect { app, json } => cli::run::inspect(&runtime()?, &app, json),
         Command::Run { app, entry, input, kv } => cli::run::run(&runtime()?, &app, &entry, input, &kv),
         Command::Demo { sessions, workers } => cli::demo::demo(engine, sessions, workers),
+        Command::Drive { data_dir } => cli::drive::drive(&data_dir),
         Command::Bench { seconds } => cli::bench::bench(seconds),
     }
 }

@@ -2,6 +2,7 @@
 //! per run), WAT modules inline where a Rust guest can't express the case.
 
 mod cli;
+mod crash;
 mod deploy;
 mod durability;
 mod fixtures;
