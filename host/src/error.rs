@@ -60,6 +60,9 @@ pub enum Error {
     /// The store failed, or holds data this host cannot use (the message says which).
     #[error("store: {0}")]
     Store(String),
+    /// A session snapshot that can't be read or resumed here.
+    #[error("session snapshot: {0}")]
+    Snapshot(String),
     /// A checkpoint was refused because the session is now owned under a newer fencing token.
     #[error("session {session} is owned by another host now: this host's write was refused")]
     Fenced {
@@ -99,6 +102,7 @@ impl Error {
             Error::QueueFull(_) => "queue_full",
             Error::Config(_) => "invalid_config",
             Error::Store(_) => "store",
+            Error::Snapshot(_) => "bad_snapshot",
             Error::Fenced { .. } => "fenced",
             Error::Engine(_) => "engine",
             Error::Io { .. } => "io",

@@ -58,6 +58,7 @@ mod runtime;
 mod sandbox;
 mod scheduler;
 mod session;
+mod snapshot;
 mod store;
 mod timers;
 
@@ -74,6 +75,7 @@ pub use runtime::{CompileSource, CompileStats, Deployment, Runtime, RuntimeConfi
 pub use sandbox::{ActionOutcome, Effects};
 pub use scheduler::SessionId;
 pub use session::{Counters, Next, Released, Session, Status, Wait};
+pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Snapshot, export_session, import_session};
 pub use store::{
     AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, SessionRecord, SqliteStore, Store, StoredSession,
     TenantRecord,

@@ -73,11 +73,38 @@ enum Command {
         #[arg(long, default_value = "turnstile-data")]
         data_dir: PathBuf,
     },
+    /// Move a session between hosts: export its snapshot, import it elsewhere.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Measure throughput against raw wasmtime, fairness and isolation, all in one run.
     Bench {
         /// Seconds each measurement runs.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Write a session's snapshot (app version, state, next step, inbox, counters) as JSON.
+    Export {
+        /// The data directory of the host that has it.
+        #[arg(long, default_value = "turnstile-data")]
+        data_dir: PathBuf,
+        /// The session's id.
+        #[arg(long)]
+        session: u64,
+        /// Where to write it [default: stdout].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Resume a snapshot in a data directory, as a new session (the host picks it up when it starts).
+    Import {
+        /// The data directory of the host to resume it on.
+        #[arg(long, default_value = "turnstile-data")]
+        data_dir: PathBuf,
+        /// The snapshot file.
+        snapshot: PathBuf,
     },
 }
 
@@ -101,6 +128,10 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Run { app, entry, input, kv } => cli::run::run(&runtime()?, &app, &entry, input, &kv),
         Command::Demo { sessions, workers } => cli::demo::demo(engine, sessions, workers),
         Command::Drive { data_dir } => cli::drive::drive(&data_dir),
+        Command::Session(SessionCommand::Export { data_dir, session, out }) => {
+            cli::drive::export(&data_dir, session, out.as_deref())
+        }
+        Command::Session(SessionCommand::Import { data_dir, snapshot }) => cli::drive::import(&data_dir, &snapshot),
         Command::Bench { seconds } => cli::bench::bench(seconds),
     }
 }

@@ -195,3 +195,98 @@ fn set_user_version(path: &std::path::Path, version: u32) {
     bytes[60..64].copy_from_slice(&version.to_be_bytes());
     std::fs::write(path, bytes).expect("write");
 }
+
+fn sqlite_host(dir: &std::path::Path) -> Host {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    host_on(store, &dir.join("modules"))
+}
+
+fn turnstile(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_turnstile")).args(args).output().expect("turnstile runs")
+}
+
+#[test]
+fn a_session_exported_from_one_host_resumes_on_another() {
+    let root = temp_dir("snapshot");
+    let (first, second, third) = (root.join("first"), root.join("second"), root.join("third"));
+    let session = {
+        let host = sqlite_host(&first);
+        let events = host.subscribe();
+        host.create_tenant("shop", TenantConfig::default()).expect("tenant");
+        host.deploy("shop", "bot", &example("order_bot")).expect("deploys");
+        let id = host.start_session("shop", "bot", "start", Vec::new()).expect("starts");
+        wait_for(&events, id, waiting);
+        host.deliver("shop", id, b"pizza".to_vec(), None).expect("delivered");
+        wait_for(&events, id, waiting);
+        id
+    };
+    for (dir, module) in [(&second, example("order_bot")), (&third, example("ivr_menu"))] {
+        let host = sqlite_host(dir);
+        host.create_tenant("shop", TenantConfig::default()).expect("tenant");
+        host.deploy("shop", "bot", &module).expect("deploys");
+    }
+
+    let file = root.join("session.json");
+    let out = turnstile(&[
+        "session".as_ref(),
+        "export".as_ref(),
+        "--data-dir".as_ref(),
+        first.as_os_str(),
+        "--session".as_ref(),
+        session.0.to_string().as_ref(),
+        "--out".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snapshot = turnstile::Snapshot::parse(&std::fs::read_to_string(&file).expect("written")).expect("parses");
+    assert_eq!((snapshot.tenant.as_str(), snapshot.app.as_str()), ("shop", "bot"));
+
+    // A host without that app version refuses it, clearly.
+    let out =
+        turnstile(&["session".as_ref(), "import".as_ref(), "--data-dir".as_ref(), third.as_os_str(), file.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lacks app version"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One that has it resumes the conversation where it was.
+    let out = turnstile(&[
+        "session".as_ref(),
+        "import".as_ref(),
+        "--data-dir".as_ref(),
+        second.as_os_str(),
+        file.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let host = sqlite_host(&second);
+    let events = host.subscribe();
+    let (tenant, view) = host.sessions().into_iter().next().expect("imported");
+    assert_eq!(tenant, "shop");
+    assert!(waiting(&view.status), "{:?}", view.status);
+    host.deliver("shop", view.id, b"2".to_vec(), None).expect("delivered");
+    wait_for(&events, view.id, waiting);
+    host.deliver("shop", view.id, b"yes".to_vec(), None).expect("delivered");
+    wait_for(&events, view.id, Status::is_finished);
+    match host.session("shop", view.id).expect("s").status {
+        Status::Done { result } => {
+            assert_eq!((result["item"].clone(), result["quantity"].clone()), ("pizza".into(), 2.into()))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn snapshots_that_do_not_parse_are_refused_with_the_reason() {
+    for (text, reason) in [
+        ("{\"format\": \"turnstile-session-snapshot\", \"vers", "not JSON"),
+        ("{\"hello\": 1}", "not a Turnstile session snapshot"),
+        ("{\"format\": \"turnstile-session-snapshot\", \"version\": 99}", "format version 99"),
+        ("{\"format\": \"turnstile-session-snapshot\", \"version\": 1, \"session\": 1}", "malformed snapshot"),
+    ] {
+        let error = turnstile::Snapshot::parse(text).expect_err("refused");
+        assert_eq!(error.code(), "bad_snapshot");
+        assert!(error.to_string().contains(reason), "{error} should say {reason}");
+    }
+}

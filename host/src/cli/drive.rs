@@ -11,6 +11,8 @@
 //! - `{"op":"dump"}` — every session: id, tenant, status, state (base64) and released outputs.
 //!
 //! Errors are `{"ok":false,"code":"…","message":"…"}`.
+//!
+//! Also here: `turnstile session export|import`, which work on a data directory's store.
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -19,7 +21,10 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use turnstile::{Delivery, EngineConfig, Error, Host, HostConfig, RuntimeConfig, SessionId, SqliteStore, TenantConfig};
+use turnstile::{
+    Delivery, EngineConfig, Error, Host, HostConfig, RuntimeConfig, SessionId, Snapshot, SqliteStore, TenantConfig,
+    export_session, import_session,
+};
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -55,9 +60,14 @@ fn one() -> u32 {
     1
 }
 
+/// The store of a data directory.
+fn open_store(data_dir: &Path) -> Result<SqliteStore> {
+    Ok(SqliteStore::open(&data_dir.join("turnstile.db"))?)
+}
+
 /// The host of a data directory: its SQLite database and its compile cache.
 pub(crate) fn open_host(data_dir: &Path, workers: Option<usize>) -> Result<Host> {
-    let store = SqliteStore::open(&data_dir.join("turnstile.db"))?;
+    let store = open_store(data_dir)?;
     let engine = EngineConfig { cache_dir: Some(data_dir.join("modules")), ..EngineConfig::default() };
     let mut config = HostConfig {
         store: Arc::new(store),
@@ -137,4 +147,22 @@ fn execute(host: &Host, command: Command) -> Result<Value, Error> {
             json!({ "ok": true, "sessions": sessions })
         }
     })
+}
+
+pub(crate) fn export(data_dir: &Path, session: u64, out: Option<&Path>) -> Result<ExitCode> {
+    let snapshot = export_session(&open_store(data_dir)?, SessionId(session))?;
+    let text = serde_json::to_string_pretty(&snapshot)?;
+    match out {
+        Some(path) => std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn import(data_dir: &Path, file: &Path) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let snapshot = Snapshot::parse(&text).with_context(|| format!("{}", file.display()))?;
+    let id = import_session(&open_store(data_dir)?, &snapshot)?;
+    println!("imported session {} of `{}`/`{}` as session {}", snapshot.session, snapshot.tenant, snapshot.app, id.0);
+    Ok(ExitCode::SUCCESS)
 }
