@@ -238,7 +238,7 @@ struct Durable {
     actions_per_second: f64,
     bytes_per_action: f64,
     recovery: Duration,
-    recovered: usize,
+    recovered: u64,
 }
 
 /// Bytes this process has passed to `write` so far.
@@ -298,6 +298,6 @@ fn durable(window: Duration, workers: usize) -> Result<Durable> {
     let started = Instant::now();
     let host = host_on(workers, scratch.store()?)?;
     let recovery = started.elapsed();
-    let recovered = host.metrics().waiting as usize;
+    let recovered = host.metrics().waiting;
     Ok(Durable { actions_per_second, bytes_per_action, recovery, recovered })
 }
