@@ -16,13 +16,18 @@
 //! ```
 //!
 //! # Modules
-//! - [`engine`](crate::EngineConfig): the only place that configures wasmtime (pool, fuel, epochs, cache).
+//! - `engine`: the only place that configures wasmtime (pool, fuel, epochs, cache).
 //! - `abi`: the host side of guest ABI v1, the only code that touches guest memory.
 //! - `app`: deploy (validate, discover actions, compile through the cache).
 //! - `sandbox`: one action in a fresh instance, its outcome classified.
 //! - `session`: the session state machine, as plain data.
 //! - `runtime`: engine + linker + deployed apps, shared by all sessions.
 //! - `local`: one session driven in-process (for `turnstile run` and tests).
+//! - `host`: [`Host`], tenants, apps, sessions; `scheduler` (DRR, buckets, action list),
+//!   `pool` (workers), `timers` (wait timeouts), `checkpoint` (group commit), `metrics`.
+//! - `store`: the [`Store`] trait, [`MemoryStore`] and [`SqliteStore`]; `snapshot`: portable
+//!   session snapshots.
+//! - [`examples`]: the repository's example apps, built on demand (demo, bench, tests).
 //!
 //! # Example
 //! ```no_run
