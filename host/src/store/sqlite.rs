@@ -177,7 +177,7 @@ impl Store for SqliteStore {
                 id: session_id(id),
                 tenant,
                 app,
-                snapshot: parse("session", &snapshot)?,
+                snapshot: parse(&format!("checkpoint of session {id} (written by a newer Turnstile?)"), &snapshot)?,
                 fence: u64::try_from(fence).unwrap_or_default(),
             };
             image.sessions.push(StoredSession {
