@@ -385,10 +385,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<
         caller.data_mut().push_log(level, String::from_utf8_lossy(&bytes).into_owned());
         Ok(())
     })?;
-    linker.func_wrap(MODULE, "now_ms", || {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-    })?;
+    linker.func_wrap(MODULE, "now_ms", || i64::try_from(crate::session::now_ms()).unwrap_or(i64::MAX))?;
     linker.func_wrap(MODULE, "random", |mut caller: Caller<'_, ActionCtx>, dst: i32, len: i32| {
         let (mem, ctx) = split(&mut caller)?;
         let range = guest_range(ctx, mem.len(), dst, len, MAX_RANDOM_BYTES, "random")?;

@@ -22,12 +22,11 @@ use crate::app::App;
 use crate::error::Error;
 use crate::failure::Failure;
 use crate::limits::Limits;
-use crate::local::now_ms;
 use crate::metrics::{MetricsSnapshot, TenantMetrics};
 use crate::pool;
 use crate::runtime::{CompileSource, Runtime, RuntimeConfig};
 use crate::scheduler::{AppIx, Dispatch, QueueFull, Scheduler, SessionId, TenantIx, TokenBucket};
-use crate::session::{Counters, Session, Status};
+use crate::session::{Counters, Session, Status, now_ms};
 use crate::store::{
     AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, SessionRecord, Store, TenantRecord,
 };

@@ -7,7 +7,7 @@ use crate::app::App;
 use crate::error::Error;
 use crate::failure::Failure;
 use crate::runtime::Runtime;
-use crate::session::{Session, Status};
+use crate::session::{Session, Status, now_ms};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -132,10 +132,4 @@ fn check_event_size(runtime: &Runtime, event: &[u8]) -> Result<(), Error> {
         return Err(Error::EventTooLarge { size: event.len(), limit });
     }
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }

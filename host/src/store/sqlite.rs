@@ -44,6 +44,9 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 /// A SQLite database file.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Key-value reads of running actions use their own connection: in WAL mode a reader never
+    /// waits for a writer, so an action is not held up (towards its deadline) by a group commit.
+    reader: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -91,7 +94,9 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", to).map_err(|e| fail("migrating", e))?;
             tx.commit().map_err(|e| fail("migrating", e))?;
         }
-        Ok(SqliteStore { conn: Mutex::new(conn), path: path.to_path_buf() })
+        let reader = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| fail("opening the reader", e))?;
+        Ok(SqliteStore { conn: Mutex::new(conn), reader: Mutex::new(reader), path: path.to_path_buf() })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -304,7 +309,9 @@ impl Store for SqliteStore {
     }
 
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.conn()
+        self.reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .prepare_cached("SELECT value FROM kv WHERE tenant = ?1 AND key = ?2")
             .and_then(|mut q| q.query_row(params![tenant, key], |r| r.get(0)).optional())
             .map_err(self.fail("reading the key-value space"))
