@@ -183,6 +183,8 @@ pub(crate) struct SessionEntry {
     committing: bool,
     /// Its next action is in a pending queue or running.
     scheduled: bool,
+    /// Cancelled while busy: whatever its action does, the session ends cancelled.
+    cancelled: bool,
     fence: u64,
     outputs: Vec<String>,
     /// Bumped whenever a wait ends, so a stale timer is recognised and ignored.
@@ -468,6 +470,29 @@ impl Host {
         Ok(Delivery::Accepted)
     }
 
+    /// Cancels a session of `tenant`: it ends `cancelled` (an action already running completes
+    /// first, and its effects are kept). Its inbox is dropped.
+    pub fn cancel_session(&self, tenant: &str, session: SessionId) -> Result<(), Error> {
+        let mut state = self.shared.lock();
+        let tenant_ix = state.tenants.get(tenant).map(|t| t.ix);
+        let entry = match state.sessions.get_mut(&session) {
+            Some(entry) if Some(entry.tenant) == tenant_ix => entry,
+            _ => return Err(not_found(&format!("session {session}"))),
+        };
+        if entry.session.status.is_finished() || entry.cancelled {
+            return Err(Error::SessionState { status: entry.session.status.name(), request: "be cancelled" });
+        }
+        entry.cancelled = true;
+        entry.session.status = Status::Cancelled;
+        if !entry.scheduled && !entry.committing {
+            // Idle (waiting for the customer): its cancellation is a checkpoint of its own.
+            state.checkpoint_idle(session);
+            drop(crate::checkpoint::commit_queued(&self.shared, state));
+        }
+        // Otherwise its queued or running action's checkpoint records it.
+        Ok(())
+    }
+
     /// Reads a session of `tenant` (not found if it is another tenant's).
     pub fn session(&self, tenant: &str, session: SessionId) -> Result<SessionView, Error> {
         let state = self.shared.lock();
@@ -672,6 +697,7 @@ impl State {
                 consumed: None,
                 committing: false,
                 scheduled: false,
+                cancelled: false,
                 fence: record.fence,
                 outputs,
                 wait_seq: 0,
@@ -714,7 +740,7 @@ impl State {
                     }
                 }
             }
-            Status::Done { .. } | Status::Failed { .. } => {}
+            Status::Done { .. } | Status::Failed { .. } | Status::Cancelled => {}
         }
     }
 
@@ -751,6 +777,9 @@ impl State {
                     *tenant.counters.failures.entry(failure.kind).or_default() += 1;
                 }
                 released = entry.session.apply(&entry.version, outcome.fuel, outcome.result, now_ms());
+                if entry.cancelled {
+                    entry.session.status = Status::Cancelled;
+                }
             }
             None => {
                 if let Status::Failed { failure } = &entry.session.status {
@@ -771,6 +800,21 @@ impl State {
         entry.scheduled = false;
         entry.committing = true;
         self.commit_queue.push(checkpoint);
+    }
+
+    /// Queues a checkpoint of an idle session's current state (no action ran).
+    fn checkpoint_idle(&mut self, id: SessionId) {
+        let Some(entry) = self.sessions.get_mut(&id) else { return };
+        entry.committing = true;
+        self.commit_queue.push(Checkpoint {
+            session: id,
+            tenant: self.tenant_names[entry.tenant].clone(),
+            snapshot: entry.session.clone(),
+            outputs: Vec::new(),
+            kv_writes: Default::default(),
+            consumed: entry.consumed.take(),
+            fence: entry.fence,
+        });
     }
 
     /// A checkpoint is committed: its outputs are released, and the session moves on.

@@ -105,6 +105,8 @@ pub enum Status {
         /// Why.
         failure: Failure,
     },
+    /// Ended by its tenant (or the operator) before it finished.
+    Cancelled,
 }
 
 impl Status {
@@ -115,12 +117,13 @@ impl Status {
             Status::Waiting { .. } => "waiting",
             Status::Done { .. } => "done",
             Status::Failed { .. } => "failed",
+            Status::Cancelled => "cancelled",
         }
     }
 
     /// Whether the session is over.
     pub fn is_finished(&self) -> bool {
-        matches!(self, Status::Done { .. } | Status::Failed { .. })
+        matches!(self, Status::Done { .. } | Status::Failed { .. } | Status::Cancelled)
     }
 }
 

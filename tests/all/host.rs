@@ -359,3 +359,29 @@ fn events_for_a_busy_session_wait_in_its_inbox_and_arrive_in_order() {
     await_events(&events, 2, |e| e.session == id && matches!(e.status, Status::Waiting { .. }));
     assert_eq!(host.session("t", id).expect("s").outputs, [r#""first""#, r#""second""#]);
 }
+
+#[test]
+fn cancelled_sessions_end_cancelled_whether_idle_or_busy() {
+    let host = host(1);
+    let events = host.subscribe();
+    let limits = Limits { fuel_per_action: 1_000_000, ..Limits::default() };
+    let throttled = TenantConfig { fuel_per_second: 1, fuel_burst: 1_000_000, limits, ..TenantConfig::default() };
+    host.create_tenant("t", throttled.clone()).expect("tenant");
+    host.create_tenant("other", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "app", &waiting_app(3_600_000)).expect("deploys");
+    // Idle: waiting for its customer.
+    let idle = host.start_session("t", "app", "start", Vec::new()).expect("starts");
+    await_events(&events, 1, |e| e.session == idle);
+    assert_eq!(host.cancel_session("other", idle).expect_err("not theirs").code(), "not_found");
+    host.cancel_session("t", idle).expect("cancelled");
+    await_events(&events, 1, |e| e.session == idle && e.status == Status::Cancelled);
+    assert_eq!(host.deliver("t", idle, b"late".to_vec(), None).expect_err("over").code(), "session_state");
+    assert_eq!(host.cancel_session("t", idle).expect_err("twice").code(), "session_state");
+    // Busy: queued behind an empty fuel bucket.
+    let busy = host.start_session("t", "app", "start", Vec::new()).expect("starts");
+    host.cancel_session("t", busy).expect("cancelled");
+    host.update_tenant("t", TenantConfig { fuel_per_second: 1_000_000_000, ..throttled }).expect("updated");
+    await_events(&events, 1, |e| e.session == busy && e.status == Status::Cancelled);
+    assert_eq!(host.session("t", busy).expect("s").status, Status::Cancelled);
+    assert_eq!(host.metrics().tenant("t").map(|t| t.sessions_finished), Some(2));
+}

@@ -160,7 +160,7 @@ pub(crate) fn demo(engine: EngineConfig, sessions: usize, workers: Option<usize>
                         }
                     }
                 }
-                Status::Done { .. } | Status::Failed { .. } => {
+                Status::Done { .. } | Status::Failed { .. } | Status::Cancelled => {
                     on_the_line.remove(&event.session);
                     finished += 1;
                 }

@@ -119,7 +119,9 @@ pub(crate) fn run(runtime: &Runtime, path: &Path, entry: &str, input: String, se
                 eprintln!("✗ session failed [{}] in `{}`: {}", failure.kind, failure.action, failure.message);
                 return Ok(ExitCode::FAILURE);
             }
-            Status::Ready { .. } => bail!("the session stopped while ready; this is a bug"),
+            Status::Ready { .. } | Status::Cancelled => {
+                bail!("a local session stopped {}; this is a bug", session.status().name())
+            }
         };
         print_steps(&steps);
     }
