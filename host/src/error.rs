@@ -48,6 +48,9 @@ pub enum Error {
     /// Something by that name already exists.
     #[error("{0}")]
     Conflict(String),
+    /// The tenant is suspended by the operator.
+    #[error("tenant `{0}` is suspended")]
+    Suspended(String),
     /// A quota of the tenant would be exceeded.
     #[error("quota exceeded: {0}")]
     Quota(String),
@@ -99,6 +102,7 @@ impl Error {
             Error::InvalidName { .. } => "invalid_name",
             Error::Conflict(_) => "conflict",
             Error::Quota(_) => "quota_exceeded",
+            Error::Suspended(_) => "tenant_suspended",
             Error::QueueFull(_) => "queue_full",
             Error::Config(_) => "invalid_config",
             Error::Store(_) => "store",

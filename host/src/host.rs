@@ -84,6 +84,9 @@ pub struct TenantConfig {
     pub max_sessions: u64,
     /// What each of its actions may use.
     pub limits: Limits,
+    /// A suspended tenant's sessions and events are refused and its queued actions wait (set
+    /// with [`Host::suspend_tenant`]).
+    pub suspended: bool,
 }
 
 impl Default for TenantConfig {
@@ -95,6 +98,7 @@ impl Default for TenantConfig {
             max_in_flight: 1,
             max_sessions: 100_000,
             limits: Limits::default(),
+            suspended: false,
         }
     }
 }
@@ -141,6 +145,30 @@ pub enum Delivery {
     Accepted,
     /// An event with the same idempotency key was acknowledged before: this one changed nothing.
     Duplicate,
+}
+
+/// A tenant as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantInfo {
+    /// Its name.
+    pub name: String,
+    /// Its quota, weight and whether it is suspended.
+    pub config: TenantConfig,
+    /// Sessions it has open.
+    pub open_sessions: u64,
+    /// Its apps, by name.
+    pub apps: Vec<AppInfo>,
+}
+
+/// An app as its tenant sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppInfo {
+    /// Its name.
+    pub name: String,
+    /// The version new sessions start on.
+    pub version: String,
+    /// That version's actions.
+    pub actions: Vec<String>,
 }
 
 /// A deployed app version, as deploy reports it.
@@ -315,6 +343,44 @@ impl Host {
         Ok(())
     }
 
+    /// Suspends a tenant (its new sessions and events are refused, its queued actions wait) or
+    /// lifts the suspension.
+    pub fn suspend_tenant(&self, name: &str, suspended: bool) -> Result<(), Error> {
+        let config = self.tenant(name)?.config;
+        self.update_tenant(name, TenantConfig { suspended, ..config })
+    }
+
+    /// Deletes a tenant with everything it has: apps, finished sessions, key-value space. A
+    /// tenant with open sessions is refused (cancel them, or let them finish, first).
+    pub fn delete_tenant(&self, name: &str) -> Result<(), Error> {
+        let mut state = self.shared.lock();
+        let tenant = state.tenants.get(name).ok_or_else(|| not_found(&format!("tenant `{name}`")))?;
+        if tenant.open_sessions > 0 {
+            return Err(Error::Conflict(format!(
+                "tenant `{name}` has {} open sessions: cancel them (or let them finish) first",
+                tenant.open_sessions
+            )));
+        }
+        self.shared.store.delete_tenant(name)?;
+        let ix = tenant.ix;
+        state.tenants.remove(name);
+        state.sessions.retain(|_, s| s.tenant != ix);
+        Ok(())
+    }
+
+    /// Every tenant, by name.
+    pub fn tenants(&self) -> Vec<TenantInfo> {
+        let state = self.shared.lock();
+        let mut names: Vec<&String> = state.tenants.keys().collect();
+        names.sort();
+        names.into_iter().filter_map(|name| state.tenant_info(name)).collect()
+    }
+
+    /// One tenant.
+    pub fn tenant(&self, name: &str) -> Result<TenantInfo, Error> {
+        self.shared.lock().tenant_info(name).ok_or_else(|| not_found(&format!("tenant `{name}`")))
+    }
+
     /// Changes a tenant's quota and weight; actions already running keep the limits they started with.
     pub fn update_tenant(&self, name: &str, config: TenantConfig) -> Result<(), Error> {
         self.check_tenant_config(&config)?;
@@ -324,6 +390,7 @@ impl Host {
         self.shared.store.put_tenant(&TenantRecord { name: name.to_owned(), config: config.clone() })?;
         let slot = &mut state.scheduler.tenants[tenant.ix];
         slot.weight = config.weight;
+        slot.suspended = config.suspended;
         slot.fuel_per_action = config.limits.fuel_per_action;
         slot.bucket.set(config.fuel_per_second, config.fuel_burst);
         for &app in tenant.apps.values() {
@@ -394,6 +461,9 @@ impl Host {
             let state = &mut *state;
             let owner = state.tenants.get(tenant).ok_or_else(|| not_found(&format!("tenant `{tenant}`")))?;
             let &app_ix = owner.apps.get(app).ok_or_else(|| not_found(&format!("app `{app}`")))?;
+            if owner.config.suspended {
+                return Err(Error::Suspended(tenant.to_owned()));
+            }
             if input.len() > owner.limits.max_input_bytes {
                 return Err(Error::EventTooLarge { size: input.len(), limit: owner.limits.max_input_bytes });
             }
@@ -435,6 +505,9 @@ impl Host {
         {
             let state = self.shared.lock();
             let owner = state.tenants.get(tenant).ok_or_else(|| not_found(&format!("tenant `{tenant}`")))?;
+            if owner.config.suspended {
+                return Err(Error::Suspended(tenant.to_owned()));
+            }
             if event.len() > owner.limits.max_input_bytes {
                 return Err(Error::EventTooLarge { size: event.len(), limit: owner.limits.max_input_bytes });
             }
@@ -633,6 +706,26 @@ pub(crate) struct Job {
 }
 
 impl State {
+    fn tenant_info(&self, name: &str) -> Option<TenantInfo> {
+        let tenant = self.tenants.get(name)?;
+        let mut apps: Vec<AppInfo> = tenant
+            .apps
+            .iter()
+            .map(|(app, &ix)| AppInfo {
+                name: app.clone(),
+                version: self.apps[ix].current.hash().to_owned(),
+                actions: self.apps[ix].current.info().actions.clone(),
+            })
+            .collect();
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(TenantInfo {
+            name: name.to_owned(),
+            config: tenant.config.clone(),
+            open_sessions: tenant.open_sessions,
+            apps,
+        })
+    }
+
     fn view(&self, id: SessionId, entry: &SessionEntry) -> SessionView {
         SessionView {
             id,
@@ -649,6 +742,7 @@ impl State {
     fn add_tenant(&mut self, store: &Arc<dyn Store>, name: &str, config: TenantConfig) {
         let bucket = TokenBucket::new(config.fuel_per_second, config.fuel_burst, Instant::now());
         let ix = self.scheduler.add_tenant(name, config.weight, config.limits.fuel_per_action, bucket);
+        self.scheduler.tenants[ix].suspended = config.suspended;
         let kv: Arc<dyn KvRead> = Arc::new(TenantKv { store: store.clone(), tenant: name.to_owned() });
         let limits = Arc::new(config.limits.clone());
         self.tenant_names.push(name.to_owned());

@@ -72,7 +72,7 @@ pub use app::{App, DeployError, ERROR_ACTION, Extent, ImportInfo, ModuleInfo, mo
 pub use engine::EngineConfig;
 pub use error::Error;
 pub use failure::{Failure, FailureKind};
-pub use host::{AppVersion, Delivery, Host, HostConfig, SessionEvent, SessionView, TenantConfig};
+pub use host::{AppInfo, AppVersion, Delivery, Host, HostConfig, SessionEvent, SessionView, TenantConfig, TenantInfo};
 pub use limits::{DeployLimits, Limits};
 pub use local::{LocalSession, MemoryKv, Step};
 pub use metrics::{MetricsSnapshot, TenantMetrics};

@@ -97,6 +97,8 @@ pub(crate) struct TenantSlot {
     /// Fuel reserved per dispatch: the tenant's per-action cap.
     pub(crate) fuel_per_action: u64,
     pub(crate) bucket: TokenBucket,
+    /// Its actions stay queued until the suspension is lifted.
+    pub(crate) suspended: bool,
     deficit: i64,
     /// Running estimate of fuel per action (what a dispatch is charged until it completes).
     estimate: u64,
@@ -194,6 +196,7 @@ impl Scheduler {
             weight: weight.max(1),
             fuel_per_action,
             bucket,
+            suspended: false,
             deficit: 0,
             estimate: 10_000,
             ready_apps: VecDeque::new(),
@@ -276,6 +279,10 @@ impl Scheduler {
                     continue;
                 }
                 let tenant = &mut self.tenants[t];
+                if tenant.suspended {
+                    self.active.rotate_left(1);
+                    continue;
+                }
                 if tenant.deficit > 0 {
                     match tenant.bucket.reserve(tenant.fuel_per_action, now) {
                         Ok(()) => return Pick::Run(self.dispatch(t, now)),
@@ -293,7 +300,7 @@ impl Scheduler {
             let mut rounds: Option<u64> = None;
             for &t in &self.active {
                 let tenant = &mut self.tenants[t];
-                if tenant.deficit > 0 {
+                if tenant.deficit > 0 || tenant.suspended {
                     continue;
                 }
                 if let Err(refilled) = tenant.bucket.check(tenant.fuel_per_action, now) {

@@ -125,6 +125,8 @@ pub trait Store: Send + Sync {
     fn load(&self) -> Result<Image, Error>;
     /// Creates or updates a tenant.
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), Error>;
+    /// Deletes a tenant with its apps, sessions (their inboxes and outputs) and key-value space.
+    fn delete_tenant(&self, name: &str) -> Result<(), Error>;
     /// Records an app's current version, storing the module's bytes if they are new.
     fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error>;
     /// Stores a new session.

@@ -385,3 +385,41 @@ fn cancelled_sessions_end_cancelled_whether_idle_or_busy() {
     assert_eq!(host.session("t", busy).expect("s").status, Status::Cancelled);
     assert_eq!(host.metrics().tenant("t").map(|t| t.sessions_finished), Some(2));
 }
+
+#[test]
+fn operators_list_suspend_and_delete_tenants() {
+    let host = host(1);
+    let events = host.subscribe();
+    host.create_tenant("acme", TenantConfig { weight: 2, ..TenantConfig::default() }).expect("tenant");
+    host.create_tenant("zeta", TenantConfig::default()).expect("tenant");
+    host.deploy("acme", "app", &waiting_app(3_600_000)).expect("deploys");
+    let names: Vec<String> = host.tenants().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["acme", "zeta"]);
+    let acme = host.tenant("acme").expect("acme");
+    assert_eq!((acme.config.weight, acme.apps.len()), (2, 1));
+    assert_eq!(acme.apps[0].actions, ["answer", "expired", "start"]);
+
+    let id = host.start_session("acme", "app", "start", Vec::new()).expect("starts");
+    await_events(&events, 1, |e| e.session == id);
+    host.suspend_tenant("acme", true).expect("suspended");
+    assert_eq!(
+        host.start_session("acme", "app", "start", Vec::new()).expect_err("suspended").code(),
+        "tenant_suspended"
+    );
+    assert_eq!(host.deliver("acme", id, b"x".to_vec(), None).expect_err("suspended").code(), "tenant_suspended");
+    assert!(host.tenant("acme").expect("acme").config.suspended);
+    host.suspend_tenant("acme", false).expect("resumed");
+    host.deliver("acme", id, b"\"hi\"".to_vec(), None).expect("delivered");
+    await_events(&events, 1, |e| e.session == id && e.status.is_finished());
+
+    assert_eq!(host.delete_tenant("nobody").expect_err("absent").code(), "not_found");
+    let open = host.start_session("acme", "app", "start", Vec::new()).expect("starts");
+    assert_eq!(host.delete_tenant("acme").expect_err("open sessions").code(), "conflict");
+    host.cancel_session("acme", open).expect("cancelled");
+    await_events(&events, 1, |e| e.session == open && e.status.is_finished());
+    host.delete_tenant("acme").expect("deleted");
+    assert_eq!(host.session("acme", id).expect_err("gone").code(), "not_found");
+    assert_eq!(host.tenants().len(), 1);
+    host.create_tenant("acme", TenantConfig::default()).expect("the name is free again");
+    assert!(host.tenant("acme").expect("acme").apps.is_empty());
+}

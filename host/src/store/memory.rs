@@ -50,6 +50,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn delete_tenant(&self, name: &str) -> Result<(), Error> {
+        let mut inner = self.lock();
+        inner.tenants.remove(name);
+        inner.apps.retain(|(tenant, _), _| tenant != name);
+        inner.sessions.retain(|_, s| s.record.tenant != name);
+        inner.kv.remove(name);
+        Ok(())
+    }
+
     fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error> {
         let mut inner = self.lock();
         inner.modules.entry(app.version.clone()).or_insert_with(|| module.to_vec());

@@ -204,6 +204,24 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn delete_tenant(&self, name: &str) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let fail = self.fail("deleting a tenant");
+        let tx = conn.transaction().map_err(&fail)?;
+        for table in ["inbox", "event_keys", "outputs"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE session IN (SELECT id FROM sessions WHERE tenant = ?1)"),
+                params![name],
+            )
+            .map_err(&fail)?;
+        }
+        for table in ["sessions", "apps", "kv"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE tenant = ?1"), params![name]).map_err(&fail)?;
+        }
+        tx.execute("DELETE FROM tenants WHERE name = ?1", params![name]).map_err(&fail)?;
+        tx.commit().map_err(&fail)
+    }
+
     fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error> {
         let mut conn = self.conn();
         let fail = self.fail("storing an app version");
