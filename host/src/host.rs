@@ -28,7 +28,7 @@ use crate::runtime::{CompileSource, Runtime, RuntimeConfig};
 use crate::scheduler::{AppIx, Dispatch, QueueFull, Scheduler, SessionId, TenantIx, TokenBucket};
 use crate::session::{Counters, Session, Status, now_ms};
 use crate::store::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, SessionRecord, Store, TenantRecord,
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, SessionRecord, Store, TenantRecord, TokenRecord,
 };
 use crate::timers::Timers;
 use std::collections::{HashMap, VecDeque};
@@ -136,6 +136,9 @@ pub struct SessionEvent {
     pub status: Status,
     /// Outputs the action released.
     pub outputs: Vec<String>,
+    /// How many outputs the session had released before these (the first of these is number
+    /// `first_output + 1`).
+    pub first_output: usize,
 }
 
 /// What delivering a customer event did.
@@ -231,6 +234,8 @@ pub(crate) struct State {
     pub(crate) shutting_down: bool,
     subscribers: Vec<mpsc::Sender<SessionEvent>>,
     max_inbox: usize,
+    /// Tenants' API tokens by hash: (token id, tenant).
+    tokens: HashMap<String, (String, String)>,
     /// Checkpoints of completed actions waiting for the next group commit.
     pub(crate) commit_queue: Vec<Checkpoint>,
     /// A worker is committing a group (see `checkpoint.rs`).
@@ -309,6 +314,7 @@ impl Host {
                 shutting_down: false,
                 subscribers: Vec::new(),
                 max_inbox: config.max_inbox,
+                tokens: HashMap::new(),
                 commit_queue: Vec::new(),
                 commit_in_progress: false,
             }),
@@ -364,8 +370,39 @@ impl Host {
         self.shared.store.delete_tenant(name)?;
         let ix = tenant.ix;
         state.tenants.remove(name);
+        state.tokens.retain(|_, (_, owner)| owner != name);
         state.sessions.retain(|_, s| s.tenant != ix);
         Ok(())
+    }
+
+    /// Issues an API token for a tenant: returns its id and the token itself, which is shown this
+    /// once (only its sha-256 is kept).
+    pub fn issue_token(&self, tenant: &str) -> Result<(String, String), Error> {
+        if !self.shared.lock().tenants.contains_key(tenant) {
+            return Err(not_found(&format!("tenant `{tenant}`")));
+        }
+        let secret = random_hex(32)?;
+        let token = format!("tst_{secret}");
+        let hash = crate::app::module_hash(token.as_bytes());
+        let id = format!("tok_{}", &random_hex(8)?);
+        self.shared.store.put_token(&TokenRecord { id: id.clone(), tenant: tenant.to_owned(), hash: hash.clone() })?;
+        self.shared.lock().tokens.insert(hash, (id.clone(), tenant.to_owned()));
+        Ok((id, token))
+    }
+
+    /// Revokes a tenant's token.
+    pub fn revoke_token(&self, tenant: &str, id: &str) -> Result<(), Error> {
+        if !self.shared.store.delete_token(tenant, id)? {
+            return Err(not_found(&format!("token `{id}`")));
+        }
+        self.shared.lock().tokens.retain(|_, (token, _)| token != id);
+        Ok(())
+    }
+
+    /// The tenant a token acts for, if it is a live token.
+    pub fn authenticate(&self, token: &str) -> Option<String> {
+        let hash = crate::app::module_hash(token.as_bytes());
+        self.shared.lock().tokens.get(&hash).map(|(_, tenant)| tenant.clone())
     }
 
     /// Every tenant, by name.
@@ -516,6 +553,12 @@ impl Host {
                 _ => return Err(not_found(&format!("session {session}"))),
             };
             if entry.session.status.is_finished() {
+                // A retry of an event acknowledged before the session ended is acknowledged again.
+                if let Some(key) = idempotency_key
+                    && self.shared.store.has_event_key(session, key)?
+                {
+                    return Ok(Delivery::Duplicate);
+                }
                 return Err(Error::SessionState {
                     status: entry.session.status.name(),
                     request: "take a customer event",
@@ -669,6 +712,9 @@ fn resume(shared: &Shared, image: Image) -> Result<(), Error> {
     for app in &image.apps {
         state.set_app(&app.tenant, &app.app, module(&app.version)?)?;
     }
+    for token in image.tokens {
+        state.tokens.insert(token.hash, (token.id, token.tenant));
+    }
     let now = Instant::now();
     for stored in image.sessions {
         let record = stored.record;
@@ -686,6 +732,16 @@ fn resume(shared: &Shared, image: Image) -> Result<(), Error> {
         state.schedule(id, now, shared);
     }
     Ok(())
+}
+
+/// `bytes` random bytes from the operating system, as hex.
+fn random_hex(bytes: usize) -> Result<String, Error> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| Error::io("reading /dev/urandom", e))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn queue_full(full: QueueFull) -> Error {
@@ -915,6 +971,7 @@ impl State {
     pub(crate) fn committed(&mut self, checkpoint: Checkpoint, now: Instant, shared: &Shared) {
         let Some(entry) = self.sessions.get_mut(&checkpoint.session) else { return };
         entry.committing = false;
+        let first_output = entry.outputs.len();
         entry.outputs.extend(checkpoint.outputs.iter().cloned());
         let (tenant, status) = (entry.tenant, entry.session.status.clone());
         if status.is_finished() {
@@ -931,6 +988,7 @@ impl State {
                 tenant: checkpoint.tenant,
                 status,
                 outputs: checkpoint.outputs,
+                first_output,
             };
             self.subscribers.retain(|s| s.send(event.clone()).is_ok());
         }

@@ -48,8 +48,10 @@
 #![forbid(unsafe_code)]
 
 mod abi;
+pub mod api;
 mod app;
 mod checkpoint;
+pub mod config;
 mod engine;
 mod error;
 pub mod examples;
@@ -83,5 +85,5 @@ pub use session::{Counters, Next, Released, Session, Status, Wait};
 pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Snapshot, export_session, import_session};
 pub use store::{
     AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, SessionRecord, SqliteStore, Store, StoredSession,
-    TenantRecord,
+    TenantRecord, TokenRecord,
 };

@@ -11,6 +11,7 @@ mod cli {
     pub(crate) mod demo;
     pub(crate) mod drive;
     pub(crate) mod run;
+    pub(crate) mod serve;
 }
 
 use anyhow::Result;
@@ -65,6 +66,18 @@ enum Command {
         /// Worker threads of the pool [default: one per core].
         #[arg(long)]
         workers: Option<usize>,
+    },
+    /// The HTTP API for operators and tenants, on a data directory.
+    Serve {
+        /// A TOML configuration file (see turnstile.example.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides the file).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The data directory (overrides the file).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// A host on a data directory driven by JSON commands on stdin (one reply line each, written
     /// once the command's effect is durable): for scripts and the crash test.
@@ -128,6 +141,9 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Run { app, entry, input, kv } => cli::run::run(&runtime()?, &app, &entry, input, &kv),
         Command::Demo { sessions, workers } => cli::demo::demo(engine, sessions, workers),
         Command::Drive { data_dir } => cli::drive::drive(&data_dir),
+        Command::Serve { config, listen, data_dir } => {
+            cli::serve::serve(turnstile::config::ServeConfig::load(config.as_deref(), listen, data_dir)?)
+        }
         Command::Session(SessionCommand::Export { data_dir, session, out }) => {
             cli::drive::export(&data_dir, session, out.as_deref())
         }

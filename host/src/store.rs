@@ -32,6 +32,17 @@ pub struct TenantRecord {
     pub config: TenantConfig,
 }
 
+/// An API token of a tenant, as stored: only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Its id (shown in lists, used to revoke it).
+    pub id: String,
+    /// The tenant it acts for.
+    pub tenant: String,
+    /// sha-256 of the token, hex.
+    pub hash: String,
+}
+
 /// The current version of a tenant's app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppRecord {
@@ -89,6 +100,8 @@ pub struct Image {
     pub modules: BTreeMap<String, Vec<u8>>,
     /// Sessions, finished ones included.
     pub sessions: Vec<StoredSession>,
+    /// Tenants' API tokens (hashed).
+    pub tokens: Vec<TokenRecord>,
 }
 
 /// What appending a customer event did.
@@ -125,8 +138,13 @@ pub trait Store: Send + Sync {
     fn load(&self) -> Result<Image, Error>;
     /// Creates or updates a tenant.
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), Error>;
-    /// Deletes a tenant with its apps, sessions (their inboxes and outputs) and key-value space.
+    /// Deletes a tenant with its apps, sessions (their inboxes and outputs), tokens and key-value
+    /// space.
     fn delete_tenant(&self, name: &str) -> Result<(), Error>;
+    /// Stores a tenant's API token (its hash).
+    fn put_token(&self, token: &TokenRecord) -> Result<(), Error>;
+    /// Removes a token; false when there was none with that id for that tenant.
+    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, Error>;
     /// Records an app's current version, storing the module's bytes if they are new.
     fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error>;
     /// Stores a new session.
@@ -134,6 +152,8 @@ pub trait Store: Send + Sync {
     /// Appends a customer event to a session's inbox, durably; with an idempotency key, an event
     /// whose key was seen before for this session is acknowledged without being added again.
     fn append_event(&self, session: SessionId, event: &[u8], key: Option<&str>) -> Result<Appended, Error>;
+    /// Whether an event with this idempotency key was acknowledged for this session.
+    fn has_event_key(&self, session: SessionId, key: &str) -> Result<bool, Error>;
     /// Commits a group of checkpoints atomically (all or none), refusing any whose fencing token
     /// is stale.
     fn commit(&self, group: &[Checkpoint]) -> Result<(), Error>;

@@ -1,6 +1,7 @@
 //! Turnstile's integration tests: one binary, shared fixtures (the examples are built to Wasm once
 //! per run), WAT modules inline where a Rust guest can't express the case.
 
+mod api;
 mod cli;
 mod crash;
 mod deploy;

@@ -1,7 +1,9 @@
 //! The in-memory store: everything in maps. A host dropped and rebuilt on the same store resumes
 //! from it (that is how recovery is tested without a disk); nothing survives the process.
 
-use super::{AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, Store, StoredSession, TenantRecord};
+use super::{
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, Store, StoredSession, TenantRecord, TokenRecord,
+};
 use crate::error::Error;
 use crate::scheduler::SessionId;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,6 +24,7 @@ struct Inner {
     next_seq: HashMap<SessionId, u64>,
     keys: HashSet<(SessionId, String)>,
     kv: HashMap<String, BTreeMap<String, Vec<u8>>>,
+    tokens: BTreeMap<String, TokenRecord>,
 }
 
 impl MemoryStore {
@@ -42,6 +45,7 @@ impl Store for MemoryStore {
             apps: inner.apps.values().cloned().collect(),
             modules: inner.modules.clone(),
             sessions: inner.sessions.values().cloned().collect(),
+            tokens: inner.tokens.values().cloned().collect(),
         })
     }
 
@@ -56,7 +60,22 @@ impl Store for MemoryStore {
         inner.apps.retain(|(tenant, _), _| tenant != name);
         inner.sessions.retain(|_, s| s.record.tenant != name);
         inner.kv.remove(name);
+        inner.tokens.retain(|_, t| t.tenant != name);
         Ok(())
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), Error> {
+        self.lock().tokens.insert(token.id.clone(), token.clone());
+        Ok(())
+    }
+
+    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, Error> {
+        let mut inner = self.lock();
+        let found = inner.tokens.get(id).is_some_and(|t| t.tenant == tenant);
+        if found {
+            inner.tokens.remove(id);
+        }
+        Ok(found)
     }
 
     fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error> {
@@ -88,6 +107,10 @@ impl Store for MemoryStore {
         let stored = inner.sessions.get_mut(&session).ok_or_else(|| no_session(session))?;
         stored.inbox.push(InboxEvent { seq, event: event.to_vec() });
         Ok(Appended::New(seq))
+    }
+
+    fn has_event_key(&self, session: SessionId, key: &str) -> Result<bool, Error> {
+        Ok(self.lock().keys.contains(&(session, key.to_owned())))
     }
 
     fn commit(&self, group: &[Checkpoint]) -> Result<(), Error> {

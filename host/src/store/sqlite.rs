@@ -6,7 +6,9 @@
 //! from a newer Turnstile is refused rather than guessed at, and a corrupt one is reported and
 //! left untouched.
 
-use super::{AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, Store, StoredSession, TenantRecord};
+use super::{
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, Store, StoredSession, TenantRecord, TokenRecord,
+};
 use crate::error::Error;
 use crate::scheduler::SessionId;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -16,7 +18,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// The migrations, in order: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE tenants (name TEXT PRIMARY KEY, config TEXT NOT NULL);
     CREATE TABLE modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL);
     CREATE TABLE apps (
@@ -36,7 +39,11 @@ const MIGRATIONS: &[&str] = &[r#"
         session INTEGER NOT NULL REFERENCES sessions(id), seq INTEGER NOT NULL, body TEXT NOT NULL,
         PRIMARY KEY (session, seq));
     CREATE TABLE kv (tenant TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (tenant, key));
-"#];
+"#,
+    r#"
+    CREATE TABLE tokens (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hash TEXT NOT NULL UNIQUE);
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -151,6 +158,13 @@ impl Store for SqliteStore {
             let (hash, bytes) = module.map_err(&fail)?;
             image.modules.insert(hash, bytes);
         }
+        let mut rows = conn.prepare("SELECT id, tenant, hash FROM tokens ORDER BY id").map_err(&fail)?;
+        for token in rows
+            .query_map([], |r| Ok(TokenRecord { id: r.get(0)?, tenant: r.get(1)?, hash: r.get(2)? }))
+            .map_err(&fail)?
+        {
+            image.tokens.push(token.map_err(&fail)?);
+        }
         let mut inboxes: BTreeMap<i64, Vec<InboxEvent>> = BTreeMap::new();
         let mut rows = conn.prepare("SELECT session, seq, event FROM inbox ORDER BY session, seq").map_err(&fail)?;
         for event in rows.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get(2)?))).map_err(&fail)? {
@@ -215,11 +229,29 @@ impl Store for SqliteStore {
             )
             .map_err(&fail)?;
         }
-        for table in ["sessions", "apps", "kv"] {
+        for table in ["sessions", "apps", "kv", "tokens"] {
             tx.execute(&format!("DELETE FROM {table} WHERE tenant = ?1"), params![name]).map_err(&fail)?;
         }
         tx.execute("DELETE FROM tenants WHERE name = ?1", params![name]).map_err(&fail)?;
         tx.commit().map_err(&fail)
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "INSERT INTO tokens (id, tenant, hash) VALUES (?1, ?2, ?3)",
+                params![token.id, token.tenant, token.hash],
+            )
+            .map_err(self.fail("storing a token"))?;
+        Ok(())
+    }
+
+    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, Error> {
+        let deleted = self
+            .conn()
+            .execute("DELETE FROM tokens WHERE id = ?1 AND tenant = ?2", params![id, tenant])
+            .map_err(self.fail("revoking a token"))?;
+        Ok(deleted > 0)
     }
 
     fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error> {
@@ -282,6 +314,18 @@ impl Store for SqliteStore {
             .map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(Appended::New(u64::try_from(seq).unwrap_or_default()))
+    }
+
+    fn has_event_key(&self, session: SessionId, key: &str) -> Result<bool, Error> {
+        self.conn()
+            .query_row(
+                "SELECT 1 FROM event_keys WHERE session = ?1 AND key = ?2",
+                params![sql_id(session), key],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(self.fail("looking up an idempotency key"))
     }
 
     fn commit(&self, group: &[Checkpoint]) -> Result<(), Error> {

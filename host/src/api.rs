@@ -1,0 +1,449 @@
+//! The HTTP API over a [`Host`]: operator routes behind the admin token, tenant routes behind
+//! that tenant's token, `/metrics`, `/healthz`, `/readyz` and `/openapi.json`.
+//!
+//! - A tenant's token only ever reaches that tenant's apps and sessions: another tenant's are
+//!   answered exactly like ones that don't exist (404), so their existence can't be probed.
+//! - Every error is JSON `{"code","message"}` with a stable code (`api/error.rs`).
+//! - The host's calls may compile or wait on the disk, so they run on the blocking pool.
+
+mod error;
+mod openapi;
+
+pub use error::ApiError;
+pub use openapi::{ROUTES, openapi_document};
+
+use crate::error::Error;
+use crate::host::{Delivery, Host, SessionView, TenantConfig, TenantInfo};
+use crate::scheduler::SessionId;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Bodies of JSON routes are at most this big.
+const JSON_LIMIT: usize = 64 << 10;
+/// Uploaded modules are at most this big (the deploy limit then applies).
+const MODULE_LIMIT: usize = 32 << 20;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    host: Arc<Host>,
+    admin_token: Arc<str>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Api {
+    /// An API over `host`, with `admin_token` for the operator routes.
+    pub fn new(host: Arc<Host>, admin_token: &str) -> Api {
+        Api { host, admin_token: admin_token.into(), ready: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// Marks the server as going down: `/readyz` answers 503 from now on.
+    pub fn set_unready(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The router of the whole API.
+pub fn router(api: Api) -> Router {
+    let json_routes = Router::new()
+        .route("/v1/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/tenants/{tenant}", get(get_tenant).put(update_tenant).delete(delete_tenant))
+        .route("/v1/tenants/{tenant}/suspend", post(suspend_tenant))
+        .route("/v1/tenants/{tenant}/resume", post(resume_tenant))
+        .route("/v1/tenants/{tenant}/tokens", post(issue_token))
+        .route("/v1/tenants/{tenant}/tokens/{token}", axum::routing::delete(revoke_token))
+        .route("/v1/apps", get(list_apps))
+        .route("/v1/apps/{app}", get(get_app))
+        .route("/v1/sessions", post(start_session))
+        .route("/v1/sessions/{session}", get(get_session).delete(cancel_session))
+        .route("/v1/sessions/{session}/events", post(deliver))
+        .route("/v1/sessions/{session}/outputs", get(outputs))
+        .layer(DefaultBodyLimit::max(JSON_LIMIT));
+    let upload = Router::new().route("/v1/apps/{app}", put(deploy)).layer(DefaultBodyLimit::max(MODULE_LIMIT));
+    Router::new()
+        .merge(json_routes)
+        .merge(upload)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(|| async { Json(openapi_document()) }))
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(middleware::from_fn(request_id))
+        .with_state(api)
+}
+
+/// Gives each request an id (the caller's `x-request-id`, or a new one), logs it with the
+/// outcome, and returns it in the response.
+async fn request_id(request: Request, next: Next) -> Response {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64)
+        .map_or_else(|| format!("req-{}", NEXT.fetch_add(1, Ordering::Relaxed)), str::to_owned);
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    tracing::info!(request_id = %id, %method, %path, status = response.status().as_u16(), micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "request");
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The bearer token of a request.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+/// The operator.
+struct Admin;
+
+impl FromRequestParts<Api> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Admin, ApiError> {
+        match bearer(parts) {
+            Some(token) if constant_time_eq(token.as_bytes(), api.admin_token.as_bytes()) => Ok(Admin),
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+/// A tenant, by its token.
+struct Tenant(String);
+
+impl FromRequestParts<Api> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Tenant, ApiError> {
+        bearer(parts).and_then(|token| api.host.authenticate(token)).map(Tenant).ok_or_else(ApiError::unauthorized)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON body, with the API's own errors for a bad one.
+struct Body<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Body<T>, ApiError> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(Body(value))
+    }
+}
+
+/// Runs a host call on the blocking pool.
+async fn blocking<T: Send + 'static>(call: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(_) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request's task failed")),
+    }
+}
+
+fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+    raw.parse().map(SessionId).map_err(|_| ApiError::not_found(&format!("session {raw}")))
+}
+
+fn tenant_json(tenant: &TenantInfo) -> Value {
+    json!({
+        "name": tenant.name,
+        "config": tenant.config,
+        "open_sessions": tenant.open_sessions,
+        "apps": tenant.apps.iter().map(|a| json!({ "name": a.name, "version": a.version, "actions": a.actions })).collect::<Vec<_>>(),
+    })
+}
+
+fn session_json(view: &SessionView) -> Value {
+    json!({
+        "id": view.id.0,
+        "app": view.app,
+        "version": view.version,
+        "status": view.status.name(),
+        "step": view.status,
+        "counters": view.counters,
+        "last_failure": view.last_failure,
+        "outputs": view.outputs.len(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+    #[serde(default)]
+    config: TenantConfig,
+}
+
+async fn create_tenant(_: Admin, State(api): State<Api>, Body(new): Body<NewTenant>) -> Result<Response, ApiError> {
+    let host = api.host.clone();
+    let info = blocking(move || {
+        host.create_tenant(&new.name, new.config)?;
+        host.tenant(&new.name)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(tenant_json(&info))).into_response())
+}
+
+async fn list_tenants(_: Admin, State(api): State<Api>) -> Json<Value> {
+    Json(json!({ "tenants": api.host.tenants().iter().map(tenant_json).collect::<Vec<_>>() }))
+}
+
+async fn get_tenant(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(tenant_json(&api.host.tenant(&tenant)?)))
+}
+
+async fn update_tenant(
+    _: Admin,
+    State(api): State<Api>,
+    Path(tenant): Path<String>,
+    Body(config): Body<TenantConfig>,
+) -> Result<Json<Value>, ApiError> {
+    let host = api.host.clone();
+    let info = blocking(move || {
+        // Suspension has routes of its own: an update keeps it as it is.
+        let suspended = host.tenant(&tenant)?.config.suspended;
+        host.update_tenant(&tenant, TenantConfig { suspended, ..config })?;
+        host.tenant(&tenant)
+    })
+    .await?;
+    Ok(Json(tenant_json(&info)))
+}
+
+async fn set_suspended(api: Api, tenant: String, suspended: bool) -> Result<Json<Value>, ApiError> {
+    let host = api.host.clone();
+    let info = blocking(move || {
+        host.suspend_tenant(&tenant, suspended)?;
+        host.tenant(&tenant)
+    })
+    .await?;
+    Ok(Json(tenant_json(&info)))
+}
+
+async fn suspend_tenant(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    set_suspended(api, tenant, true).await
+}
+
+async fn resume_tenant(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    set_suspended(api, tenant, false).await
+}
+
+async fn delete_tenant(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<StatusCode, ApiError> {
+    let host = api.host.clone();
+    blocking(move || host.delete_tenant(&tenant)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn issue_token(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<Response, ApiError> {
+    let host = api.host.clone();
+    let (id, token) = blocking(move || host.issue_token(&tenant)).await?;
+    let body = json!({ "id": id, "token": token, "note": "the token is shown this once; only its hash is kept" });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn revoke_token(
+    _: Admin,
+    State(api): State<Api>,
+    Path((tenant, token)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let host = api.host.clone();
+    blocking(move || host.revoke_token(&tenant, &token)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").split(';').next().unwrap_or("").trim()
+}
+
+async fn deploy(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !matches!(content_type(&headers), "application/wasm" | "application/octet-stream") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "upload the module as `Content-Type: application/wasm`",
+        ));
+    }
+    let bytes = body?;
+    let host = api.host.clone();
+    let version = blocking(move || host.deploy(&tenant, &app, &bytes)).await?;
+    let body = json!({ "app": version.app, "version": version.version, "actions": version.actions, "compiled": version.source });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_apps(Tenant(tenant): Tenant, State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(tenant_json(&api.host.tenant(&tenant)?)["apps"].clone()))
+}
+
+async fn get_app(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    Path(app): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let info = api.host.tenant(&tenant)?;
+    let app = info.apps.iter().find(|a| a.name == app).ok_or_else(|| ApiError::not_found(&format!("app `{app}`")))?;
+    Ok(Json(json!({ "name": app.name, "version": app.version, "actions": app.actions })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSession {
+    app: String,
+    #[serde(default = "start")]
+    entry: String,
+    #[serde(default)]
+    input: String,
+}
+
+fn start() -> String {
+    "start".into()
+}
+
+async fn start_session(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    Body(new): Body<NewSession>,
+) -> Result<Response, ApiError> {
+    let host = api.host.clone();
+    let view = blocking(move || {
+        let id = host.start_session(&tenant, &new.app, &new.entry, new.input.into_bytes())?;
+        host.session(&tenant, id)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(session_json(&view))).into_response())
+}
+
+async fn get_session(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(session_json(&api.host.session(&tenant, session_id(&id)?)?)))
+}
+
+async fn cancel_session(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = session_id(&id)?;
+    let host = api.host.clone();
+    blocking(move || host.cancel_session(&tenant, id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn deliver(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    if !matches!(content_type(&headers), "text/plain" | "application/json" | "application/octet-stream") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the event as text/plain, application/json or application/octet-stream",
+        ));
+    }
+    let event = body?.to_vec();
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let host = api.host.clone();
+    let delivery = blocking(move || host.deliver(&tenant, id, event, key.as_deref())).await?;
+    let body = json!({ "delivery": if delivery == Delivery::Accepted { "accepted" } else { "duplicate" } });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// The session's outputs as Server-Sent Events (`id` = the output's number, from 1), from the one
+/// after `Last-Event-ID`; an `end` event with the final status closes a finished session's stream.
+async fn outputs(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = session_id(&id)?;
+    let after: usize =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // Subscribe before reading, so nothing released in between is missed.
+    let events = api.host.subscribe();
+    let view = api.host.session(&tenant, id)?;
+    let (send, receive) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::task::spawn_blocking(move || {
+        let mut sent = after;
+        let mut emit = |outputs: &[String], from: usize| -> bool {
+            for (n, output) in outputs.iter().enumerate().skip(sent.saturating_sub(from)) {
+                let number = from + n + 1;
+                if number <= sent {
+                    continue;
+                }
+                sent = number;
+                if send.blocking_send(Event::default().id(number.to_string()).event("output").data(output)).is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        if !emit(&view.outputs, 0) {
+            return;
+        }
+        let mut status = view.status;
+        while !status.is_finished() {
+            let Ok(event) = events.recv_timeout(Duration::from_secs(15)) else {
+                if send.is_closed() {
+                    return;
+                }
+                continue;
+            };
+            if event.session != id {
+                continue;
+            }
+            if !emit(&event.outputs, event.first_output) {
+                return;
+            }
+            status = event.status;
+        }
+        let end = json!({ "status": status.name(), "step": status });
+        let _ = send.blocking_send(Event::default().event("end").data(end.to_string()));
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(receive);
+    Ok(Sse::new(futures_util::StreamExt::map(stream, Ok)).keep_alive(KeepAlive::default()))
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let text = api.host.metrics().prometheus();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn readyz(State(api): State<Api>) -> Response {
+    if api.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down").into_response()
+    }
+}

@@ -1,0 +1,84 @@
+//! `turnstile serve`: the HTTP API on a data directory, configured by a TOML file that flags and
+//! environment variables override (see `turnstile.example.toml`). SIGTERM or SIGINT: stop taking
+//! requests, let the actions in flight finish and their checkpoints commit, exit 0.
+
+use anyhow::{Context, Result, bail};
+use std::process::ExitCode;
+use std::sync::Arc;
+use turnstile::api::{Api, router};
+use turnstile::config::ServeConfig;
+use turnstile::{EngineConfig, Error, Host, HostConfig, RuntimeConfig, SqliteStore};
+
+pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(admin_token) = config.admin_token.clone().filter(|t| t.len() >= 16) else {
+        bail!(
+            "set an admin token of at least 16 characters (TURNSTILE_ADMIN_TOKEN or `admin_token` in the configuration)"
+        );
+    };
+    let store = SqliteStore::open(&config.data_dir.join("turnstile.db"))?;
+    let engine = EngineConfig {
+        cache_dir: Some(config.data_dir.join("modules")),
+        pool_instances: config.pool.instances,
+        max_memory_bytes: config.pool.max_memory_bytes,
+        ..EngineConfig::default()
+    };
+    let mut host_config = HostConfig {
+        store: Arc::new(store),
+        runtime: RuntimeConfig { engine, ..RuntimeConfig::default() },
+        max_pending_per_app: config.queues.per_app,
+        max_pending_total: config.queues.total,
+        max_inbox: config.queues.inbox,
+        ..HostConfig::default()
+    };
+    if let Some(workers) = config.workers {
+        host_config.workers = workers;
+    }
+    let host = Arc::new(Host::new(host_config)?);
+    for seed in config.tenants {
+        match host.create_tenant(&seed.name, seed.config) {
+            Ok(()) | Err(Error::Conflict(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let api = Api::new(host.clone(), &admin_token);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        // The port actually bound (the configuration may ask for port 0): tests read this line.
+        println!("listening on http://{}", listener.local_addr()?);
+        let shutdown_api = api.clone();
+        axum::serve(listener, router(api))
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                shutdown_api.set_unready();
+                tracing::info!("shutting down: no new requests; finishing the actions in flight");
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    drop(runtime);
+    // The last handle: dropping the host finishes the actions in flight and commits them.
+    drop(host);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

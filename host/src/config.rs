@@ -1,0 +1,122 @@
+//! The configuration of `turnstile serve`: a TOML file (see `turnstile.example.toml` at the
+//! repository root) that flags and environment variables override.
+
+use crate::engine::EngineConfig;
+use crate::error::Error;
+use crate::host::{HostConfig, TenantConfig};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The data directory: `turnstile.db` and the compile cache `modules/`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Worker threads (default: one per core).
+    pub workers: Option<usize>,
+    /// The operator's token (better given as TURNSTILE_ADMIN_TOKEN).
+    pub admin_token: Option<String>,
+    /// Instances the pool holds and the memory ceiling of each.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Pending-queue bounds.
+    #[serde(default)]
+    pub queues: QueueConfig,
+    /// Tenants created at start if they don't exist yet.
+    #[serde(default)]
+    pub tenants: Vec<SeedTenant>,
+}
+
+/// The pool's size and the memory ceiling of one instance.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Instances the pooling allocator holds at once.
+    pub instances: u32,
+    /// The memory ceiling of one instance, in bytes.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        let engine = EngineConfig::default();
+        PoolConfig { instances: engine.pool_instances, max_memory_bytes: engine.max_memory_bytes }
+    }
+}
+
+/// Pending-queue and inbox bounds.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Pending actions of one app.
+    pub per_app: usize,
+    /// Pending actions of all apps.
+    pub total: usize,
+    /// Events a busy session may hold.
+    pub inbox: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        let host = HostConfig::default();
+        QueueConfig { per_app: host.max_pending_per_app, total: host.max_pending_total, inbox: host.max_inbox }
+    }
+}
+
+/// A tenant to create at start.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedTenant {
+    /// Its name.
+    pub name: String,
+    /// Its quota and weight.
+    #[serde(default)]
+    pub config: TenantConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("turnstile-data")
+}
+
+impl ServeConfig {
+    /// Parses a configuration file's text.
+    pub fn parse(text: &str) -> Result<ServeConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Reads the configuration file, if any, then applies the flags and `TURNSTILE_ADMIN_TOKEN`.
+    pub fn load(
+        file: Option<&Path>,
+        listen: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+    ) -> Result<ServeConfig, Error> {
+        let mut config: ServeConfig = match file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                ServeConfig::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => ServeConfig::parse("").map_err(Error::Config)?,
+        };
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = data_dir {
+            config.data_dir = dir;
+        }
+        if let Ok(token) = std::env::var("TURNSTILE_ADMIN_TOKEN") {
+            config.admin_token = Some(token);
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,259 @@
+//! The HTTP API through its router (no sockets): operator and tenant routes, their errors, tenant
+//! isolation route by route, and the OpenAPI document against the routes actually served.
+
+use crate::fixtures::example;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tower::ServiceExt;
+use turnstile::api::{Api, ROUTES, openapi_document, router};
+use turnstile::{Host, HostConfig};
+
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+struct Server {
+    router: axum::Router,
+    _host: Arc<Host>,
+}
+
+impl Server {
+    fn new() -> Server {
+        let mut config = HostConfig { workers: 2, ..HostConfig::default() };
+        config.runtime.engine.pool_instances = 8;
+        let host = Arc::new(Host::new(config).expect("host"));
+        Server { router: router(Api::new(host.clone(), ADMIN)), _host: host }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response =
+            self.router.clone().oneshot(request.body(Body::from(body)).expect("request")).await.expect("response");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    async fn json(&self, method: Method, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(method, path, Some(token), Some("application/json"), body.to_string().into_bytes()).await
+    }
+
+    /// A tenant with a token, the IVR deployed as `ivr`, and one waiting session.
+    async fn tenant(&self, name: &str) -> (String, u64) {
+        let (status, _) = self.json(Method::POST, "/v1/tenants", ADMIN, json!({ "name": name })).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, body) =
+            self.call(Method::POST, &format!("/v1/tenants/{name}/tokens"), Some(ADMIN), None, Vec::new()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let token = body["token"].as_str().expect("token").to_owned();
+        let (status, body) =
+            self.call(Method::PUT, "/v1/apps/ivr", Some(&token), Some("application/wasm"), example("ivr_menu")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = self.json(Method::POST, "/v1/sessions", &token, json!({ "app": "ivr" })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (token, body["id"].as_u64().expect("id"))
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn operators_manage_tenants_and_tokens() {
+    let server = Server::new();
+    let (status, body) =
+        server.json(Method::POST, "/v1/tenants", ADMIN, json!({ "name": "acme", "config": { "weight": 3 } })).await;
+    assert_eq!((status, body["config"]["weight"].clone()), (StatusCode::CREATED, json!(3)));
+    let (status, body) = server.json(Method::POST, "/v1/tenants", ADMIN, json!({ "name": "acme" })).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "conflict"));
+    let (_, body) = server.call(Method::GET, "/v1/tenants", Some(ADMIN), None, Vec::new()).await;
+    assert_eq!(body["tenants"][0]["name"], "acme");
+    let (status, body) =
+        server.json(Method::PUT, "/v1/tenants/acme", ADMIN, json!({ "weight": 5, "max_in_flight": 2 })).await;
+    assert_eq!((status, body["config"]["weight"].clone()), (StatusCode::OK, json!(5)));
+    let (status, body) = server.call(Method::POST, "/v1/tenants/acme/suspend", Some(ADMIN), None, Vec::new()).await;
+    assert_eq!((status, body["config"]["suspended"].clone()), (StatusCode::OK, json!(true)));
+    let (_, token) = server.call(Method::POST, "/v1/tenants/acme/tokens", Some(ADMIN), None, Vec::new()).await;
+    let secret = token["token"].as_str().expect("token");
+    let (status, body) = server.json(Method::POST, "/v1/sessions", secret, json!({ "app": "x" })).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    server.call(Method::POST, "/v1/tenants/acme/resume", Some(ADMIN), None, Vec::new()).await;
+    let revoke = format!("/v1/tenants/acme/tokens/{}", token["id"].as_str().expect("id"));
+    let (status, _) = server.call(Method::DELETE, &revoke, Some(ADMIN), None, Vec::new()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = server.call(Method::GET, "/v1/apps", Some(secret), None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "a revoked token is refused");
+    let (status, _) = server.call(Method::DELETE, "/v1/tenants/acme", Some(ADMIN), None, Vec::new()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = server.call(Method::GET, "/v1/tenants/acme", Some(ADMIN), None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test]
+async fn bad_requests_get_their_own_answers() {
+    let server = Server::new();
+    let (status, body) = server.call(Method::GET, "/v1/tenants", None, None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (status, body) = server.call(Method::GET, "/v1/tenants", Some("wrong"), None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (status, body) =
+        server.call(Method::POST, "/v1/tenants", Some(ADMIN), Some("application/json"), b"{\"name\":".to_vec()).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "malformed_json"));
+    let (status, body) = server.json(Method::POST, "/v1/tenants", ADMIN, json!({ "name": "a", "colour": "red" })).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"));
+    let (status, body) =
+        server.call(Method::POST, "/v1/tenants", Some(ADMIN), Some("text/plain"), b"{}".to_vec()).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    let huge = json!({ "name": "x".repeat(100_000) });
+    let (status, body) = server.json(Method::POST, "/v1/tenants", ADMIN, huge).await;
+    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    let (status, body) = server.json(Method::POST, "/v1/tenants", ADMIN, json!({ "name": "Bad Name" })).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_name"));
+    let (status, body) = server.call(Method::GET, "/nowhere", None, None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+
+    let (token, _) = server.tenant("acme").await;
+    let (status, body) =
+        server.call(Method::PUT, "/v1/apps/junk", Some(&token), Some("application/wasm"), b"MZ".to_vec()).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "not_wasm"), "{body}");
+    let (status, body) =
+        server.call(Method::PUT, "/v1/apps/junk", Some(&token), Some("application/json"), b"{}".to_vec()).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    let (status, body) = server.call(Method::GET, "/v1/tenants", Some(&token), None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "a tenant token is not the admin's");
+}
+
+#[tokio::test]
+async fn tenants_run_sessions_with_events_and_idempotency_keys() {
+    let server = Server::new();
+    let (token, session) = server.tenant("acme").await;
+    let (status, body) = server.call(Method::GET, "/v1/apps/ivr", Some(&token), None, Vec::new()).await;
+    assert_eq!((status, body["actions"].clone()), (StatusCode::OK, json!(["choice", "menu", "menu_timeout", "start"])));
+    let path = format!("/v1/sessions/{session}");
+    for _ in 0..200 {
+        let (_, body) = server.call(Method::GET, &path, Some(&token), None, Vec::new()).await;
+        if body["status"] == "waiting" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let events = format!("{path}/events");
+    let mut request = Request::builder().method(Method::POST).uri(&events);
+    request = request
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "text/plain")
+        .header("idempotency-key", "k1");
+    let response =
+        server.router.clone().oneshot(request.body(Body::from("9")).expect("request")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let mut again = Request::builder().method(Method::POST).uri(&events);
+    again = again
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "text/plain")
+        .header("idempotency-key", "k1");
+    let response =
+        server.router.clone().oneshot(again.body(Body::from("9")).expect("request")).await.expect("response");
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.expect("body").to_bytes()).expect("json");
+    assert_eq!(body["delivery"], "duplicate");
+    // The SSE stream replays every output and ends with the final status.
+    let (status, text) = server.call(Method::GET, &format!("{path}/outputs"), Some(&token), None, Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().expect("text").to_owned();
+    assert!(text.contains("event: output\nid: 1\n") || text.contains("id: 1\nevent: output"), "{text}");
+    assert!(text.contains("Goodbye."), "{text}");
+    assert!(text.contains("event: end"), "{text}");
+    // Resuming after the first output skips it.
+    let mut resume = Request::builder().method(Method::GET).uri(format!("{path}/outputs"));
+    resume = resume.header("authorization", format!("Bearer {token}")).header("last-event-id", "1");
+    let response = server.router.clone().oneshot(resume.body(Body::empty()).expect("request")).await.expect("response");
+    let resumed =
+        String::from_utf8(response.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf-8");
+    assert!(!resumed.contains("id: 1\n") && resumed.contains("id: 2\n"), "{resumed}");
+    let (status, body) = server.call(Method::DELETE, &path, Some(&token), None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "session_state"), "a finished session can't be cancelled");
+}
+
+#[tokio::test]
+async fn a_tenant_can_neither_reach_nor_detect_another_tenants_things() {
+    let server = Server::new();
+    let (_, theirs) = server.tenant("acme").await;
+    let (mine, _) = server.tenant("other").await;
+    let session = format!("/v1/sessions/{theirs}");
+    let absent = "/v1/sessions/999999";
+    // Every tenant route that names something: another tenant's answers like a missing one.
+    for (method, path, content_type, body) in [
+        (Method::GET, session.clone(), None, Vec::new()),
+        (Method::DELETE, session.clone(), None, Vec::new()),
+        (Method::POST, format!("{session}/events"), Some("text/plain"), b"1".to_vec()),
+        (Method::GET, format!("{session}/outputs"), None, Vec::new()),
+    ] {
+        let (status, answer) = server.call(method.clone(), &path, Some(&mine), content_type, body.clone()).await;
+        let missing = path.replace(&format!("/{theirs}"), "/999999");
+        let (absent_status, absent_body) = server.call(method.clone(), &missing, Some(&mine), content_type, body).await;
+        assert_eq!((status, code(&answer)), (StatusCode::NOT_FOUND, "not_found"), "{method} {path}");
+        assert_eq!(
+            answer["message"].as_str().map(|m| m.replace(&theirs.to_string(), "999999")),
+            absent_body["message"].as_str().map(str::to_owned),
+            "the same answer as for a missing one"
+        );
+        assert_eq!((absent_status, code(&absent_body)), (StatusCode::NOT_FOUND, "not_found"), "{method} {absent}");
+    }
+    // Apps are per tenant: the other tenant's `ivr` is its own; a name only acme has is unknown.
+    let (status, _) =
+        server.call(Method::PUT, "/v1/apps/onlyacme", Some(&mine), Some("application/wasm"), b"x".to_vec()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, body) = server.call(Method::GET, "/v1/apps/onlyacme", Some(&mine), None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, body) = server.json(Method::POST, "/v1/sessions", &mine, json!({ "app": "nope" })).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (_, acme_session) = server.call(Method::GET, &session, Some(&mine), None, Vec::new()).await;
+    assert_eq!(code(&acme_session), "not_found");
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_routes_served() {
+    let server = Server::new();
+    let (status, document) = server.call(Method::GET, "/openapi.json", None, None, Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document, openapi_document());
+    for (method, path, _, _) in ROUTES {
+        assert!(document["paths"][path][method].is_object(), "{method} {path} is documented");
+        let concrete =
+            path.replace("{tenant}", "t").replace("{app}", "a").replace("{session}", "1").replace("{token}", "k");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let (status, body) = server.call(method.clone(), &concrete, None, None, Vec::new()).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is served");
+        assert!(body.get("message").is_none_or(|m| m != "no such route"), "{method} {path} is served");
+    }
+    let documented: usize =
+        document["paths"].as_object().expect("paths").values().map(|m| m.as_object().map_or(0, |m| m.len())).sum();
+    assert_eq!(documented, ROUTES.len());
+}
+
+#[test]
+fn the_example_configuration_is_a_valid_configuration() {
+    let path = turnstile::examples::repository_root().join("turnstile.example.toml");
+    let text = std::fs::read_to_string(path).expect("example config");
+    let config = turnstile::config::ServeConfig::parse(&text).expect("the example parses as a configuration");
+    assert_eq!(config.tenants[0].config.weight, 3);
+    let error = turnstile::config::ServeConfig::parse("listen = 5\ncolour = 1").expect_err("refused");
+    assert!(error.contains("invalid type") || error.contains("unknown field"), "{error}");
+}
