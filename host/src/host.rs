@@ -206,6 +206,9 @@ pub(crate) struct SessionEntry {
     pub(crate) app: AppIx,
     pub(crate) version: Arc<App>,
     pub(crate) session: Session,
+    /// The status as of its last committed checkpoint: what readers see (the session itself
+    /// runs ahead while a checkpoint is on its way, and its outputs are not released yet).
+    visible: Status,
     /// Acknowledged events not yet consumed, oldest first.
     inbox: VecDeque<InboxEvent>,
     /// The inbox event the running (or next) action consumes.
@@ -787,7 +790,9 @@ impl State {
             id,
             app: self.apps[entry.app].name.clone(),
             version: entry.version.hash().to_owned(),
-            status: entry.session.status.clone(),
+            // While a checkpoint is on its way, readers see the last committed status: the
+            // outputs of the step after it are not released yet.
+            status: if entry.committing { entry.visible.clone() } else { entry.session.status.clone() },
             counters: entry.session.counters.clone(),
             last_failure: entry.session.last_failure.clone(),
             outputs: entry.outputs.clone(),
@@ -842,6 +847,7 @@ impl State {
                 tenant,
                 app,
                 version,
+                visible: record.snapshot.status.clone(),
                 session: record.snapshot,
                 inbox: inbox.into(),
                 consumed: None,
@@ -971,6 +977,7 @@ impl State {
     pub(crate) fn committed(&mut self, checkpoint: Checkpoint, now: Instant, shared: &Shared) {
         let Some(entry) = self.sessions.get_mut(&checkpoint.session) else { return };
         entry.committing = false;
+        entry.visible = checkpoint.snapshot.status.clone();
         let first_output = entry.outputs.len();
         entry.outputs.extend(checkpoint.outputs.iter().cloned());
         let (tenant, status) = (entry.tenant, entry.session.status.clone());

@@ -10,3 +10,4 @@ mod fixtures;
 mod flows;
 mod host;
 mod sandbox;
+mod serve;

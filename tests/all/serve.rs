@@ -1,0 +1,146 @@
+//! End to end against a real `turnstile serve` on an ephemeral loopback port: an operator creates
+//! two tenants, each deploys an example and runs IVR sessions over HTTP with their outputs
+//! streamed as SSE; one tenant's hostile module fails only its own sessions; SIGTERM ends the
+//! server cleanly.
+
+use crate::durability::temp_dir;
+use crate::fixtures::example;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
+
+/// One HTTP/1.1 request on its own connection; returns the status and the body as text
+/// (chunked bodies are left as they are: the tests look for substrings).
+fn request(port: u16, method: &str, path: &str, token: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).expect("sends");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("reads");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+fn json_body(body: &str) -> Value {
+    // A Content-Length body is the JSON itself.
+    serde_json::from_str(body.trim()).unwrap_or(Value::Null)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn two_tenants_over_http_with_sse_and_a_clean_shutdown() {
+    let dir = temp_dir("serve");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_turnstile"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("TURNSTILE_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("the listening line");
+    let port: u16 = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+
+    let (status, body) = request(port, "GET", "/healthz", "", "text/plain", b"");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let mut tokens = Vec::new();
+    for tenant in ["bank", "mallory"] {
+        let (status, _) = request(
+            port,
+            "POST",
+            "/v1/tenants",
+            ADMIN,
+            "application/json",
+            json!({ "name": tenant }).to_string().as_bytes(),
+        );
+        assert_eq!(status, 201);
+        let (status, body) =
+            request(port, "POST", &format!("/v1/tenants/{tenant}/tokens"), ADMIN, "application/json", b"");
+        assert_eq!(status, 201);
+        let token = json_body(&body)["token"].as_str().expect("token").to_owned();
+        let (status, body) = request(port, "PUT", "/v1/apps/ivr", &token, "application/wasm", &example("ivr_menu"));
+        assert_eq!(status, 201, "{body}");
+        tokens.push(token);
+    }
+    let (bank, mallory) = (&tokens[0], &tokens[1]);
+    let (status, _) = request(port, "PUT", "/v1/apps/hostile", mallory, "application/wasm", &example("hostile"));
+    assert_eq!(status, 201);
+
+    // The hostile tenant's sessions fail, each with its own kind...
+    let mut hostile = Vec::new();
+    for entry in ["spin", "memory_bomb", "trap"] {
+        let (status, body) = request(
+            port,
+            "POST",
+            "/v1/sessions",
+            mallory,
+            "application/json",
+            json!({ "app": "hostile", "entry": entry }).to_string().as_bytes(),
+        );
+        assert_eq!(status, 201, "{body}");
+        hostile.push(json_body(&body)["id"].as_u64().expect("id"));
+    }
+    // ...while the bank's calls go through the menu and end.
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = request(
+            port,
+            "POST",
+            "/v1/sessions",
+            bank,
+            "application/json",
+            json!({ "app": "ivr" }).to_string().as_bytes(),
+        );
+        assert_eq!(status, 201, "{body}");
+        calls.push(json_body(&body)["id"].as_u64().expect("id"));
+    }
+    let status_of = |token: &str, id: u64| {
+        json_body(&request(port, "GET", &format!("/v1/sessions/{id}"), token, "application/json", b"").1)["status"]
+            .clone()
+    };
+    for &id in &calls {
+        wait_until("the call to wait at the menu", || status_of(bank, id) == "waiting");
+        let (status, body) = request(port, "POST", &format!("/v1/sessions/{id}/events"), bank, "text/plain", b"9");
+        assert_eq!(status, 202, "{body}");
+        // The outputs, as SSE: the stream ends with the session.
+        let (status, stream) = request(port, "GET", &format!("/v1/sessions/{id}/outputs"), bank, "text/plain", b"");
+        assert_eq!(status, 200);
+        assert!(stream.contains("Goodbye.") && stream.contains("event: end"), "{stream}");
+        assert_eq!(status_of(bank, id), "done");
+    }
+    for &id in &hostile {
+        wait_until("the hostile session to fail", || status_of(mallory, id) == "failed");
+        // The bank can't see them.
+        let (status, _) = request(port, "GET", &format!("/v1/sessions/{id}"), bank, "application/json", b"");
+        assert_eq!(status, 404);
+    }
+    let (_, metrics) = request(port, "GET", "/metrics", "", "text/plain", b"");
+    assert!(
+        metrics.contains("turnstile_action_failures_total{tenant=\"mallory\",kind=\"out_of_fuel\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("turnstile_action_failures_total{tenant=\"bank\",kind=\"trap\"} 0"), "{metrics}");
+
+    let pid = server.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    let exit = server.wait().expect("the server ends");
+    assert!(exit.success(), "SIGTERM ends the server with 0, got {exit}");
+}
