@@ -94,6 +94,9 @@ enum Command {
         /// Seconds each measurement runs.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// Measure event delivery over HTTP instead (events/s and p99 latency).
+        #[arg(long)]
+        http: bool,
     },
 }
 
@@ -148,6 +151,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             cli::drive::export(&data_dir, session, out.as_deref())
         }
         Command::Session(SessionCommand::Import { data_dir, snapshot }) => cli::drive::import(&data_dir, &snapshot),
-        Command::Bench { seconds } => cli::bench::bench(seconds),
+        Command::Bench { seconds, http: false } => cli::bench::bench(seconds),
+        Command::Bench { seconds, http: true } => cli::bench::bench_http(seconds),
     }
 }

@@ -52,6 +52,10 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
             tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         // The port actually bound (the configuration may ask for port 0): tests read this line.
         println!("listening on http://{}", listener.local_addr()?);
+        // Replies are small: send them at once rather than wait for more (Nagle).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let shutdown_api = api.clone();
         axum::serve(listener, router(api))
             .with_graceful_shutdown(async move {
