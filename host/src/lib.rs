@@ -27,6 +27,7 @@
 //!   `pool` (workers), `timers` (wait timeouts), `checkpoint` (group commit), `metrics`.
 //! - `store`: the [`Store`] trait, [`MemoryStore`] and [`SqliteStore`]; `snapshot`: portable
 //!   session snapshots.
+//! - [`api`]: the HTTP API (axum) over a [`Host`]; [`config`]: `turnstile serve`'s configuration.
 //! - [`examples`]: the repository's example apps, built on demand (demo, bench, tests).
 //!
 //! # Example
