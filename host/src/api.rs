@@ -169,7 +169,7 @@ fn tenant_json(tenant: &TenantInfo) -> Value {
         "name": tenant.name,
         "config": tenant.config,
         "open_sessions": tenant.open_sessions,
-        "apps": tenant.apps.iter().map(|a| json!({ "name": a.name, "version": a.version, "actions": a.actions })).collect::<Vec<_>>(),
+        "apps": tenant.apps.iter().map(|a| json!({ "name": a.name, "version": a.version, "actions": a.actions, "versions": a.versions })).collect::<Vec<_>>(),
     })
 }
 
@@ -306,7 +306,7 @@ async fn get_app(
 ) -> Result<Json<Value>, ApiError> {
     let info = api.host.tenant(&tenant)?;
     let app = info.apps.iter().find(|a| a.name == app).ok_or_else(|| ApiError::not_found(&format!("app `{app}`")))?;
-    Ok(Json(json!({ "name": app.name, "version": app.version, "actions": app.actions })))
+    Ok(Json(json!({ "name": app.name, "version": app.version, "actions": app.actions, "versions": app.versions })))
 }
 
 #[derive(Deserialize)]

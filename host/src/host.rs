@@ -172,6 +172,8 @@ pub struct AppInfo {
     pub version: String,
     /// That version's actions.
     pub actions: Vec<String>,
+    /// Every version it has had, oldest first.
+    pub versions: Vec<String>,
 }
 
 /// A deployed app version, as deploy reports it.
@@ -199,6 +201,8 @@ pub(crate) struct TenantEntry {
 pub(crate) struct AppEntry {
     pub(crate) name: String,
     pub(crate) current: Arc<App>,
+    /// Every version, oldest first (hashes).
+    versions: Vec<String>,
 }
 
 pub(crate) struct SessionEntry {
@@ -712,7 +716,9 @@ fn resume(shared: &Shared, image: Image) -> Result<(), Error> {
     for tenant in &image.tenants {
         state.add_tenant(&shared.store, &tenant.name, tenant.config.clone());
     }
-    for app in &image.apps {
+    // Versions in the order they were deployed, then the current ones (a redeploy of an older
+    // version makes it current again).
+    for app in image.app_versions.iter().chain(&image.apps) {
         state.set_app(&app.tenant, &app.app, module(&app.version)?)?;
     }
     for token in image.tokens {
@@ -774,6 +780,7 @@ impl State {
                 name: app.clone(),
                 version: self.apps[ix].current.hash().to_owned(),
                 actions: self.apps[ix].current.info().actions.clone(),
+                versions: self.apps[ix].versions.clone(),
             })
             .collect();
         apps.sort_by(|a, b| a.name.cmp(&b.name));
@@ -813,14 +820,22 @@ impl State {
 
     fn set_app(&mut self, tenant: &str, app: &str, version: Arc<App>) -> Result<(), Error> {
         let entry = self.tenants.get_mut(tenant).ok_or_else(|| not_found(&format!("tenant `{tenant}`")))?;
-        match entry.apps.get(app) {
-            Some(&ix) => self.apps[ix].current = version,
+        let hash = version.hash().to_owned();
+        let ix = match entry.apps.get(app) {
+            Some(&ix) => {
+                self.apps[ix].current = version;
+                ix
+            }
             None => {
                 let ix = self.scheduler.add_app(entry.ix, entry.config.max_in_flight);
-                self.apps.push(AppEntry { name: app.to_owned(), current: version });
+                self.apps.push(AppEntry { name: app.to_owned(), current: version, versions: Vec::new() });
                 entry.apps.insert(app.to_owned(), ix);
+                ix
             }
-        }
+        };
+        let versions = &mut self.apps[ix].versions;
+        versions.retain(|v| *v != hash);
+        versions.push(hash);
         Ok(())
     }
 

@@ -96,6 +96,8 @@ pub struct Image {
     pub tenants: Vec<TenantRecord>,
     /// App versions new sessions start on.
     pub apps: Vec<AppRecord>,
+    /// Every version each app has had, oldest first.
+    pub app_versions: Vec<AppRecord>,
     /// Module bytes by hash: every version an app or a session uses.
     pub modules: BTreeMap<String, Vec<u8>>,
     /// Sessions, finished ones included.
@@ -145,7 +147,8 @@ pub trait Store: Send + Sync {
     fn put_token(&self, token: &TokenRecord) -> Result<(), Error>;
     /// Removes a token; false when there was none with that id for that tenant.
     fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, Error>;
-    /// Records an app's current version, storing the module's bytes if they are new.
+    /// Records an app's current version (and adds it to the app's versions), storing the module's
+    /// bytes if they are new.
     fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error>;
     /// Stores a new session.
     fn create_session(&self, session: &SessionRecord) -> Result<(), Error>;

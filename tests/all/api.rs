@@ -226,6 +226,15 @@ async fn a_tenant_can_neither_reach_nor_detect_another_tenants_things() {
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     let (_, acme_session) = server.call(Method::GET, &session, Some(&mine), None, Vec::new()).await;
     assert_eq!(code(&acme_session), "not_found");
+    // Listings show only one's own: a new version of acme's `ivr` is not other's.
+    let (status, _) =
+        server.call(Method::PUT, "/v1/apps/ivr", Some(&mine), Some("application/wasm"), example("order_bot")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, apps) = server.call(Method::GET, "/v1/apps", Some(&mine), None, Vec::new()).await;
+    assert_eq!(apps.as_array().map(Vec::len), Some(1), "{apps}");
+    assert_eq!(apps[0]["versions"].as_array().map(Vec::len), Some(2), "both of its own versions: {apps}");
+    let (_, theirs_app) = server.call(Method::GET, "/v1/tenants/acme", Some(ADMIN), None, Vec::new()).await;
+    assert_eq!(theirs_app["apps"][0]["versions"].as_array().map(Vec::len), Some(1), "{theirs_app}");
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ pub struct MemoryStore {
 struct Inner {
     tenants: BTreeMap<String, TenantRecord>,
     apps: BTreeMap<(String, String), AppRecord>,
+    app_versions: Vec<AppRecord>,
     modules: BTreeMap<String, Vec<u8>>,
     sessions: BTreeMap<SessionId, StoredSession>,
     next_seq: HashMap<SessionId, u64>,
@@ -43,6 +44,7 @@ impl Store for MemoryStore {
         Ok(Image {
             tenants: inner.tenants.values().cloned().collect(),
             apps: inner.apps.values().cloned().collect(),
+            app_versions: inner.app_versions.clone(),
             modules: inner.modules.clone(),
             sessions: inner.sessions.values().cloned().collect(),
             tokens: inner.tokens.values().cloned().collect(),
@@ -58,6 +60,7 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         inner.tenants.remove(name);
         inner.apps.retain(|(tenant, _), _| tenant != name);
+        inner.app_versions.retain(|a| a.tenant != name);
         inner.sessions.retain(|_, s| s.record.tenant != name);
         inner.kv.remove(name);
         inner.tokens.retain(|_, t| t.tenant != name);
@@ -81,6 +84,9 @@ impl Store for MemoryStore {
     fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error> {
         let mut inner = self.lock();
         inner.modules.entry(app.version.clone()).or_insert_with(|| module.to_vec());
+        if !inner.app_versions.contains(app) {
+            inner.app_versions.push(app.clone());
+        }
         inner.apps.insert((app.tenant.clone(), app.app.clone()), app.clone());
         Ok(())
     }

@@ -42,6 +42,10 @@ const MIGRATIONS: &[&str] = &[
 "#,
     r#"
     CREATE TABLE tokens (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hash TEXT NOT NULL UNIQUE);
+    CREATE TABLE app_versions (
+        tenant TEXT NOT NULL, app TEXT NOT NULL, version TEXT NOT NULL REFERENCES modules(hash),
+        deployed INTEGER PRIMARY KEY AUTOINCREMENT, UNIQUE (tenant, app, version));
+    INSERT INTO app_versions (tenant, app, version) SELECT tenant, name, version FROM apps;
 "#,
 ];
 
@@ -153,6 +157,14 @@ impl Store for SqliteStore {
         for app in apps {
             image.apps.push(app.map_err(&fail)?);
         }
+        let mut rows =
+            conn.prepare("SELECT tenant, app, version FROM app_versions ORDER BY deployed").map_err(&fail)?;
+        let versions = rows
+            .query_map([], |r| Ok(AppRecord { tenant: r.get(0)?, app: r.get(1)?, version: r.get(2)? }))
+            .map_err(&fail)?;
+        for version in versions {
+            image.app_versions.push(version.map_err(&fail)?);
+        }
         let mut rows = conn.prepare("SELECT hash, bytes FROM modules").map_err(&fail)?;
         for module in rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(&fail)? {
             let (hash, bytes) = module.map_err(&fail)?;
@@ -229,7 +241,7 @@ impl Store for SqliteStore {
             )
             .map_err(&fail)?;
         }
-        for table in ["sessions", "apps", "kv", "tokens"] {
+        for table in ["sessions", "apps", "app_versions", "kv", "tokens"] {
             tx.execute(&format!("DELETE FROM {table} WHERE tenant = ?1"), params![name]).map_err(&fail)?;
         }
         tx.execute("DELETE FROM tenants WHERE name = ?1", params![name]).map_err(&fail)?;
@@ -263,6 +275,11 @@ impl Store for SqliteStore {
         tx.execute(
             "INSERT INTO apps (tenant, name, version) VALUES (?1, ?2, ?3)
              ON CONFLICT (tenant, name) DO UPDATE SET version = excluded.version",
+            params![app.tenant, app.app, app.version],
+        )
+        .map_err(&fail)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO app_versions (tenant, app, version) VALUES (?1, ?2, ?3)",
             params![app.tenant, app.app, app.version],
         )
         .map_err(&fail)?;
