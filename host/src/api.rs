@@ -43,12 +43,24 @@ pub struct Api {
     host: Arc<Host>,
     admin_token: Arc<str>,
     ready: Arc<AtomicBool>,
+    default_tenant: Arc<TenantConfig>,
 }
 
 impl Api {
     /// An API over `host`, with `admin_token` for the operator routes.
     pub fn new(host: Arc<Host>, admin_token: &str) -> Api {
-        Api { host, admin_token: admin_token.into(), ready: Arc::new(AtomicBool::new(true)) }
+        Api {
+            host,
+            admin_token: admin_token.into(),
+            ready: Arc::new(AtomicBool::new(true)),
+            default_tenant: Arc::new(TenantConfig::default()),
+        }
+    }
+
+    /// The quota of tenants created without one.
+    pub fn with_default_tenant(mut self, config: TenantConfig) -> Api {
+        self.default_tenant = Arc::new(config);
+        self
     }
 
     /// Marks the server as going down: `/readyz` answers 503 from now on.
@@ -190,14 +202,14 @@ fn session_json(view: &SessionView) -> Value {
 #[serde(deny_unknown_fields)]
 struct NewTenant {
     name: String,
-    #[serde(default)]
-    config: TenantConfig,
+    config: Option<TenantConfig>,
 }
 
 async fn create_tenant(_: Admin, State(api): State<Api>, Body(new): Body<NewTenant>) -> Result<Response, ApiError> {
     let host = api.host.clone();
+    let config = new.config.unwrap_or_else(|| TenantConfig::clone(&api.default_tenant));
     let info = blocking(move || {
-        host.create_tenant(&new.name, new.config)?;
+        host.create_tenant(&new.name, config)?;
         host.tenant(&new.name)
     })
     .await?;
@@ -270,8 +282,21 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn content_type(headers: &HeaderMap) -> &str {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").split(';').next().unwrap_or("").trim()
+/// Refuses a body whose content type is not one of `allowed`, saying what to send.
+fn require_content_type(headers: &HeaderMap, allowed: &[&str], hint: &str) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if allowed.contains(&given) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", hint))
+    }
 }
 
 async fn deploy(
@@ -281,13 +306,11 @@ async fn deploy(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !matches!(content_type(&headers), "application/wasm" | "application/octet-stream") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "upload the module as `Content-Type: application/wasm`",
-        ));
-    }
+    require_content_type(
+        &headers,
+        &["application/wasm", "application/octet-stream"],
+        "upload the module as `Content-Type: application/wasm`",
+    )?;
     let bytes = body?;
     let host = api.host.clone();
     let version = blocking(move || host.deploy(&tenant, &app, &bytes)).await?;
@@ -364,13 +387,11 @@ async fn deliver(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
-    if !matches!(content_type(&headers), "text/plain" | "application/json" | "application/octet-stream") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the event as text/plain, application/json or application/octet-stream",
-        ));
-    }
+    require_content_type(
+        &headers,
+        &["text/plain", "application/json", "application/octet-stream"],
+        "send the event as text/plain, application/json or application/octet-stream",
+    )?;
     let event = body?.to_vec();
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let host = api.host.clone();

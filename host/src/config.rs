@@ -18,6 +18,11 @@ pub struct ServeConfig {
     /// The data directory: `turnstile.db` and the compile cache `modules/`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The store, as a URL (`sqlite://PATH` or `memory:`); default: `sqlite://DATA_DIR/turnstile.db`.
+    pub store: Option<String>,
+    /// The quota of tenants created without one.
+    #[serde(default)]
+    pub defaults: TenantConfig,
     /// Worker threads (default: one per core).
     pub workers: Option<usize>,
     /// The operator's token (better given as TURNSTILE_ADMIN_TOKEN).
@@ -89,6 +94,11 @@ fn default_data_dir() -> PathBuf {
 }
 
 impl ServeConfig {
+    /// The store URL in force.
+    pub fn store_url(&self) -> String {
+        self.store.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("turnstile.db").display()))
+    }
+
     /// Parses a configuration file's text.
     pub fn parse(text: &str) -> Result<ServeConfig, String> {
         toml::from_str(text).map_err(|e| e.to_string())

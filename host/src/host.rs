@@ -750,7 +750,7 @@ fn random_hex(bytes: usize) -> Result<String, Error> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(|e| Error::io("reading /dev/urandom", e))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::app::hex(&buf))
 }
 
 fn queue_full(full: QueueFull) -> Error {

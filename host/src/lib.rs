@@ -86,5 +86,5 @@ pub use session::{Counters, Next, Released, Session, Status, Wait};
 pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Snapshot, export_session, import_session};
 pub use store::{
     AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, SessionRecord, SqliteStore, Store, StoredSession,
-    TenantRecord, TokenRecord,
+    TenantRecord, TokenRecord, open_store,
 };

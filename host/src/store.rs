@@ -134,6 +134,17 @@ pub struct Checkpoint {
     pub fence: u64,
 }
 
+/// Opens the store a URL names: `memory:` or `sqlite://PATH`.
+pub fn open_store(url: &str) -> Result<std::sync::Arc<dyn Store>, Error> {
+    if url == "memory:" {
+        return Ok(std::sync::Arc::new(MemoryStore::default()));
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?));
+    }
+    Err(Error::Config(format!("unknown store URL `{url}`: use `memory:` or `sqlite://PATH`")))
+}
+
 /// A place to keep what must survive.
 pub trait Store: Send + Sync {
     /// Everything stored, to resume from.

@@ -263,6 +263,8 @@ fn the_example_configuration_is_a_valid_configuration() {
     let text = std::fs::read_to_string(path).expect("example config");
     let config = turnstile::config::ServeConfig::parse(&text).expect("the example parses as a configuration");
     assert_eq!(config.tenants[0].config.weight, 3);
+    assert_eq!(config.store_url(), "sqlite://turnstile-data/turnstile.db");
+    assert!(turnstile::open_store("postgres://elsewhere").is_err_and(|e| e.code() == "invalid_config"));
     let error = turnstile::config::ServeConfig::parse("listen = 5\ncolour = 1").expect_err("refused");
     assert!(error.contains("invalid type") || error.contains("unknown field"), "{error}");
 }

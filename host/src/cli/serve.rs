@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use turnstile::api::{Api, router};
 use turnstile::config::ServeConfig;
-use turnstile::{EngineConfig, Error, Host, HostConfig, RuntimeConfig, SqliteStore};
+use turnstile::{EngineConfig, Error, Host, HostConfig, RuntimeConfig, open_store};
 
 pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -20,7 +20,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
             "set an admin token of at least 16 characters (TURNSTILE_ADMIN_TOKEN or `admin_token` in the configuration)"
         );
     };
-    let store = SqliteStore::open(&config.data_dir.join("turnstile.db"))?;
+    let store = open_store(&config.store_url())?;
     let engine = EngineConfig {
         cache_dir: Some(config.data_dir.join("modules")),
         pool_instances: config.pool.instances,
@@ -28,7 +28,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
         ..EngineConfig::default()
     };
     let mut host_config = HostConfig {
-        store: Arc::new(store),
+        store,
         runtime: RuntimeConfig { engine, ..RuntimeConfig::default() },
         max_pending_per_app: config.queues.per_app,
         max_pending_total: config.queues.total,
@@ -45,7 +45,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
             Err(error) => return Err(error.into()),
         }
     }
-    let api = Api::new(host.clone(), &admin_token);
+    let api = Api::new(host.clone(), &admin_token).with_default_tenant(config.defaults.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener =
