@@ -10,7 +10,7 @@ mod error;
 mod openapi;
 
 pub use error::ApiError;
-pub use openapi::{ROUTES, openapi_document};
+pub use openapi::{Auth, ROUTES, openapi_document};
 
 use crate::error::Error;
 use crate::host::{Delivery, Host, SessionView, TenantConfig, TenantInfo};

@@ -238,6 +238,26 @@ async fn a_tenant_can_neither_reach_nor_detect_another_tenants_things() {
 }
 
 #[tokio::test]
+async fn every_operator_route_refuses_a_tenant_token_and_every_tenant_route_the_admin_token() {
+    use turnstile::api::Auth;
+    let server = Server::new();
+    let (token, _) = server.tenant("acme").await;
+    for (method, path, auth, _) in ROUTES {
+        let concrete =
+            path.replace("{tenant}", "acme").replace("{app}", "ivr").replace("{session}", "1").replace("{token}", "k");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let wrong = match auth {
+            Auth::Operator => token.as_str(),
+            Auth::Tenant => ADMIN,
+            Auth::Public => continue,
+        };
+        let (status, body) =
+            server.call(method.clone(), &concrete, Some(wrong), Some("application/json"), b"{}".to_vec()).await;
+        assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{method} {path}");
+    }
+}
+
+#[tokio::test]
 async fn the_openapi_document_lists_exactly_the_routes_served() {
     let server = Server::new();
     let (status, document) = server.call(Method::GET, "/openapi.json", None, None, Vec::new()).await;
