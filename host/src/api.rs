@@ -27,10 +27,11 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Bodies of JSON routes are at most this big.
 const JSON_LIMIT: usize = 64 << 10;
@@ -411,49 +412,57 @@ async fn outputs(
     let id = session_id(&id)?;
     let after: usize =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // Subscribe before reading, so nothing released in between is missed.
-    let events = api.host.subscribe();
-    let view = api.host.session(&tenant, id)?;
-    let (send, receive) = tokio::sync::mpsc::channel::<Event>(64);
-    tokio::task::spawn_blocking(move || {
-        let mut sent = after;
-        let mut emit = |outputs: &[String], from: usize| -> bool {
-            for (n, output) in outputs.iter().enumerate().skip(sent.saturating_sub(from)) {
-                let number = from + n + 1;
-                if number <= sent {
-                    continue;
-                }
-                sent = number;
-                if send.blocking_send(Event::default().id(number.to_string()).event("output").data(output)).is_err() {
-                    return false;
-                }
+    let (view, events) = api.host.watch_session(&tenant, id)?;
+    let mut feed = OutputFeed { events, queue: VecDeque::new(), sent: after, end: None, ended: false };
+    feed.push(&view.outputs, 0);
+    if view.status.is_finished() {
+        feed.end = Some(view.status);
+    }
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(event) = feed.queue.pop_front() {
+                return Some((Ok(event), feed));
             }
-            true
-        };
-        if !emit(&view.outputs, 0) {
-            return;
-        }
-        let mut status = view.status;
-        while !status.is_finished() {
-            let Ok(event) = events.recv_timeout(Duration::from_secs(15)) else {
-                if send.is_closed() {
-                    return;
-                }
-                continue;
-            };
-            if event.session != id {
+            if feed.ended {
+                return None;
+            }
+            if let Some(status) = feed.end.take() {
+                feed.ended = true;
+                let end = json!({ "status": status.name(), "step": status });
+                feed.queue.push_back(Event::default().event("end").data(end.to_string()));
                 continue;
             }
-            if !emit(&event.outputs, event.first_output) {
-                return;
+            let event = feed.events.recv().await?;
+            feed.push(&event.outputs, event.first_output);
+            if event.status.is_finished() {
+                feed.end = Some(event.status);
             }
-            status = event.status;
         }
-        let end = json!({ "status": status.name(), "step": status });
-        let _ = send.blocking_send(Event::default().event("end").data(end.to_string()));
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(receive);
-    Ok(Sse::new(futures_util::StreamExt::map(stream, Ok)).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// What an output stream has yet to send.
+struct OutputFeed {
+    events: tokio::sync::mpsc::UnboundedReceiver<crate::host::SessionEvent>,
+    queue: VecDeque<Event>,
+    /// The number of the last output sent (or skipped by `Last-Event-ID`).
+    sent: usize,
+    /// The final status, once the session has ended.
+    end: Option<crate::session::Status>,
+    ended: bool,
+}
+
+impl OutputFeed {
+    /// Queues `outputs`, numbered from `first + 1`, past the last one sent.
+    fn push(&mut self, outputs: &[String], first: usize) {
+        for (number, output) in (first + 1..).zip(outputs) {
+            if number > self.sent {
+                self.sent = number;
+                self.queue.push_back(Event::default().id(number.to_string()).event("output").data(output));
+            }
+        }
+    }
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

@@ -240,6 +240,8 @@ pub(crate) struct State {
     next_session: u64,
     pub(crate) shutting_down: bool,
     subscribers: Vec<mpsc::Sender<SessionEvent>>,
+    /// Watchers of single sessions (the API's output streams); dropped when the session ends.
+    watchers: HashMap<SessionId, Vec<tokio::sync::mpsc::UnboundedSender<SessionEvent>>>,
     max_inbox: usize,
     /// Tenants' API tokens by hash: (token id, tenant).
     tokens: HashMap<String, (String, String)>,
@@ -320,6 +322,7 @@ impl Host {
                 next_session: 1,
                 shutting_down: false,
                 subscribers: Vec::new(),
+                watchers: HashMap::new(),
                 max_inbox: config.max_inbox,
                 tokens: HashMap::new(),
                 commit_queue: Vec::new(),
@@ -379,6 +382,8 @@ impl Host {
         state.tenants.remove(name);
         state.tokens.retain(|_, (_, owner)| owner != name);
         state.sessions.retain(|_, s| s.tenant != ix);
+        let State { watchers, sessions, .. } = &mut *state;
+        watchers.retain(|id, _| sessions.contains_key(id));
         Ok(())
     }
 
@@ -652,6 +657,27 @@ impl Host {
             // Every commit sends an event; the timeout only guards against a missed one.
             let _ = events.recv_timeout(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// A session of `tenant` as it stands, and its events from then on (none missed, none twice:
+    /// both are taken under one lock). The receiver ends after the event that finishes the
+    /// session; usable from async code without blocking a thread.
+    pub fn watch_session(
+        &self,
+        tenant: &str,
+        session: SessionId,
+    ) -> Result<(SessionView, tokio::sync::mpsc::UnboundedReceiver<SessionEvent>), Error> {
+        let mut state = self.shared.lock();
+        let tenant_ix = state.tenants.get(tenant).map(|t| t.ix);
+        let view = match state.sessions.get(&session) {
+            Some(entry) if Some(entry.tenant) == tenant_ix => state.view(session, entry),
+            _ => return Err(not_found(&format!("session {session}"))),
+        };
+        let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+        if !view.status.is_finished() || state.sessions.get(&session).is_some_and(|e| e.committing) {
+            state.watchers.entry(session).or_default().push(send);
+        }
+        Ok((view, receive))
     }
 
     /// Events of every session from now on (one receiver per call).
@@ -1004,7 +1030,9 @@ impl State {
             }
         }
         self.schedule(checkpoint.session, now, shared);
-        if !self.subscribers.is_empty() {
+        let watched = self.watchers.contains_key(&checkpoint.session);
+        if !self.subscribers.is_empty() || watched {
+            let finished = status.is_finished();
             let event = SessionEvent {
                 session: checkpoint.session,
                 tenant: checkpoint.tenant,
@@ -1012,6 +1040,15 @@ impl State {
                 outputs: checkpoint.outputs,
                 first_output,
             };
+            if watched {
+                if finished {
+                    for watcher in self.watchers.remove(&checkpoint.session).unwrap_or_default() {
+                        let _ = watcher.send(event.clone());
+                    }
+                } else if let Some(watchers) = self.watchers.get_mut(&checkpoint.session) {
+                    watchers.retain(|w| w.send(event.clone()).is_ok());
+                }
+            }
             self.subscribers.retain(|s| s.send(event.clone()).is_ok());
         }
     }

@@ -154,6 +154,11 @@ async fn tenants_run_sessions_with_events_and_idempotency_keys() {
         }
         tokio::task::yield_now().await;
     }
+    // A stream opened while the session waits carries what comes next, live.
+    let mut live = Request::builder().method(Method::GET).uri(format!("{path}/outputs"));
+    live = live.header("authorization", format!("Bearer {token}"));
+    let response = server.router.clone().oneshot(live.body(Body::empty()).expect("request")).await.expect("response");
+    let streamed = tokio::spawn(async move { response.into_body().collect().await.expect("body").to_bytes() });
     let events = format!("{path}/events");
     let mut request = Request::builder().method(Method::POST).uri(&events);
     request = request
@@ -173,7 +178,9 @@ async fn tenants_run_sessions_with_events_and_idempotency_keys() {
     let body: Value =
         serde_json::from_slice(&response.into_body().collect().await.expect("body").to_bytes()).expect("json");
     assert_eq!(body["delivery"], "duplicate");
-    // The SSE stream replays every output and ends with the final status.
+    let streamed = String::from_utf8(streamed.await.expect("the stream ends").to_vec()).expect("utf-8");
+    assert!(streamed.contains("Goodbye.") && streamed.contains("event: end"), "{streamed}");
+    // A stream opened afterwards replays every output and ends with the final status.
     let (status, text) = server.call(Method::GET, &format!("{path}/outputs"), Some(&token), None, Vec::new()).await;
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().expect("text").to_owned();
