@@ -1,53 +1,43 @@
-//! Host side of guest ABI v1: the `turnstile` imports, and the only code that touches guest memory.
+//! Host side of guest ABI v1, and the only code that touches guest memory.
 //!
-//! Every pointer is bounds-checked against the guest's exported `memory`; every length is checked
-//! against its limit *before* the host allocates; nothing here can panic on guest input. A guest
-//! that breaks a rule gets a trap, and the rule it broke is recorded in [`ActionCtx::violation`] so
-//! the failure carries the precise kind (`abi_misuse`, `output_limit`, …) rather than a bare trap.
+//! - `abi/turnstile.rs`: the `turnstile` imports (input, state, outputs, next step, kv, log).
+//! - `abi/wasi.rs`: the WASI preview 1 functions a `wasm32-wasip1` script may import, written
+//!   here rather than taken from wasmtime-wasi, so that each is bounded and charged like the rest
+//!   (an allow-list: deploy refuses any other WASI import, naming it).
 //!
-//! Nothing an action writes leaves this context until the action has completed: outputs, state
-//! and key-value writes are collected here and handed to the session as one set of effects.
+//! Every host call obeys three rules, because fuel only meters wasm instructions and the epoch
+//! deadline cannot interrupt a thread inside the host:
+//! 1. **Checked before allocated**: every pointer is bounds-checked against the guest's exported
+//!    `memory` and every length against its limit before the host allocates or copies anything;
+//!    nothing here can panic on guest input.
+//! 2. **Charged in fuel**: a call costs a base plus a cost per KiB it copies, parses, generates or
+//!    looks up ([`CHARGES`]), taken from the action's fuel *before* the work is done, so a loop of
+//!    host calls burns fuel at the rate plain wasm of the same CPU cost would.
+//! 3. **Bounded by the deadline**: no call blocks past the action's wall-clock deadline (a WASI
+//!    sleep that would is refused as `deadline`), and a call that may wait (a sleep, a store
+//!    look-up) ends the action if it returns past it. The time those calls wait is measured; the
+//!    time of the others is their charge at the engine's fuel per second (reading the clock twice
+//!    would cost more than most of them).
+//!
+//! A guest that breaks a rule gets a trap, and the rule it broke is recorded in
+//! [`ActionCtx::violation`] so the failure carries its precise kind (`abi_misuse`, `output_limit`,
+//! …) rather than a bare trap. Nothing an action writes leaves this context until the action has
+//! completed: outputs, state and key-value writes are collected here and handed on as one set of
+//! effects.
+
+mod turnstile;
+mod wasi;
 
 use crate::failure::FailureKind;
 use crate::limits::Limits;
 use crate::session::Next;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, ValType};
-use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-/// The import module of the ABI.
-pub(crate) const MODULE: &str = "turnstile";
-/// The import module a `wasm32-wasip1` build may also use.
-pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
-
-/// Largest next-step document a guest may pass.
-const MAX_NEXT_BYTES: usize = 4 << 10;
-/// Largest `random` request.
-const MAX_RANDOM_BYTES: usize = 64 << 10;
-
-/// The `turnstile` imports and their signatures: what deploy checks a module's imports against.
-/// A unit test keeps this table and the linker in step.
-pub(crate) const IMPORTS: &[(&str, &[ValType], &[ValType])] = {
-    use ValType::{I32, I64};
-    &[
-        ("input_len", &[], &[I32]),
-        ("input_read", &[I32], &[]),
-        ("state_len", &[], &[I32]),
-        ("state_read", &[I32], &[]),
-        ("state_write", &[I32, I32], &[]),
-        ("emit", &[I32, I32], &[]),
-        ("next", &[I32, I32], &[]),
-        ("kv_get", &[I32, I32], &[I32]),
-        ("kv_read", &[I32], &[]),
-        ("kv_set", &[I32, I32, I32, I32], &[]),
-        ("log", &[I32, I32, I32], &[]),
-        ("now_ms", &[], &[I64]),
-        ("random", &[I32, I32], &[]),
-    ]
-};
+pub(crate) use turnstile::{IMPORTS, MODULE};
+pub(crate) use wasi::{IMPORTS as WASI_IMPORTS, MODULE as WASI_MODULE};
 
 /// Read access to a tenant's key-value space, as of the start of an action.
 pub trait KvRead: Send + Sync {
@@ -82,8 +72,52 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// The store data of one action: what the guest may read, what it has written so far, and the
-/// limits it runs under.
+/// What one host call costs in fuel: `base` per call plus `per_kib` per KiB of bytes it copies,
+/// parses, generates or looks up (rounded up). Calibrated so that a unit of fuel spent in the
+/// host costs about the CPU time of one in wasm (`turnstile bench --imports` measures it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Charge {
+    /// The import (`turnstile::emit`, `wasi_snapshot_preview1::fd_write`, …).
+    pub import: &'static str,
+    /// Fuel per call.
+    pub base: u64,
+    /// Fuel per KiB of data the call handles.
+    pub per_kib: u64,
+}
+
+impl Charge {
+    /// The fuel for a call that handles `bytes` bytes (on top of [`Charge::base`]).
+    fn for_bytes(&self, bytes: usize) -> u64 {
+        u64::try_from(bytes).unwrap_or(u64::MAX).saturating_mul(self.per_kib).div_ceil(1024)
+    }
+}
+
+/// Every import's charge: the `turnstile` imports, then the WASI functions.
+pub const CHARGES: &[&Charge] = &[
+    &turnstile::INPUT_LEN,
+    &turnstile::INPUT_READ,
+    &turnstile::STATE_LEN,
+    &turnstile::STATE_READ,
+    &turnstile::STATE_WRITE,
+    &turnstile::EMIT,
+    &turnstile::NEXT,
+    &turnstile::KV_GET,
+    &turnstile::KV_READ,
+    &turnstile::KV_SET,
+    &turnstile::LOG,
+    &turnstile::NOW_MS,
+    &turnstile::RANDOM,
+    &wasi::ARGS_AND_ENV,
+    &wasi::CLOCK,
+    &wasi::FD,
+    &wasi::FD_WRITE,
+    &wasi::POLL_ONEOFF,
+    &wasi::PROC_EXIT,
+    &wasi::RANDOM_GET,
+];
+
+/// The store data of one action: what the guest may read, what it has written so far, the
+/// limits it runs under, and what its host calls have cost.
 pub(crate) struct ActionCtx {
     pub(crate) memory: Option<Memory>,
     actions: Arc<HashSet<String>>,
@@ -99,11 +133,17 @@ pub(crate) struct ActionCtx {
     kv_write_bytes: usize,
     pub(crate) log: Vec<LogLine>,
     log_bytes: usize,
+    /// Captured stdout/stderr not yet ended by a newline.
+    stdio_line: Vec<u8>,
     rng: u64,
     /// The rule the guest broke, set just before the trap it causes.
     pub(crate) violation: Option<(FailureKind, String)>,
-    wasi: Option<WasiP1Ctx>,
-    stdio: Option<MemoryOutputPipe>,
+    started: Instant,
+    deadline: Instant,
+    /// Time measured inside host calls that wait (sleeps, store look-ups).
+    pub(crate) host_time: Duration,
+    /// Fuel charged by the other host calls (their time is this at the engine's fuel per second).
+    pub(crate) host_fuel: u64,
 }
 
 /// What an action starts from.
@@ -116,7 +156,8 @@ pub(crate) struct ActionInput {
 }
 
 impl ActionCtx {
-    pub(crate) fn new(from: ActionInput) -> ActionCtx {
+    pub(crate) fn new(from: ActionInput, started: Instant) -> ActionCtx {
+        let deadline = started.checked_add(from.limits.wall_time).unwrap_or(started + Duration::from_secs(3600));
         ActionCtx {
             memory: None,
             actions: from.actions,
@@ -132,10 +173,13 @@ impl ActionCtx {
             kv_write_bytes: 0,
             log: Vec::new(),
             log_bytes: 0,
+            stdio_line: Vec::new(),
             rng: seed(),
             violation: None,
-            wasi: None,
-            stdio: None,
+            started,
+            deadline,
+            host_time: Duration::ZERO,
+            host_fuel: 0,
         }
     }
 
@@ -147,7 +191,7 @@ impl ActionCtx {
     }
 
     /// Appends a log line unless the action's log budget is spent (then one marker line says so).
-    pub(crate) fn push_log(&mut self, level: LogLevel, message: String) {
+    fn push_log(&mut self, level: LogLevel, message: String) {
         let limit = self.limits.max_log_bytes;
         if self.log_bytes >= limit {
             return;
@@ -160,24 +204,30 @@ impl ActionCtx {
         }
     }
 
-    /// The WASI context, built on first use: no files, no environment, no arguments, no network;
-    /// stdout and stderr go to one bounded pipe that ends up in the session log.
-    fn wasi(&mut self) -> &mut WasiP1Ctx {
-        let (limit, stdio) = (self.limits.max_log_bytes, &mut self.stdio);
-        self.wasi.get_or_insert_with(|| {
-            let pipe = MemoryOutputPipe::new(limit);
-            *stdio = Some(pipe.clone());
-            WasiCtxBuilder::new().stdout(pipe.clone()).stderr(pipe).build_p1()
-        })
+    /// Takes bytes a wasip1 module wrote to stdout or stderr: each complete line becomes a log
+    /// line (within the same budget as `log`); what is over the budget is dropped, not kept.
+    fn push_stdio(&mut self, bytes: &[u8]) {
+        let room = self.limits.max_log_bytes.saturating_sub(self.log_bytes + self.stdio_line.len());
+        let mut rest = &bytes[..bytes.len().min(room)];
+        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+            self.stdio_line.extend_from_slice(&rest[..newline]);
+            let line = std::mem::take(&mut self.stdio_line);
+            self.push_log(LogLevel::Stdio, String::from_utf8_lossy(&line).into_owned());
+            rest = &rest[newline + 1..];
+        }
+        self.stdio_line.extend_from_slice(rest);
+        if bytes.len() > room && self.log_bytes < self.limits.max_log_bytes {
+            self.log_bytes = self.limits.max_log_bytes;
+            self.log.push(LogLine { level: LogLevel::Warn, message: "log limit reached: later output dropped".into() });
+        }
     }
 
-    /// Moves what a wasip1 module printed into the log.
+    /// Moves what a wasip1 module printed without a final newline into the log.
     pub(crate) fn drain_stdio(&mut self) {
-        if let Some(pipe) = self.stdio.take() {
-            let text = pipe.contents();
-            for line in String::from_utf8_lossy(&text).lines() {
-                self.log.push(LogLine { level: LogLevel::Stdio, message: line.to_owned() });
-            }
+        if !self.stdio_line.is_empty() {
+            let line = std::mem::take(&mut self.stdio_line);
+            self.log_bytes = self.log_bytes.saturating_sub(line.len());
+            self.push_log(LogLevel::Stdio, String::from_utf8_lossy(&line).into_owned());
         }
     }
 
@@ -193,6 +243,17 @@ impl ActionCtx {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Fills `buf` with random bytes.
+    fn fill_random(&mut self, buf: &mut [u8]) {
+        let mut words = buf.chunks_exact_mut(8);
+        for word in &mut words {
+            word.copy_from_slice(&self.next_random().to_le_bytes());
+        }
+        let tail = words.into_remainder();
+        let last = self.next_random().to_le_bytes();
+        tail.copy_from_slice(&last[..tail.len()]);
     }
 }
 
@@ -221,28 +282,95 @@ impl ResourceLimiter for ActionCtx {
     }
 }
 
+/// Runs one host call: charges its base cost first; `body` charges the per-byte part itself,
+/// before doing the work. Its time in the host is counted as its charge at the engine's fuel
+/// per second (the charges are calibrated to the CPU they take), without reading a clock.
+fn host_call<R>(
+    caller: &mut Caller<'_, ActionCtx>,
+    charge: &Charge,
+    body: impl FnOnce(&mut Caller<'_, ActionCtx>) -> wasmtime::Result<R>,
+) -> wasmtime::Result<R> {
+    let before = caller.get_fuel()?;
+    burn(caller, charge, charge.base)?;
+    let result = body(caller);
+    let charged = before.saturating_sub(caller.get_fuel().unwrap_or(0));
+    caller.data_mut().host_fuel += charged;
+    result
+}
+
+/// Runs a host call that may wait (a sleep, a store look-up): like [`host_call`], but its time
+/// is measured, and it ends the action if it returns past the deadline.
+fn waiting_host_call<R>(
+    caller: &mut Caller<'_, ActionCtx>,
+    charge: &Charge,
+    body: impl FnOnce(&mut Caller<'_, ActionCtx>) -> wasmtime::Result<R>,
+) -> wasmtime::Result<R> {
+    let entered = Instant::now();
+    burn(caller, charge, charge.base)?;
+    let result = body(caller);
+    let left = Instant::now();
+    let ctx = caller.data_mut();
+    ctx.host_time += left.saturating_duration_since(entered);
+    if result.is_ok() && left > ctx.deadline {
+        let message = format!(
+            "ran past its wall-clock limit of {:?} (in the host call `{}`)",
+            ctx.limits.wall_time, charge.import
+        );
+        return Err(ctx.violate(FailureKind::Deadline, message));
+    }
+    result
+}
+
+/// Takes `fuel` from the action for work done in the host, or ends it `out_of_fuel`.
+fn burn(caller: &mut Caller<'_, ActionCtx>, charge: &Charge, fuel: u64) -> wasmtime::Result<()> {
+    let left = caller.get_fuel()?;
+    match left.checked_sub(fuel) {
+        Some(rest) => caller.set_fuel(rest),
+        None => {
+            caller.set_fuel(0)?;
+            let limit = caller.data().limits.fuel_per_action;
+            let message = format!(
+                "burned all {limit} fuel of one action (the host call `{}` needed {fuel}, {left} was left)",
+                charge.import
+            );
+            Err(caller.data_mut().violate(FailureKind::OutOfFuel, message))
+        }
+    }
+}
+
+/// Charges the per-byte part of a call for `bytes` bytes.
+fn burn_bytes(caller: &mut Caller<'_, ActionCtx>, charge: &Charge, bytes: usize) -> wasmtime::Result<()> {
+    burn(caller, charge, charge.for_bytes(bytes))
+}
+
 /// A guest pointer and length, checked: non-negative, inside memory, length within `limit`.
-/// The limit is checked first, so a hostile length never reaches an allocation.
+/// The limit is checked first, so a hostile length never reaches an allocation. `over` is the
+/// failure kind of a length over the limit.
 fn guest_range(
     ctx: &mut ActionCtx,
     memory_len: usize,
-    ptr: i32,
-    len: i32,
+    (ptr, len): (i32, i32),
     limit: usize,
+    over: FailureKind,
     what: &str,
 ) -> wasmtime::Result<std::ops::Range<usize>> {
     let (Ok(start), Ok(len)) = (usize::try_from(ptr), usize::try_from(len)) else {
         return Err(ctx.violate(FailureKind::AbiMisuse, format!("{what}: negative pointer or length ({ptr}, {len})")));
     };
     if len > limit {
-        let kind = match what {
-            "emit" => FailureKind::OutputLimit,
-            "state_write" | "kv_set" => FailureKind::StateLimit,
-            "next" => FailureKind::BadNext,
-            _ => FailureKind::AbiMisuse,
-        };
-        return Err(ctx.violate(kind, format!("{what}: {len} bytes, over the limit of {limit}")));
+        return Err(ctx.violate(over, format!("{what}: {len} bytes, over the limit of {limit}")));
     }
+    in_memory(ctx, memory_len, start, len, what)
+}
+
+/// `len` bytes at `start`, if they are inside a memory of `memory_len` bytes.
+fn in_memory(
+    ctx: &mut ActionCtx,
+    memory_len: usize,
+    start: usize,
+    len: usize,
+    what: &str,
+) -> wasmtime::Result<std::ops::Range<usize>> {
     match start.checked_add(len) {
         Some(end) if end <= memory_len => Ok(start..end),
         _ => Err(ctx.violate(
@@ -260,184 +388,84 @@ fn split<'a>(caller: &'a mut Caller<'_, ActionCtx>) -> wasmtime::Result<(&'a mut
     }
 }
 
-/// Copies `len` bytes from guest memory at `ptr`, after checking the range and the limit.
-fn read(caller: &mut Caller<'_, ActionCtx>, ptr: i32, len: i32, limit: usize, what: &str) -> wasmtime::Result<Vec<u8>> {
-    let (mem, ctx) = split(caller)?;
-    let range = guest_range(ctx, mem.len(), ptr, len, limit, what)?;
-    Ok(mem[range].to_vec())
-}
-
-/// Writes `bytes` (taken from the context by `pick`) into guest memory at `dst`, checked.
-fn write(
-    caller: &mut Caller<'_, ActionCtx>,
-    dst: i32,
-    what: &str,
-    pick: fn(&ActionCtx) -> Option<&[u8]>,
-) -> wasmtime::Result<()> {
-    let (mem, ctx) = split(caller)?;
-    let Some(len) = pick(ctx).map(<[u8]>::len) else {
-        return Err(ctx.violate(FailureKind::AbiMisuse, format!("{what}: nothing to read (call kv_get first)")));
-    };
-    let len = i32::try_from(len).unwrap_or(i32::MAX);
-    let range = guest_range(ctx, mem.len(), dst, len, usize::MAX, what)?;
-    if let Some(bytes) = pick(ctx) {
-        mem[range].copy_from_slice(bytes);
-    }
-    Ok(())
-}
-
+/// A length handed to the guest; every one is bounded by a limit far below `i32::MAX`.
 fn length(what: &str, len: usize) -> i32 {
-    // Every length handed to the guest is bounded by a limit far below i32::MAX.
     i32::try_from(len).unwrap_or_else(|_| {
         debug_assert!(false, "{what} length {len} exceeds i32");
         i32::MAX
     })
 }
 
-fn utf8(ctx: &mut ActionCtx, bytes: Vec<u8>, what: &str) -> wasmtime::Result<String> {
-    String::from_utf8(bytes).map_err(|_| ctx.violate(FailureKind::AbiMisuse, format!("{what}: bytes are not UTF-8")))
+/// Registers the `turnstile` imports and the allowed WASI preview 1 functions.
+pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<()> {
+    turnstile::add_to_linker(linker)?;
+    wasi::add_to_linker(linker)
 }
 
-/// Registers the `turnstile` imports and WASI preview 1 (for `wasm32-wasip1` modules).
-pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<()> {
-    linker
-        .func_wrap(MODULE, "input_len", |caller: Caller<'_, ActionCtx>| length("input", caller.data().input.len()))?;
-    linker.func_wrap(MODULE, "input_read", |mut caller: Caller<'_, ActionCtx>, dst: i32| {
-        write(&mut caller, dst, "input_read", |c| Some(&c.input))
-    })?;
-    linker
-        .func_wrap(MODULE, "state_len", |caller: Caller<'_, ActionCtx>| length("state", caller.data().state.len()))?;
-    linker.func_wrap(MODULE, "state_read", |mut caller: Caller<'_, ActionCtx>, dst: i32| {
-        write(&mut caller, dst, "state_read", |c| Some(&c.state))
-    })?;
-    linker.func_wrap(MODULE, "state_write", |mut caller: Caller<'_, ActionCtx>, src: i32, len: i32| {
-        let limit = caller.data().limits.max_state_bytes;
-        let state = read(&mut caller, src, len, limit, "state_write")?;
-        caller.data_mut().state = state;
-        Ok(())
-    })?;
-    linker.func_wrap(MODULE, "emit", |mut caller: Caller<'_, ActionCtx>, src: i32, len: i32| {
-        let ctx = caller.data_mut();
-        if ctx.outputs.len() >= ctx.limits.max_outputs {
-            let message = format!("emit: more than {} outputs in one action", ctx.limits.max_outputs);
-            return Err(ctx.violate(FailureKind::OutputLimit, message));
-        }
-        let room = ctx.limits.max_output_bytes.saturating_sub(ctx.output_bytes);
-        let bytes = read(&mut caller, src, len, room, "emit")?;
-        let ctx = caller.data_mut();
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-            return Err(ctx.violate(FailureKind::AbiMisuse, format!("emit: the output is not one JSON value: {e}")));
-        }
-        let text = utf8(ctx, bytes, "emit")?;
-        ctx.output_bytes += text.len();
-        ctx.outputs.push(text);
-        Ok(())
-    })?;
-    linker.func_wrap(MODULE, "next", |mut caller: Caller<'_, ActionCtx>, src: i32, len: i32| {
-        let bytes = read(&mut caller, src, len, MAX_NEXT_BYTES, "next")?;
-        let ctx = caller.data_mut();
-        let next = match Next::parse(&bytes, &ctx.actions) {
-            Ok(next) => next,
-            Err(message) => return Err(ctx.violate(FailureKind::BadNext, message)),
-        };
-        ctx.next = Some(next);
-        Ok(())
-    })?;
-    linker.func_wrap(MODULE, "kv_get", |mut caller: Caller<'_, ActionCtx>, key: i32, key_len: i32| {
-        let limit = caller.data().limits.max_kv_key_bytes;
-        let key = read(&mut caller, key, key_len, limit, "kv_get")?;
-        let ctx = caller.data_mut();
-        let key = utf8(ctx, key, "kv_get key")?;
-        ctx.kv_found = match ctx.kv_writes.get(&key) {
-            Some(pending) => Some(pending.clone()),
-            None => ctx.kv.kv_get(&key),
-        };
-        Ok(ctx.kv_found.as_ref().map_or(-1, |v| length("kv value", v.len())))
-    })?;
-    linker.func_wrap(MODULE, "kv_read", |mut caller: Caller<'_, ActionCtx>, dst: i32| {
-        write(&mut caller, dst, "kv_read", |c| c.kv_found.as_deref())
-    })?;
-    linker.func_wrap(
-        MODULE,
-        "kv_set",
-        |mut caller: Caller<'_, ActionCtx>, key: i32, key_len: i32, val: i32, val_len: i32| {
-            let limits = caller.data().limits.clone();
-            let key = read(&mut caller, key, key_len, limits.max_kv_key_bytes, "kv_set")?;
-            let room = limits.max_kv_write_bytes.saturating_sub(caller.data().kv_write_bytes + key.len());
-            let value = read(&mut caller, val, val_len, room, "kv_set")?;
-            let ctx = caller.data_mut();
-            let key = utf8(ctx, key, "kv_set key")?;
-            ctx.kv_write_bytes += key.len() + value.len();
-            ctx.kv_writes.insert(key, value);
-            Ok(())
-        },
-    )?;
-    linker.func_wrap(MODULE, "log", |mut caller: Caller<'_, ActionCtx>, level: i32, src: i32, len: i32| {
-        let limit = caller.data().limits.max_log_bytes;
-        let bytes = read(&mut caller, src, len, limit, "log")?;
-        let level = match level {
-            i32::MIN..=0 => LogLevel::Trace,
-            1 => LogLevel::Debug,
-            2 => LogLevel::Info,
-            3 => LogLevel::Warn,
-            _ => LogLevel::Error,
-        };
-        caller.data_mut().push_log(level, String::from_utf8_lossy(&bytes).into_owned());
-        Ok(())
-    })?;
-    linker.func_wrap(MODULE, "now_ms", || i64::try_from(crate::session::now_ms()).unwrap_or(i64::MAX))?;
-    linker.func_wrap(MODULE, "random", |mut caller: Caller<'_, ActionCtx>, dst: i32, len: i32| {
-        let (mem, ctx) = split(&mut caller)?;
-        let range = guest_range(ctx, mem.len(), dst, len, MAX_RANDOM_BYTES, "random")?;
-        for chunk in mem[range].chunks_mut(8) {
-            let word = ctx.next_random().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-        Ok(())
-    })?;
-    wasmtime_wasi::p1::add_to_linker_sync(linker, ActionCtx::wasi)?;
-    Ok(())
-}
+/// An import table: (name, params, results) for each function of one import module.
+pub(crate) type ImportTable = &'static [(&'static str, &'static [ValType], &'static [ValType])];
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn import_table_matches_the_linker() {
-        let engine = wasmtime::Engine::default();
-        let mut linker = Linker::new(&engine);
-        add_to_linker(&mut linker).expect("linker");
-        let mut store = wasmtime::Store::new(
-            &engine,
-            ActionCtx::new(ActionInput {
-                actions: Arc::default(),
-                limits: Arc::default(),
-                input: Vec::new(),
-                state: Vec::new(),
-                kv: Arc::new(NoKv),
-            }),
-        );
-        let mut defined = 0;
-        for (name, params, results) in IMPORTS {
-            let func = linker.get(&mut store, MODULE, name).ok().and_then(wasmtime::Extern::into_func).expect(name);
-            let ty = func.ty(&store);
-            let got: Vec<String> = ty.params().map(|t| t.to_string()).collect();
-            let want: Vec<String> = params.iter().map(ToString::to_string).collect();
-            assert_eq!(got, want, "params of {name}");
-            let got: Vec<String> = ty.results().map(|t| t.to_string()).collect();
-            let want: Vec<String> = results.iter().map(ToString::to_string).collect();
-            assert_eq!(got, want, "results of {name}");
-            defined += 1;
-        }
-        let in_linker = linker.iter(&mut store).filter(|(module, _, _)| *module == MODULE).count();
-        assert_eq!(defined, in_linker, "every `turnstile` import is in the table");
-    }
 
     struct NoKv;
     impl KvRead for NoKv {
         fn kv_get(&self, _key: &str) -> Option<Vec<u8>> {
             None
         }
+    }
+
+    #[test]
+    fn import_tables_match_the_linker() {
+        let engine = wasmtime::Engine::default();
+        let mut linker = Linker::new(&engine);
+        add_to_linker(&mut linker).expect("linker");
+        let input = ActionInput {
+            actions: Arc::default(),
+            limits: Arc::default(),
+            input: Vec::new(),
+            state: Vec::new(),
+            kv: Arc::new(NoKv),
+        };
+        let mut store = wasmtime::Store::new(&engine, ActionCtx::new(input, Instant::now()));
+        for (module, table) in [(MODULE, IMPORTS), (WASI_MODULE, WASI_IMPORTS)] {
+            let mut defined = 0;
+            for (name, params, results) in table {
+                let func = linker.get(&mut store, module, name).ok().and_then(wasmtime::Extern::into_func).expect(name);
+                let ty = func.ty(&store);
+                let got: Vec<String> = ty.params().map(|t| t.to_string()).collect();
+                let want: Vec<String> = params.iter().map(ToString::to_string).collect();
+                assert_eq!(got, want, "params of {module}::{name}");
+                let got: Vec<String> = ty.results().map(|t| t.to_string()).collect();
+                let want: Vec<String> = results.iter().map(ToString::to_string).collect();
+                assert_eq!(got, want, "results of {module}::{name}");
+                defined += 1;
+            }
+            let in_linker = linker.iter(&mut store).filter(|(m, _, _)| *m == module).count();
+            assert_eq!(defined, in_linker, "every `{module}` import is in the table");
+        }
+    }
+
+    #[test]
+    fn every_import_has_a_charge() {
+        for (module, table) in [(MODULE, IMPORTS), (WASI_MODULE, WASI_IMPORTS)] {
+            for (name, _, _) in table {
+                let charged = CHARGES.iter().any(|c| {
+                    let (m, names) = c.import.split_once("::").expect("module::names");
+                    m == module && names.split(',').any(|n| n.trim() == *name)
+                });
+                assert!(charged, "{module}::{name} has no charge");
+            }
+        }
+    }
+
+    #[test]
+    fn charges_round_up_per_kib() {
+        let charge = Charge { import: "x::y", base: 10, per_kib: 100 };
+        assert_eq!(charge.for_bytes(0), 0);
+        assert_eq!(charge.for_bytes(1), 1);
+        assert_eq!(charge.for_bytes(1024), 100);
+        assert_eq!(charge.for_bytes(usize::MAX), u64::MAX.div_ceil(1024));
     }
 }

@@ -57,7 +57,7 @@ pub enum DeployError {
     },
     /// An import outside the ABI.
     #[error(
-        "forbidden import `{module}::{name}` ({kind}): modules may only import the `turnstile` functions (and `wasi_snapshot_preview1` functions)"
+        "forbidden import `{module}::{name}` ({kind}): modules may only import the `turnstile` functions (and the WASI functions listed in the README)"
     )]
     ForbiddenImport {
         /// Import module.
@@ -68,9 +68,9 @@ pub enum DeployError {
         kind: &'static str,
     },
     /// An ABI import with the wrong signature.
-    #[error("import `turnstile::{name}` has signature {found}, the ABI says {expected}")]
+    #[error("import `{name}` has signature {found}, the ABI says {expected}")]
     ImportSignature {
-        /// The import.
+        /// The import, `module::name`.
         name: String,
         /// The ABI's signature.
         expected: String,
@@ -309,18 +309,20 @@ pub fn inspect(bytes: &[u8], limits: &DeployLimits) -> Result<ModuleInfo, Deploy
         };
         let func = types[types.core_type_at_in_module(type_index)].unwrap_func();
         let found = signature(func.params(), func.results());
-        if module == abi::MODULE {
-            let Some((_, params, results)) = abi::IMPORTS.iter().find(|(n, _, _)| *n == name) else {
-                return Err(DeployError::ForbiddenImport { module, name, kind: "function not in the ABI" });
-            };
-            let expected = signature(params, results);
-            if expected != found {
-                return Err(DeployError::ImportSignature { name, expected, found });
-            }
+        let (table, unknown) = if module == abi::MODULE {
+            (abi::IMPORTS, "function not in the ABI")
         } else if module == abi::WASI_MODULE {
             wasi = true;
+            (abi::WASI_IMPORTS, "WASI function scripts may not use: they have no files, sockets or processes")
         } else {
             return Err(DeployError::ForbiddenImport { module, name, kind: "function" });
+        };
+        let Some((_, params, results)) = table.iter().find(|(n, _, _)| *n == name) else {
+            return Err(DeployError::ForbiddenImport { module, name, kind: unknown });
+        };
+        let expected = signature(params, results);
+        if expected != found {
+            return Err(DeployError::ImportSignature { name: format!("{module}::{name}"), expected, found });
         }
         import_info.push(ImportInfo { module, name, ty: format!("func {found}") });
     }

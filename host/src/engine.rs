@@ -39,6 +39,9 @@ pub struct EngineConfig {
     /// Bytes of each memory and table slot reset in place (memset of touched pages) rather than
     /// decommitted when an instance is freed.
     pub keep_resident_bytes: usize,
+    /// Fuel plain wasm burns per second on this machine: the rate at which an action's wall time
+    /// is converted to fuel when that is more than it burned. `None` measures it at start.
+    pub fuel_per_second: Option<u64>,
 }
 
 /// Slots decommitted together, so the TLB shootdowns they cost are shared.
@@ -54,6 +57,7 @@ impl Default for EngineConfig {
             max_wasm_stack: 512 << 10,
             cache_dir: None,
             keep_resident_bytes: 2 << 20,
+            fuel_per_second: None,
         }
     }
 }
@@ -64,6 +68,7 @@ pub(crate) struct Engine {
     wasmtime: wasmtime::Engine,
     cache: Option<Cache>,
     epoch_tick: Duration,
+    fuel_per_second: u64,
     _ticker: EpochTicker,
 }
 
@@ -73,7 +78,6 @@ impl Engine {
         pool.total_core_instances(config.pool_instances)
             .total_memories(config.pool_instances)
             .total_tables(config.pool_instances)
-            .total_stacks(config.pool_instances)
             .max_memories_per_module(1)
             .max_tables_per_module(1)
             .max_memory_size(config.max_memory_bytes)
@@ -108,7 +112,29 @@ impl Engine {
             .cache(cache.clone());
         let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| Error::Engine(e.to_string()))?;
         let ticker = EpochTicker::start(wasmtime.clone(), config.epoch_tick)?;
-        Ok(Engine { wasmtime, cache, epoch_tick: config.epoch_tick, _ticker: ticker })
+        let fuel_per_second = match config.fuel_per_second {
+            Some(rate) => rate.max(1),
+            None => measure_fuel_per_second(&wasmtime)?,
+        };
+        Ok(Engine { wasmtime, cache, epoch_tick: config.epoch_tick, fuel_per_second, _ticker: ticker })
+    }
+
+    /// Fuel plain wasm burns per second here (measured at start unless configured).
+    pub(crate) fn fuel_per_second(&self) -> u64 {
+        self.fuel_per_second
+    }
+
+    /// The time plain wasm takes to burn `fuel` here.
+    pub(crate) fn time_for(&self, fuel: u64) -> Duration {
+        let nanos = u128::from(fuel) * 1_000_000_000 / u128::from(self.fuel_per_second);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// The fuel plain wasm would have burned in `elapsed`: what an action that spent that long
+    /// is charged at least, so time asleep, in host calls or in the store is paid for.
+    pub(crate) fn fuel_for(&self, elapsed: Duration) -> u64 {
+        let fuel = u128::from(self.fuel_per_second) * elapsed.as_nanos() / 1_000_000_000;
+        u64::try_from(fuel).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
@@ -125,6 +151,34 @@ impl Engine {
     pub(crate) fn cache_counts(&self) -> Option<(usize, usize)> {
         self.cache.as_ref().map(|c| (c.cache_hits(), c.cache_misses()))
     }
+}
+
+/// Measures how much fuel plain wasm burns per second on this machine: a counting loop run a few
+/// times for a few milliseconds each, keeping the fastest run (the least disturbed by the rest
+/// of the machine).
+fn measure_fuel_per_second(engine: &wasmtime::Engine) -> Result<u64, Error> {
+    const FUEL: u64 = 3_000_000;
+    let failed = |e: wasmtime::Error| Error::Engine(format!("measuring fuel per second: {e}"));
+    let module = wasmtime::Module::new(
+        engine,
+        r#"(module (memory 1) (func (export "burn") (local $i i32)
+            (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l))))"#,
+    )
+    .map_err(failed)?;
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let mut store = wasmtime::Store::new(engine, ());
+        store.set_fuel(FUEL).map_err(failed)?;
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).map_err(failed)?;
+        let burn = instance.get_typed_func::<(), ()>(&mut store, "burn").map_err(failed)?;
+        let started = std::time::Instant::now();
+        // It runs until its fuel is gone: the trap is the expected end.
+        let _ = burn.call(&mut store, ());
+        best = best.min(started.elapsed());
+    }
+    let rate = u128::from(FUEL) * 1_000_000_000 / best.as_nanos().max(1);
+    Ok(u64::try_from(rate).unwrap_or(u64::MAX))
 }
 
 /// One thread per engine that advances the epoch; actions' deadlines are counted in its ticks.

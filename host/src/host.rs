@@ -80,8 +80,15 @@ pub struct TenantConfig {
     pub fuel_burst: u64,
     /// Actions of one of its apps in the action list at once.
     pub max_in_flight: u32,
+    /// Actions of all its apps that may run at once (0: up to every worker). In any case a tenant
+    /// never takes the last free worker while another tenant has work ready.
+    pub max_concurrent: u32,
     /// Sessions it may have open (not finished) at once.
     pub max_sessions: u64,
+    /// Apps it may have.
+    pub max_apps: u32,
+    /// Versions one of its apps may have.
+    pub max_versions: u32,
     /// What each of its actions may use.
     pub limits: Limits,
     /// A suspended tenant's sessions and events are refused and its queued actions wait (set
@@ -96,7 +103,10 @@ impl Default for TenantConfig {
             fuel_per_second: 10_000_000_000,
             fuel_burst: 1_000_000_000,
             max_in_flight: 1,
+            max_concurrent: 0,
             max_sessions: 100_000,
+            max_apps: 100,
+            max_versions: 100,
             limits: Limits::default(),
             suspended: false,
         }
@@ -313,7 +323,7 @@ impl Host {
             runtime: Runtime::new(config.runtime)?,
             store: config.store,
             state: Mutex::new(State {
-                scheduler: Scheduler::new(config.max_pending_per_app, config.max_pending_total),
+                scheduler: Scheduler::new(config.workers, config.max_pending_per_app, config.max_pending_total),
                 tenants: HashMap::new(),
                 tenant_names: Vec::new(),
                 apps: Vec::new(),
@@ -440,6 +450,7 @@ impl Host {
         let slot = &mut state.scheduler.tenants[tenant.ix];
         slot.weight = config.weight;
         slot.suspended = config.suspended;
+        slot.max_concurrent = config.max_concurrent;
         slot.fuel_per_action = config.limits.fuel_per_action;
         slot.bucket.set(config.fuel_per_second, config.fuel_burst);
         for &app in tenant.apps.values() {
@@ -464,6 +475,9 @@ impl Host {
         if config.fuel_per_second == 0 || config.max_in_flight == 0 {
             return Err(Error::Config("fuel per second and max in flight must be positive".into()));
         }
+        if config.max_apps == 0 || config.max_versions == 0 {
+            return Err(Error::Config("max apps and max versions must be positive".into()));
+        }
         let pool_slot = self.shared.runtime.max_memory_bytes();
         if config.limits.memory_bytes > pool_slot {
             return Err(Error::Config(format!(
@@ -486,12 +500,11 @@ impl Host {
     /// running stay on the version they started with.
     pub fn deploy(&self, tenant: &str, app: &str, bytes: &[u8]) -> Result<AppVersion, Error> {
         check_name("app", app)?;
-        if !self.shared.lock().tenants.contains_key(tenant) {
-            return Err(not_found(&format!("tenant `{tenant}`")));
-        }
+        self.shared.lock().check_app_quota(tenant, app, &crate::app::module_hash(bytes))?;
         // Compiling and storing happen outside the lock: the pool keeps running meanwhile.
         let deployment = self.shared.runtime.deploy(bytes)?;
         let version = deployment.app;
+        self.shared.lock().check_app_quota(tenant, app, version.hash())?;
         let record = AppRecord { tenant: tenant.to_owned(), app: app.to_owned(), version: version.hash().to_owned() };
         self.shared.store.put_app(&record, bytes)?;
         self.shared.lock().set_app(tenant, app, version.clone())?;
@@ -789,6 +802,8 @@ fn queue_full(full: QueueFull) -> Error {
 /// What a worker needs to run a dispatched action.
 pub(crate) struct Job {
     pub(crate) app: Arc<App>,
+    /// The fuel the scheduler reserved for it: what the sandbox gets.
+    pub(crate) fuel: u64,
     pub(crate) action: String,
     pub(crate) input: Vec<u8>,
     pub(crate) state: Vec<u8>,
@@ -837,11 +852,33 @@ impl State {
         let bucket = TokenBucket::new(config.fuel_per_second, config.fuel_burst, Instant::now());
         let ix = self.scheduler.add_tenant(name, config.weight, config.limits.fuel_per_action, bucket);
         self.scheduler.tenants[ix].suspended = config.suspended;
+        self.scheduler.tenants[ix].max_concurrent = config.max_concurrent;
         let kv: Arc<dyn KvRead> = Arc::new(TenantKv { store: store.clone(), tenant: name.to_owned() });
         let limits = Arc::new(config.limits.clone());
         self.tenant_names.push(name.to_owned());
         self.tenants
             .insert(name.to_owned(), TenantEntry { ix, config, limits, kv, apps: HashMap::new(), open_sessions: 0 });
+    }
+
+    /// Refuses a deploy that would take a tenant past its apps or an app past its versions.
+    fn check_app_quota(&self, tenant: &str, app: &str, hash: &str) -> Result<(), Error> {
+        let entry = self.tenants.get(tenant).ok_or_else(|| not_found(&format!("tenant `{tenant}`")))?;
+        match entry.apps.get(app) {
+            None if entry.apps.len() >= usize::try_from(entry.config.max_apps).unwrap_or(usize::MAX) => {
+                Err(Error::Quota(format!("tenant `{tenant}` already has {} apps, its limit", entry.apps.len())))
+            }
+            Some(&ix)
+                if !self.apps[ix].versions.iter().any(|v| v == hash)
+                    && self.apps[ix].versions.len()
+                        >= usize::try_from(entry.config.max_versions).unwrap_or(usize::MAX) =>
+            {
+                Err(Error::Quota(format!(
+                    "app `{app}` already has {} versions, the tenant's limit",
+                    self.apps[ix].versions.len()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn set_app(&mut self, tenant: &str, app: &str, version: Arc<App>) -> Result<(), Error> {
@@ -950,6 +987,7 @@ impl State {
         let (action, input) = entry.session.due(tenant.limits.max_actions_per_session)?;
         Some(Job {
             app: entry.version.clone(),
+            fuel: dispatch.fuel,
             action: action.to_owned(),
             input: input.to_vec(),
             state: entry.session.state.clone(),
@@ -962,8 +1000,8 @@ impl State {
     /// and queues its checkpoint for the next group commit. Nothing is released yet.
     pub(crate) fn finish(&mut self, dispatch: &Dispatch, outcome: Option<crate::sandbox::ActionOutcome>, now: Instant) {
         // The slot goes back first: the app's next action may start while this one commits.
-        let fuel = outcome.as_ref().map_or(0, |o| o.fuel);
-        self.scheduler.complete(dispatch, fuel);
+        let usage = outcome.as_ref().map(|o| o.usage).unwrap_or_default();
+        self.scheduler.complete(dispatch, &usage);
         let Some(entry) = self.sessions.get_mut(&dispatch.session) else { return };
         let tenant = &mut self.scheduler.tenants[dispatch.tenant];
         let mut released = crate::session::Released::default();
@@ -973,7 +1011,7 @@ impl State {
                 if let Err(failure) = &outcome.result {
                     *tenant.counters.failures.entry(failure.kind).or_default() += 1;
                 }
-                released = entry.session.apply(&entry.version, outcome.fuel, outcome.result, now_ms());
+                released = entry.session.apply(&entry.version, &outcome.usage, outcome.result, now_ms());
                 if entry.cancelled {
                     entry.session.status = Status::Cancelled;
                 }

@@ -70,7 +70,7 @@ mod snapshot;
 mod store;
 mod timers;
 
-pub use abi::{KvRead, LogLevel, LogLine};
+pub use abi::{CHARGES, Charge, KvRead, LogLevel, LogLine};
 pub use app::{App, DeployError, ERROR_ACTION, Extent, ImportInfo, ModuleInfo, module_hash};
 pub use engine::EngineConfig;
 pub use error::Error;
@@ -80,7 +80,7 @@ pub use limits::{DeployLimits, Limits};
 pub use local::{LocalSession, MemoryKv, Step};
 pub use metrics::{MetricsSnapshot, TenantMetrics};
 pub use runtime::{CompileSource, CompileStats, Deployment, Runtime, RuntimeConfig};
-pub use sandbox::{ActionOutcome, Effects};
+pub use sandbox::{ActionOutcome, Effects, Usage};
 pub use scheduler::SessionId;
 pub use session::{Counters, Next, Released, Session, Status, Wait};
 pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Snapshot, export_session, import_session};

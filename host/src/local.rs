@@ -107,17 +107,19 @@ impl<'r> LocalSession<'r> {
             let action = action.to_owned();
             let input = input.to_vec();
             let kv: Arc<dyn KvRead> = self.kv.clone();
-            let outcome = self.runtime.run_action(&self.app, &action, input, self.session.state.clone(), kv, &limits);
+            let state = self.session.state.clone();
+            let outcome =
+                self.runtime.run_action(&self.app, &action, input, state, kv, &limits, limits.fuel_per_action);
             let mut step = Step {
                 action,
                 outputs: Vec::new(),
                 failure: None,
-                fuel: outcome.fuel,
-                elapsed: outcome.elapsed,
+                fuel: outcome.usage.fuel,
+                elapsed: outcome.usage.elapsed,
                 log: outcome.log,
             };
             step.failure = outcome.result.as_ref().err().cloned();
-            let released = self.session.apply(&self.app, outcome.fuel, outcome.result, now_ms());
+            let released = self.session.apply(&self.app, &outcome.usage, outcome.result, now_ms());
             self.kv.apply(released.kv_writes);
             step.outputs = released.outputs;
             steps.push(step);

@@ -95,8 +95,11 @@ enum Command {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
         /// Measure event delivery over HTTP instead (events/s and p99 latency).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "imports")]
         http: bool,
+        /// Measure what a unit of fuel costs in each host call, beside plain wasm, instead.
+        #[arg(long)]
+        imports: bool,
     },
 }
 
@@ -151,7 +154,10 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             cli::drive::export(&data_dir, session, out.as_deref())
         }
         Command::Session(SessionCommand::Import { data_dir, snapshot }) => cli::drive::import(&data_dir, &snapshot),
-        Command::Bench { seconds, http: false } => cli::bench::bench(seconds),
-        Command::Bench { seconds, http: true } => cli::bench::bench_http(seconds),
+        Command::Bench { seconds, http: true, .. } => cli::bench::bench_http(seconds),
+        Command::Bench { imports: true, .. } => {
+            Ok(if cli::bench::imports()? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Bench { seconds, .. } => cli::bench::bench(seconds),
     }
 }

@@ -5,6 +5,7 @@
 //! p99 are read to within one bucket (12.5%).
 
 use crate::failure::FailureKind;
+use crate::sandbox::Usage;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -81,11 +82,25 @@ impl Histogram {
 pub(crate) struct TenantCounters {
     pub(crate) actions: u64,
     pub(crate) fuel: u64,
+    pub(crate) cost: u64,
+    pub(crate) wall: Duration,
+    pub(crate) host_time: Duration,
     pub(crate) throttled: Duration,
     pub(crate) failures: BTreeMap<FailureKind, u64>,
     pub(crate) sessions_started: u64,
     pub(crate) sessions_finished: u64,
     pub(crate) latency: Histogram,
+}
+
+impl TenantCounters {
+    /// Adds one completed action's receipt.
+    pub(crate) fn record(&mut self, usage: &Usage) {
+        self.actions += 1;
+        self.fuel = self.fuel.saturating_add(usage.fuel);
+        self.cost = self.cost.saturating_add(usage.cost);
+        self.wall = self.wall.saturating_add(usage.elapsed);
+        self.host_time = self.host_time.saturating_add(usage.host_time);
+    }
 }
 
 /// One tenant's figures at one instant.
@@ -99,6 +114,13 @@ pub struct TenantMetrics {
     pub actions: u64,
     /// Fuel burned by them.
     pub fuel: u64,
+    /// What they were charged (fair share and fuel bucket), in fuel: per action the larger of
+    /// the fuel burned and its wall time at the host's fuel per second.
+    pub cost: u64,
+    /// Worker time its actions took, in µs.
+    pub wall_us: u64,
+    /// The part of `wall_us` spent in host calls.
+    pub host_us: u64,
     /// Time it had work waiting while its fuel bucket was empty.
     pub throttled_ms: u64,
     /// Failures by kind.
@@ -137,6 +159,9 @@ impl TenantMetrics {
             weight,
             actions: counters.actions,
             fuel: counters.fuel,
+            cost: counters.cost,
+            wall_us: micros(counters.wall),
+            host_us: micros(counters.host_time),
             throttled_ms: u64::try_from(counters.throttled.as_millis()).unwrap_or(u64::MAX),
             failures: counters.failures.clone(),
             queue_depth,
@@ -167,6 +192,24 @@ impl MetricsSnapshot {
         let per = |f: fn(&TenantMetrics) -> String| self.tenants.iter().map(move |t| (tenant(t), f(t)));
         family("actions_total", "counter", "Actions completed.", &mut per(|t| t.actions.to_string()));
         family("fuel_burned_total", "counter", "Fuel burned by actions.", &mut per(|t| t.fuel.to_string()));
+        family(
+            "cost_fuel_total",
+            "counter",
+            "What actions were charged, in fuel: the larger of fuel burned and wall time at the host's fuel per second.",
+            &mut per(|t| t.cost.to_string()),
+        );
+        family(
+            "action_seconds_total",
+            "counter",
+            "Worker time taken by actions.",
+            &mut per(|t| format!("{:.6}", t.wall_us as f64 / 1e6)),
+        );
+        family(
+            "host_call_seconds_total",
+            "counter",
+            "Time actions spent inside host calls.",
+            &mut per(|t| format!("{:.6}", t.host_us as f64 / 1e6)),
+        );
         family(
             "throttled_seconds_total",
             "counter",

@@ -29,7 +29,15 @@ fn work(shared: &Shared) {
                 let job = state.prepare(&dispatch);
                 drop(state);
                 let outcome = job.map(|job| {
-                    shared.runtime.run_action(&job.app, &job.action, job.input, job.state, job.kv, &job.limits)
+                    shared.runtime.run_action(
+                        &job.app,
+                        &job.action,
+                        job.input,
+                        job.state,
+                        job.kv,
+                        &job.limits,
+                        job.fuel,
+                    )
                 });
                 let mut state = shared.lock();
                 state.finish(&dispatch, outcome, Instant::now());

@@ -147,12 +147,19 @@ impl Runtime {
         self.max_memory_bytes
     }
 
+    /// Fuel plain wasm burns per second on this machine: the rate at which an action's wall
+    /// time counts as fuel in its cost.
+    pub fn fuel_per_second(&self) -> u64 {
+        self.engine.fuel_per_second()
+    }
+
     /// The default limits of an action.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.limits
     }
 
-    /// Runs one action of `app` in a fresh sandbox under `limits`, with the full per-action fuel.
+    /// Runs one action of `app` in a fresh sandbox under `limits`, with `fuel` to burn.
+    #[expect(clippy::too_many_arguments, reason = "one action's whole input, each part distinct")]
     pub fn run_action(
         &self,
         app: &App,
@@ -161,8 +168,8 @@ impl Runtime {
         state: Vec<u8>,
         kv: Arc<dyn KvRead>,
         limits: &Arc<Limits>,
+        fuel: u64,
     ) -> ActionOutcome {
-        let fuel = limits.fuel_per_action;
         sandbox::run(&self.engine, ActionCall { app, action, input, state, kv, limits, fuel })
     }
 }

@@ -27,15 +27,29 @@ pub struct Effects {
     pub kv_writes: BTreeMap<String, Vec<u8>>,
 }
 
+/// What one action used: the receipt it is charged by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Fuel burned (wasm instructions, plus host calls at their charge).
+    pub fuel: u64,
+    /// What the action really cost, in fuel: the fuel it burned, or its wall time at the engine's
+    /// measured fuel per second if that is more (time asleep or in the host counts). The fair
+    /// share and the tenant's fuel bucket are charged this.
+    pub cost: u64,
+    /// Wall-clock time in the sandbox.
+    pub elapsed: Duration,
+    /// The part of `elapsed` spent inside host calls: measured for the calls that wait (sleeps,
+    /// store look-ups), the others' charge at the host's fuel per second.
+    pub host_time: Duration,
+}
+
 /// The outcome of one action.
 #[derive(Debug)]
 pub struct ActionOutcome {
     /// Effects, or why it failed.
     pub result: Result<Effects, Failure>,
-    /// Fuel burned.
-    pub fuel: u64,
-    /// Wall-clock time in the sandbox.
-    pub elapsed: Duration,
+    /// What it used.
+    pub usage: Usage,
     /// What the guest logged (and printed, for wasip1 modules).
     pub log: Vec<LogLine>,
 }
@@ -55,13 +69,14 @@ pub(crate) struct ActionCall<'a> {
 /// Runs one action to completion in a fresh instance. Never panics on guest behaviour.
 pub(crate) fn run(engine: &Engine, call: ActionCall<'_>) -> ActionOutcome {
     let started = Instant::now();
-    let ctx = ActionCtx::new(ActionInput {
+    let input = ActionInput {
         actions: call.app.action_names().clone(),
         limits: call.limits.clone(),
         input: call.input,
         state: call.state,
         kv: call.kv,
-    });
+    };
+    let ctx = ActionCtx::new(input, started);
     let mut store = Store::new(engine.wasmtime(), ctx);
     store.limiter(|ctx| ctx);
     store.set_epoch_deadline(engine.deadline_ticks(call.limits.wall_time));
@@ -71,7 +86,10 @@ pub(crate) fn run(engine: &Engine, call: ActionCall<'_>) -> ActionOutcome {
     let mut ctx = store.into_data();
     ctx.drain_stdio();
     let result = classify(result, &mut ctx, call.action, call.limits);
-    ActionOutcome { result, fuel, elapsed: started.elapsed(), log: ctx.log }
+    let elapsed = started.elapsed();
+    let host_time = (ctx.host_time + engine.time_for(ctx.host_fuel)).min(elapsed);
+    let usage = Usage { fuel, cost: fuel.max(engine.fuel_for(elapsed)), elapsed, host_time };
+    ActionOutcome { result, usage, log: ctx.log }
 }
 
 fn call_action(store: &mut Store<ActionCtx>, app: &App, action: &str) -> wasmtime::Result<i32> {
@@ -116,10 +134,6 @@ fn classify(
                 }
                 Some(Trap::StackOverflow) => fail(FailureKind::StackOverflow, "the call stack was exhausted".into()),
                 Some(trap) => fail(FailureKind::Trap, with_last_error(trap.to_string(), ctx)),
-                None if format!("{error:#}").contains("beyond capacity of MemoryOutputPipe") => fail(
-                    FailureKind::OutputLimit,
-                    format!("stdout/stderr went over the limit of {} bytes per action", limits.max_log_bytes),
-                ),
                 None => fail(FailureKind::Trap, with_last_error(format!("{error:#}"), ctx)),
             }
         }

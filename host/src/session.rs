@@ -8,7 +8,7 @@
 use crate::app::App;
 use crate::error::Error;
 use crate::failure::{Failure, FailureKind};
-use crate::sandbox::Effects;
+use crate::sandbox::{Effects, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
@@ -127,7 +127,7 @@ impl Status {
     }
 }
 
-/// What a session has used so far.
+/// What a session has used so far: its receipts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Actions run (failed ones included).
@@ -138,6 +138,16 @@ pub struct Counters {
     pub fuel: u64,
     /// Output events released.
     pub outputs: u64,
+    /// What its actions were charged, in fuel: per action the larger of the fuel burned and its
+    /// wall time at the host's fuel per second.
+    #[serde(default)]
+    pub cost: u64,
+    /// Wall-clock time its actions ran, in microseconds.
+    #[serde(default)]
+    pub wall_us: u64,
+    /// The part of `wall_us` spent in host calls.
+    #[serde(default)]
+    pub host_us: u64,
 }
 
 /// One customer interaction: plain data, everything needed to resume it elsewhere.
@@ -216,9 +226,13 @@ impl Session {
     /// Applies the outcome of the action that was due and returns what it releases (outputs and
     /// key-value writes; nothing for a failure). A failure goes to the app's error action (with
     /// the failure as JSON input) unless the failing action *is* the error action.
-    pub fn apply(&mut self, app: &App, fuel: u64, outcome: Result<Effects, Failure>, now_ms: u64) -> Released {
+    pub fn apply(&mut self, app: &App, usage: &Usage, outcome: Result<Effects, Failure>, now_ms: u64) -> Released {
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.counters.actions += 1;
-        self.counters.fuel += fuel;
+        self.counters.fuel = self.counters.fuel.saturating_add(usage.fuel);
+        self.counters.cost = self.counters.cost.saturating_add(usage.cost);
+        self.counters.wall_us = self.counters.wall_us.saturating_add(micros(usage.elapsed));
+        self.counters.host_us = self.counters.host_us.saturating_add(micros(usage.host_time));
         match outcome {
             Ok(effects) => {
                 self.state = effects.state;

@@ -155,6 +155,9 @@ fn sessions_survive_sigkill_with_every_event_applied_once_and_every_output_relea
         assert_eq!(got["status"], want["status"], "final status of session {}", want["session"]);
         assert_eq!(got["state"], want["state"], "final state of session {}", want["session"]);
         assert_eq!(got["outputs"], want["outputs"], "outputs of session {}: none lost, none twice", want["session"]);
-        assert_eq!(got["counters"], want["counters"], "counters of session {}", want["session"]);
+        // Time and the cost derived from it differ between runs; what the actions did does not.
+        for counter in ["actions", "failures", "fuel", "outputs"] {
+            assert_eq!(got["counters"][counter], want["counters"][counter], "{counter} of session {}", want["session"]);
+        }
     }
 }

@@ -291,3 +291,36 @@ fn snapshots_that_do_not_parse_are_refused_with_the_reason() {
         assert!(error.to_string().contains(reason), "{error} should say {reason}");
     }
 }
+
+#[test]
+fn key_value_reads_in_a_loop_never_make_a_commit_fail() {
+    let dir = temp_dir("kv-hammer");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    let host = host_on(store.clone(), &dir.join("cache"));
+    let events = host.subscribe();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.kv_put("t", [("k".to_owned(), vec![b'v'; 1024])]).expect("kv");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.kv_get("t", "k").expect("a read never fails");
+                }
+            })
+        })
+        .collect();
+    host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+    for _ in 0..300 {
+        let id = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+        wait_for(&events, id, waiting);
+        host.deliver("t", id, br#""x""#.to_vec(), None).expect("delivered");
+        wait_for(&events, id, Status::is_finished);
+        assert!(matches!(host.session("t", id).expect("s").status, Status::Done { .. }));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.join().expect("reader");
+    }
+}

@@ -87,12 +87,13 @@ fn max_in_flight_bounds_each_app_and_raising_it_lets_actions_overlap() {
     assert!((2..=4).contains(&peak), "with four workers and max_in_flight 4 the peak was {peak}");
 }
 
-fn fuel_of(host: &Host, tenant: &str) -> u64 {
-    host.metrics().tenant(tenant).map_or(0, |t| t.fuel)
+/// What a tenant's actions were charged: the fair share is kept in this currency.
+fn cost_of(host: &Host, tenant: &str) -> u64 {
+    host.metrics().tenant(tenant).map_or(0, |t| t.cost)
 }
 
 #[test]
-fn saturating_tenants_share_fuel_by_weight() {
+fn saturating_tenants_share_the_pool_by_weight_in_real_cost() {
     let host = host(2);
     let events = host.subscribe();
     let app = looping_app(3_000, 0);
@@ -111,11 +112,11 @@ fn saturating_tenants_share_fuel_by_weight() {
     }
     // Let both saturate, then measure a window of several thousand actions.
     await_events(&events, 1_000, |_| true);
-    let before = (fuel_of(&host, "light"), fuel_of(&host, "heavy"));
+    let before = (cost_of(&host, "light"), cost_of(&host, "heavy"));
     await_events(&events, 6_000, |_| true);
-    let after = (fuel_of(&host, "light"), fuel_of(&host, "heavy"));
+    let after = (cost_of(&host, "light"), cost_of(&host, "heavy"));
     let ratio = (after.1 - before.1) as f64 / (after.0 - before.0) as f64;
-    assert!((2.7..=3.3).contains(&ratio), "heavy/light fuel ratio {ratio}");
+    assert!((2.7..=3.3).contains(&ratio), "heavy/light cost ratio {ratio}");
 }
 
 #[test]

@@ -3,11 +3,13 @@
 
 mod api;
 mod cli;
+mod containment;
 mod crash;
 mod deploy;
 mod durability;
 mod fixtures;
 mod flows;
 mod host;
+mod readme;
 mod sandbox;
 mod serve;

@@ -37,8 +37,30 @@ fn elapsed_ms(since: Instant) -> usize {
     usize::try_from(since.elapsed().as_millis()).unwrap_or(usize::MAX)
 }
 
-const HOSTILE_ENTRIES: [&str; 7] =
-    ["spin", "memory_bomb", "deep_recursion", "huge_output", "trap", "bad_pointer", "bad_next"];
+const HOSTILE_ENTRIES: [&str; 13] = [
+    "spin",
+    "memory_bomb",
+    "deep_recursion",
+    "huge_output",
+    "trap",
+    "bad_pointer",
+    "bad_next",
+    "host_burner",
+    "state_reader",
+    "kv_reader",
+    "log_flood",
+    "sleeper",
+    "napper",
+];
+
+/// The hostile tenant deploys its module under several app names, to try to multiply its share
+/// of the pool (each app has its own place in the action list).
+const HOSTILE_APPS: [&str; 6] = ["hostile", "hostile-2", "hostile-3", "hostile-4", "hostile-5", "hostile-6"];
+
+/// The names a cast member's app is deployed under.
+fn app_names(cast: &Cast) -> Vec<&'static str> {
+    if cast.example == "hostile" { HOSTILE_APPS.to_vec() } else { vec![cast.app] }
+}
 
 /// One simulated customer: where the session starts, and what the customer answers to each
 /// wait (`None`: stays silent until the wait times out).
@@ -74,7 +96,9 @@ fn customer(cast: &Cast, n: usize) -> Customer {
         }
         _ => (HOSTILE_ENTRIES[n % HOSTILE_ENTRIES.len()], Vec::new(), &[]),
     };
-    Customer { tenant: cast.tenant, app: cast.app, entry, input, replies: replies.iter().copied().collect() }
+    let names = app_names(cast);
+    let app = names[n % names.len()];
+    Customer { tenant: cast.tenant, app, entry, input, replies: replies.iter().copied().collect() }
 }
 
 pub(crate) fn demo(engine: EngineConfig, sessions: usize, workers: Option<usize>) -> Result<ExitCode> {
@@ -88,14 +112,18 @@ pub(crate) fn demo(engine: EngineConfig, sessions: usize, workers: Option<usize>
     let host = Host::new(config)?;
     for cast in &CAST {
         host.create_tenant(cast.tenant, TenantConfig { weight: cast.weight, ..TenantConfig::default() })?;
-        let version = host.deploy(cast.tenant, cast.app, &example_wasm(cast.example, PLAIN)?)?;
+        let module = example_wasm(cast.example, PLAIN)?;
+        let names = app_names(cast);
+        for app in &names {
+            host.deploy(cast.tenant, app, &module)?;
+        }
         println!(
-            "  {:<11} weight {}  deployed `{}` {} ({:?})",
+            "  {:<11} weight {}  deployed `{}`{} {}",
             cast.tenant,
             cast.weight,
             cast.app,
-            &version.version[..12],
-            version.source
+            if names.len() > 1 { format!(" under {} app names", names.len()) } else { String::new() },
+            &turnstile::module_hash(&module)[..12],
         );
     }
     for bank in ["first-bank", "city-power"] {
@@ -197,7 +225,7 @@ impl Table {
         if self.in_place && self.lines_drawn > 0 {
             write!(out, "\x1b[{}A", self.lines_drawn)?;
         }
-        let fuel: u64 = metrics.tenants.iter().map(|t| t.fuel).sum::<u64>().max(1);
+        let cost: u64 = metrics.tenants.iter().map(|t| t.cost).sum::<u64>().max(1);
         let mut lines = vec![
             format!(
                 "{:>5.1}s  sessions {finished}/{total}   queued {}   waiting for customers {}\x1b[K",
@@ -207,7 +235,7 @@ impl Table {
             ),
             format!(
                 "  {:<11} {:>6} {:>15} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9}\x1b[K",
-                "tenant", "weight", "sessions done", "actions", "fuel %", "throttled", "failures", "p50 µs", "p99 µs"
+                "tenant", "weight", "sessions done", "actions", "cost %", "throttled", "failures", "p50 µs", "p99 µs"
             ),
         ];
         for t in &metrics.tenants {
@@ -218,7 +246,7 @@ impl Table {
                 t.sessions_finished,
                 t.sessions_started,
                 t.actions,
-                100.0 * t.fuel as f64 / fuel as f64,
+                100.0 * t.cost as f64 / cost as f64,
                 t.throttled_ms,
                 t.failures.values().sum::<u64>(),
                 t.latency_p50_us,
@@ -246,14 +274,14 @@ fn summary(metrics: &MetricsSnapshot, elapsed: Duration) {
         actions as f64 / elapsed.as_secs_f64()
     );
     let weights: u32 = metrics.tenants.iter().map(|t| t.weight).sum();
-    let fuel: u64 = metrics.tenants.iter().map(|t| t.fuel).sum::<u64>().max(1);
-    println!("  fuel share vs weight share (a tenant gets at least its weight's share when it wants it;");
-    println!("  what a tenant leaves unused goes to the others, so light tenants burn less than their share):");
+    let cost: u64 = metrics.tenants.iter().map(|t| t.cost).sum::<u64>().max(1);
+    println!("  share of real cost (fuel, or wall time when that is more) vs weight share (a tenant gets");
+    println!("  at least its weight's share when it wants it; what a tenant leaves unused goes to the others):");
     for t in &metrics.tenants {
         println!(
-            "    {:<11} {:>5.1}% of fuel, weight share {:>5.1}%",
+            "    {:<11} {:>5.1}% of cost, weight share {:>5.1}%",
             t.tenant,
-            100.0 * t.fuel as f64 / fuel as f64,
+            100.0 * t.cost as f64 / cost as f64,
             100.0 * f64::from(t.weight) / f64::from(weights.max(1))
         );
     }

@@ -1,0 +1,115 @@
+//! `turnstile bench --http`: events delivered over HTTP to a server in this process (loopback,
+//! keep-alive connections), each acknowledged once durable in SQLite.
+
+use super::{Scratch, host_on};
+use anyhow::Result;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use turnstile::TenantConfig;
+
+/// Runs the HTTP ingest benchmark.
+pub(crate) fn bench_http(seconds: f64) -> Result<std::process::ExitCode> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let window = Duration::from_secs_f64(seconds.clamp(0.2, 60.0));
+    let workers = std::thread::available_parallelism().map_or(2, usize::from);
+    let scratch = Scratch::new("http")?;
+    let host = Arc::new(host_on(workers, scratch.store()?)?);
+    let admin = "bench-admin-token-0123456789";
+    host.create_tenant("load", TenantConfig::default())?;
+    let (_, token) = host.issue_token("load")?;
+    // Each event is echoed as an output, and the session waits for the next one.
+    let echo = r#"(module
+        (import "turnstile" "next" (func $next (param i32 i32)))
+        (import "turnstile" "input_len" (func $input_len (result i32)))
+        (import "turnstile" "input_read" (func $input_read (param i32)))
+        (import "turnstile" "emit" (func $emit (param i32 i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 0) "{\"wait\":{\"action\":\"echo\"}}")
+        (func (export "start") (result i32) (call $next (i32.const 0) (i32.const 26)) i32.const 0)
+        (func (export "echo") (result i32)
+          (call $input_read (i32.const 100)) (call $emit (i32.const 100) (call $input_len))
+          (call $next (i32.const 0) (i32.const 26)) i32.const 0))"#;
+    host.deploy("load", "echo", &wat::parse_str(echo)?)?;
+    const SESSIONS: usize = 64;
+    let sessions: Vec<u64> = (0..SESSIONS)
+        .map(|_| host.start_session("load", "echo", "start", Vec::new()).map(|id| id.0))
+        .collect::<Result<_, _>>()?;
+    host.settle();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let port = listener.local_addr()?.port();
+    let app = turnstile::api::router(turnstile::api::Api::new(host.clone(), admin));
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    runtime.spawn(async move { axum::serve(listener, app).await });
+
+    let clients = workers;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let token = token.clone();
+            let mine: Vec<u64> = sessions.iter().copied().skip(c).step_by(clients).collect();
+            std::thread::spawn(move || -> Result<Vec<Duration>> {
+                let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                stream.set_nodelay(true)?;
+                let mut reader = BufReader::new(stream.try_clone()?);
+                let mut writer = stream;
+                let mut latencies = Vec::new();
+                let mut n = 0usize;
+                while started.elapsed() < window {
+                    let session = mine[n % mine.len()];
+                    n += 1;
+                    let body = format!("\"e{n}\"");
+                    let sent = Instant::now();
+                    let request = format!(
+                        "POST /v1/sessions/{session}/events HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    writer.write_all(request.as_bytes())?;
+                    let mut status = String::new();
+                    reader.read_line(&mut status)?;
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        reader.read_line(&mut header)?;
+                        if header == "\r\n" || header.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut discard = vec![0u8; length];
+                    reader.read_exact(&mut discard)?;
+                    // 429 (the session's inbox is full) is backpressure, not a failure: count only
+                    // accepted events.
+                    if status.contains(" 202 ") {
+                        latencies.push(sent.elapsed());
+                    }
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for thread in threads {
+        latencies.extend(thread.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    // The per-mille quantile of the sorted latencies.
+    let p = |per_mille: usize| {
+        let index = (latencies.len() * per_mille / 1000).min(latencies.len().saturating_sub(1));
+        latencies.get(index).copied().unwrap_or_default()
+    };
+    println!(
+        "Turnstile bench --http: {workers} cores, {:.1} s, {SESSIONS} sessions, {clients} keep-alive clients on loopback\n",
+        window.as_secs_f64()
+    );
+    println!("events delivered (202, durable in SQLite): {:.0}/s", latencies.len() as f64 / elapsed.as_secs_f64());
+    println!("delivery latency: p50 {:.2} ms, p99 {:.2} ms", p(500).as_secs_f64() * 1e3, p(990).as_secs_f64() * 1e3);
+    drop(runtime);
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,277 @@
+//! (f) isolation: four well-behaved tenants beside one hostile tenant of each kind, on SQLite.
+//! Per kind: the well-behaved tenants' p99 action latency with the hostile tenant ÷ without it,
+//! saturated (every session always has an action ready) and at 70% load (events arrive at 70%
+//! of the rate the well-behaved tenants sustain alone), and the hostile tenant's share of worker
+//! time ÷ its weight share (saturated: at 70% load the idle capacity is rightly its to use).
+
+use super::{Scratch, host_on};
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use turnstile::{Host, SessionId, TenantConfig};
+
+/// The well-behaved tenants' app: `start` waits; each event runs `work` (a kv read and a short
+/// computation, like a step of an IVR menu), which waits again. `loop` does the same work and
+/// goes to itself at once (the saturated case).
+fn polite_app() -> Vec<u8> {
+    let module = r#"(module
+        (import "turnstile" "next" (func $next (param i32 i32)))
+        (import "turnstile" "kv_get" (func $kv_get (param i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 0) "{\"wait\":{\"action\":\"work\"}}")
+        (data (i32.const 64) "{\"goto\":\"loop\"}")
+        (data (i32.const 128) "balance:1000")
+        (func $work (local $i i32)
+          (drop (call $kv_get (i32.const 128) (i32.const 12)))
+          (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 10000)))))
+        (func (export "start") (result i32) (call $next (i32.const 0) (i32.const 26)) i32.const 0)
+        (func (export "work") (result i32) (call $work) (call $next (i32.const 0) (i32.const 26)) i32.const 0)
+        (func (export "loop") (result i32) (call $work) (call $next (i32.const 64) (i32.const 15)) i32.const 0))"#;
+    wat::parse_str(module).expect("the polite app is valid WAT")
+}
+
+/// A hostile module: `attack` does `body` (which never ends well), and `on_error` goes straight
+/// back to it, so each session attacks for ever. `extra` is spliced in at module level.
+fn hostile(body: &str, extra: &str) -> Vec<u8> {
+    let module = format!(
+        r#"(module
+        (import "turnstile" "next" (func $next (param i32 i32)))
+        (import "turnstile" "random" (func $random (param i32 i32)))
+        (import "turnstile" "state_write" (func $state_write (param i32 i32)))
+        (import "turnstile" "state_read" (func $state_read (param i32)))
+        (import "turnstile" "kv_get" (func $kv_get (param i32 i32) (result i32)))
+        (import "turnstile" "log" (func $log (param i32 i32 i32)))
+        (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 2)
+        (data (i32.const 0) "{{\"goto\":\"attack\"}}")
+        (data (i32.const 64) "balance:1000")
+        {extra}
+        (func (export "attack") (result i32) {body} (call $next (i32.const 0) (i32.const 17)) i32.const 0)
+        (func (export "on_error") (result i32) (call $next (i32.const 0) (i32.const 17)) i32.const 0))"#
+    );
+    wat::parse_str(module).expect("the hostile apps are valid WAT")
+}
+
+/// One kind of hostile tenant: its name, its module, and how many apps it spreads over.
+struct Kind {
+    name: &'static str,
+    what: &'static str,
+    module: Vec<u8>,
+    apps: usize,
+}
+
+fn kinds() -> Vec<Kind> {
+    // A sleep of 900 ms: one relative clock subscription at offset 1024 (timeout at 1048).
+    let nap = r#"(data (i32.const 1040) "\01") (data (i32.const 1048) "\00\e9\a4\35\00\00\00\00")"#;
+    let spin = "(loop $l (br $l))";
+    vec![
+        Kind { name: "compute", what: "burns its whole fuel cap", module: hostile(spin, ""), apps: 4 },
+        Kind {
+            name: "host-call burner",
+            what: "random(64 KiB) in a loop",
+            module: hostile("(loop $l (call $random (i32.const 4096) (i32.const 65536)) (br $l))", ""),
+            apps: 4,
+        },
+        Kind {
+            name: "state_read loop",
+            what: "reads a 64 KiB state in a loop",
+            module: hostile(
+                "(call $state_write (i32.const 4096) (i32.const 65536)) (loop $l (call $state_read (i32.const 4096)) (br $l))",
+                "",
+            ),
+            apps: 4,
+        },
+        Kind {
+            name: "kv_get loop",
+            what: "a store look-up in a loop",
+            module: hostile("(loop $l (drop (call $kv_get (i32.const 64) (i32.const 12))) (br $l))", ""),
+            apps: 4,
+        },
+        Kind {
+            name: "log flood",
+            what: "16 KiB log lines in a loop",
+            module: hostile("(loop $l (call $log (i32.const 2) (i32.const 4096) (i32.const 16384)) (br $l))", ""),
+            apps: 4,
+        },
+        Kind {
+            name: "WASI sleeper",
+            what: "sleeps 900 ms of its 1 s deadline",
+            module: hostile(
+                "(drop (call $poll (i32.const 1024) (i32.const 2048) (i32.const 1) (i32.const 2100))) unreachable",
+                nap,
+            ),
+            apps: 4,
+        },
+        Kind {
+            name: "memory bomb",
+            what: "grows and touches memory to its limit",
+            module: hostile(
+                "(call $bomb)",
+                "(func $bomb (local $page i32) (loop $l (local.set $page (memory.grow (i32.const 16)))
+                   (i32.store (i32.shl (local.get $page) (i32.const 16)) (i32.const 1)) (br $l)))",
+            ),
+            apps: 4,
+        },
+        Kind {
+            name: "deep recursion",
+            what: "recurses until the stack overflows",
+            module: hostile("(call $down)", "(func $down (call $down))"),
+            apps: 4,
+        },
+        Kind { name: "many apps", what: "compute, spread over 20 apps", module: hostile(spin, ""), apps: 20 },
+    ]
+}
+
+const POLITE: usize = 4;
+const POLITE_APPS: usize = 2;
+const SESSIONS_PER_APP: usize = 50;
+
+/// What one run measured.
+struct Run {
+    /// The worst p99 action latency of the well-behaved tenants, in µs.
+    p99_us: u64,
+    /// Actions the well-behaved tenants completed per second.
+    polite_per_second: f64,
+    /// The hostile tenant's share of all worker time.
+    hostile_share: f64,
+}
+
+/// A host on SQLite with the four well-behaved tenants (and the hostile one, if given), each
+/// with a key for its kv look-ups.
+fn populated(
+    scratch: &Scratch,
+    workers: usize,
+    hostile: Option<&Kind>,
+    saturated: bool,
+) -> Result<(Host, Vec<(String, SessionId)>)> {
+    let host = host_on(workers, scratch.store()?)?;
+    let polite = polite_app();
+    let mut sessions = Vec::new();
+    for t in 0..POLITE {
+        let tenant = format!("polite{t}");
+        host.create_tenant(&tenant, TenantConfig::default())?;
+        host.kv_put(&tenant, [("balance:1000".to_owned(), b"12.50 EUR".to_vec())])?;
+        for a in 0..POLITE_APPS {
+            host.deploy(&tenant, &format!("app{a}"), &polite)?;
+            for _ in 0..SESSIONS_PER_APP {
+                let entry = if saturated { "loop" } else { "start" };
+                let id = host.start_session(&tenant, &format!("app{a}"), entry, Vec::new())?;
+                sessions.push((tenant.clone(), id));
+            }
+        }
+    }
+    if let Some(kind) = hostile {
+        let config = TenantConfig { max_apps: 100, ..TenantConfig::default() };
+        host.create_tenant("mallory", config)?;
+        host.kv_put("mallory", [("balance:1000".to_owned(), vec![b'9'; 1024])])?;
+        let per_app = (SESSIONS_PER_APP * 4 / kind.apps).max(1);
+        for a in 0..kind.apps {
+            host.deploy("mallory", &format!("hostile{a}"), &kind.module)?;
+            for _ in 0..per_app {
+                host.start_session("mallory", &format!("hostile{a}"), "attack", Vec::new())?;
+            }
+        }
+    }
+    Ok((host, sessions))
+}
+
+/// Runs one measurement: saturated, or with events delivered at `rate` per second.
+fn run(workers: usize, window: Duration, hostile: Option<&Kind>, rate: Option<f64>) -> Result<Run> {
+    let scratch = Scratch::new("isolation")?;
+    let (host, sessions) = populated(&scratch, workers, hostile, rate.is_none())?;
+    let host = Arc::new(host);
+    let stop = Arc::new(AtomicBool::new(false));
+    let driver = rate.map(|rate| {
+        let (host, stop) = (host.clone(), stop.clone());
+        std::thread::spawn(move || drive(&host, &sessions, rate, &stop))
+    });
+    std::thread::sleep(window / 5);
+    let before = host.metrics();
+    let started = Instant::now();
+    std::thread::sleep(window);
+    let after = host.metrics();
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(driver) = driver {
+        driver.join().map_err(|_| anyhow::anyhow!("the event driver panicked"))?;
+    }
+    let delta = |name: &str, f: fn(&turnstile::TenantMetrics) -> u64| -> u64 {
+        after.tenant(name).map_or(0, f).saturating_sub(before.tenant(name).map_or(0, f))
+    };
+    let polite: Vec<String> = (0..POLITE).map(|t| format!("polite{t}")).collect();
+    let p99_us = polite
+        .iter()
+        .filter_map(|name| after.tenant(name))
+        .map(|t| t.latency_p99_us)
+        .max()
+        .context("no polite tenant")?;
+    let polite_actions: u64 = polite.iter().map(|name| delta(name, |t| t.actions)).sum();
+    let wall_total: u64 = after.tenants.iter().map(|t| delta(&t.tenant, |m| m.wall_us)).sum();
+    let hostile_share = delta("mallory", |t| t.wall_us) as f64 / wall_total.max(1) as f64;
+    Ok(Run { p99_us, polite_per_second: polite_actions as f64 / elapsed.as_secs_f64(), hostile_share })
+}
+
+/// Delivers events to the well-behaved sessions round robin at `rate` per second until `stop`.
+fn drive(host: &Host, sessions: &[(String, SessionId)], rate: f64, stop: &AtomicBool) {
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let due = super::whole(started.elapsed().as_secs_f64() * rate);
+        while sent < due {
+            let (tenant, id) = &sessions[usize::try_from(sent).unwrap_or(0) % sessions.len()];
+            // A full inbox is backpressure the bench does not need to count.
+            let _ = host.deliver(tenant, *id, b"1".to_vec(), None);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Prints the (f) table. Returns whether every kind met its targets.
+pub(super) fn isolation(window: Duration, workers: usize) -> Result<bool> {
+    let alone = run(workers, window, None, None)?;
+    let rate = alone.polite_per_second * 0.7;
+    let alone_loaded = run(workers, window, None, Some(rate))?;
+    println!(
+        "(f) isolation: {POLITE} well-behaved tenants (weight 1 each; an action = a kv read + ~10k instructions) beside one hostile tenant (weight 1: weight share {:.0}%), on SQLite",
+        100.0 / (POLITE as f64 + 1.0)
+    );
+    println!(
+        "    alone: saturated p99 {} µs ({:.0} actions/s); at 70% load ({rate:.0} events/s) p99 {} µs",
+        alone.p99_us, alone.polite_per_second, alone_loaded.p99_us
+    );
+    println!(
+        "    {:<17} {:<40} {:>16} {:>16} {:>22}",
+        "hostile kind", "what it does", "saturated p99 ×", "70% load p99 ×", "worker share ÷ weight"
+    );
+    let weight_share = 1.0 / (POLITE as f64 + 1.0);
+    let mut all_met = true;
+    for kind in kinds() {
+        let saturated = run(workers, window, Some(&kind), None)?;
+        let loaded = run(workers, window, Some(&kind), Some(rate))?;
+        let sat_ratio = saturated.p99_us as f64 / alone.p99_us.max(1) as f64;
+        let load_ratio = loaded.p99_us as f64 / alone_loaded.p99_us.max(1) as f64;
+        let share = saturated.hostile_share / weight_share;
+        let met = sat_ratio <= 2.0 && load_ratio <= 1.2 && share <= 1.1;
+        all_met &= met;
+        println!(
+            "    {:<17} {:<40} {:>14.2}{} {:>14.2}{} {:>20.2}{}",
+            kind.name,
+            kind.what,
+            sat_ratio,
+            mark(sat_ratio <= 2.0),
+            load_ratio,
+            mark(load_ratio <= 1.2),
+            share,
+            mark(share <= 1.1)
+        );
+    }
+    println!("    targets: saturated ≤ 2.0, 70% load ≤ 1.2, worker share ÷ weight share ≤ 1.1");
+    Ok(all_met)
+}
+
+fn mark(met: bool) -> &'static str {
+    if met { " ✓" } else { " ✗" }
+}
