@@ -32,7 +32,7 @@ use crate::failure::FailureKind;
 use crate::limits::Limits;
 use crate::session::Next;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, ValType};
 
@@ -116,14 +116,93 @@ pub const CHARGES: &[&Charge] = &[
     &wasi::RANDOM_GET,
 ];
 
+/// Which functions a linker provides: those of a synchronous run (where a sleep asks for the
+/// action to be started again as a task) or those of a preemptible task (where a sleep parks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Linking {
+    /// For actions run synchronously within one slice.
+    Sync,
+    /// For actions run as preemptible tasks.
+    Task,
+}
+
+/// How an action runs, as its host calls see it.
+pub(crate) enum Mode {
+    /// Synchronously, within one slice, since `started`.
+    Sync,
+    /// As a preemptible task, with its own clock.
+    Task(Arc<ActionClock>),
+}
+
+/// A task's own time: how long it has run (and slept), and when it wants to be woken. Its
+/// deadline is counted in it, not in the time it waited for a worker.
+#[derive(Debug, Default)]
+pub(crate) struct ActionClock {
+    state: Mutex<ClockState>,
+}
+
+#[derive(Debug, Default)]
+struct ClockState {
+    active: Duration,
+    /// The part of `active` it ran (not asleep).
+    ran: Duration,
+    running_since: Option<Instant>,
+    sleeping_until: Option<Instant>,
+}
+
+impl ActionClock {
+    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The task's time so far: running and asleep.
+    pub(crate) fn active(&self) -> Duration {
+        let state = self.state();
+        state.active + state.running_since.map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// The part of its time it ran (not asleep), up to now.
+    pub(crate) fn ran(&self) -> Duration {
+        let state = self.state();
+        state.ran + state.running_since.map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// The action is about to sleep until `until` (it counts as its time).
+    fn sleep_until(&self, until: Instant) {
+        self.state().sleeping_until = Some(until);
+    }
+
+    /// A slice starts at `now`.
+    pub(crate) fn resume(&self, now: Instant) {
+        self.state().running_since = Some(now);
+    }
+
+    /// Ends a slice at `now`: its length, and the wake time if the action went to sleep (the
+    /// sleep is counted as its time at once).
+    pub(crate) fn pause(&self, now: Instant) -> (Duration, Option<Instant>) {
+        let mut state = self.state();
+        let ran = state.running_since.take().map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        state.active += ran;
+        state.ran += ran;
+        let until = state.sleeping_until.take();
+        if let Some(until) = until {
+            state.active += until.saturating_duration_since(now);
+        }
+        (ran, until)
+    }
+}
+
 /// The store data of one action: what the guest may read, what it has written so far, the
 /// limits it runs under, and what its host calls have cost.
 pub(crate) struct ActionCtx {
     pub(crate) memory: Option<Memory>,
     actions: Arc<HashSet<String>>,
     limits: Arc<Limits>,
-    input: Vec<u8>,
-    pub(crate) state: Vec<u8>,
+    input: Arc<[u8]>,
+    /// The state the action started from.
+    state: Arc<[u8]>,
+    /// The state it wrote, if it did.
+    pub(crate) new_state: Option<Vec<u8>>,
     pub(crate) outputs: Vec<String>,
     output_bytes: usize,
     pub(crate) next: Option<Next>,
@@ -139,7 +218,9 @@ pub(crate) struct ActionCtx {
     /// The rule the guest broke, set just before the trap it causes.
     pub(crate) violation: Option<(FailureKind, String)>,
     started: Instant,
-    deadline: Instant,
+    mode: Mode,
+    /// A synchronous run asked to sleep: it must be started again as a task.
+    wants_task: bool,
     /// Time measured inside host calls that wait (sleeps, store look-ups).
     pub(crate) host_time: Duration,
     /// Fuel charged by the other host calls (their time is this at the engine's fuel per second).
@@ -150,20 +231,20 @@ pub(crate) struct ActionCtx {
 pub(crate) struct ActionInput {
     pub(crate) actions: Arc<HashSet<String>>,
     pub(crate) limits: Arc<Limits>,
-    pub(crate) input: Vec<u8>,
-    pub(crate) state: Vec<u8>,
+    pub(crate) input: Arc<[u8]>,
+    pub(crate) state: Arc<[u8]>,
     pub(crate) kv: Arc<dyn KvRead>,
 }
 
 impl ActionCtx {
-    pub(crate) fn new(from: ActionInput, started: Instant) -> ActionCtx {
-        let deadline = started.checked_add(from.limits.wall_time).unwrap_or(started + Duration::from_secs(3600));
+    pub(crate) fn new(from: ActionInput, mode: Mode, started: Instant) -> ActionCtx {
         ActionCtx {
             memory: None,
             actions: from.actions,
             limits: from.limits,
             input: from.input,
             state: from.state,
+            new_state: None,
             outputs: Vec::new(),
             output_bytes: 0,
             next: None,
@@ -177,10 +258,29 @@ impl ActionCtx {
             rng: seed(),
             violation: None,
             started,
-            deadline,
+            mode,
+            wants_task: false,
             host_time: Duration::ZERO,
             host_fuel: 0,
         }
+    }
+
+    /// The time the action has used: since it started (synchronous), or its own clock (task).
+    pub(crate) fn time_used(&self) -> Duration {
+        match &self.mode {
+            Mode::Sync => self.started.elapsed(),
+            Mode::Task(clock) => clock.active(),
+        }
+    }
+
+    /// Whether a synchronous run asked for what only a task can do (sleep).
+    pub(crate) fn wants_task(&self) -> bool {
+        self.wants_task
+    }
+
+    /// The session state as the action sees it now.
+    fn current_state(&self) -> &[u8] {
+        self.new_state.as_deref().unwrap_or(&self.state)
     }
 
     /// Records the rule broken and returns the error that traps the guest.
@@ -308,10 +408,9 @@ fn waiting_host_call<R>(
     let entered = Instant::now();
     burn(caller, charge, charge.base)?;
     let result = body(caller);
-    let left = Instant::now();
     let ctx = caller.data_mut();
-    ctx.host_time += left.saturating_duration_since(entered);
-    if result.is_ok() && left > ctx.deadline {
+    ctx.host_time += entered.elapsed();
+    if result.is_ok() && ctx.time_used() > ctx.limits.wall_time {
         let message = format!(
             "ran past its wall-clock limit of {:?} (in the host call `{}`)",
             ctx.limits.wall_time, charge.import
@@ -396,10 +495,11 @@ fn length(what: &str, len: usize) -> i32 {
     })
 }
 
-/// Registers the `turnstile` imports and the allowed WASI preview 1 functions.
-pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<()> {
+/// Registers the `turnstile` imports and the allowed WASI preview 1 functions, as a synchronous
+/// run or a task links them.
+pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>, linking: Linking) -> wasmtime::Result<()> {
     turnstile::add_to_linker(linker)?;
-    wasi::add_to_linker(linker)
+    wasi::add_to_linker(linker, linking)
 }
 
 /// An import table: (name, params, results) for each function of one import module.
@@ -419,31 +519,34 @@ mod tests {
     #[test]
     fn import_tables_match_the_linker() {
         let engine = wasmtime::Engine::default();
-        let mut linker = Linker::new(&engine);
-        add_to_linker(&mut linker).expect("linker");
-        let input = ActionInput {
-            actions: Arc::default(),
-            limits: Arc::default(),
-            input: Vec::new(),
-            state: Vec::new(),
-            kv: Arc::new(NoKv),
-        };
-        let mut store = wasmtime::Store::new(&engine, ActionCtx::new(input, Instant::now()));
-        for (module, table) in [(MODULE, IMPORTS), (WASI_MODULE, WASI_IMPORTS)] {
-            let mut defined = 0;
-            for (name, params, results) in table {
-                let func = linker.get(&mut store, module, name).ok().and_then(wasmtime::Extern::into_func).expect(name);
-                let ty = func.ty(&store);
-                let got: Vec<String> = ty.params().map(|t| t.to_string()).collect();
-                let want: Vec<String> = params.iter().map(ToString::to_string).collect();
-                assert_eq!(got, want, "params of {module}::{name}");
-                let got: Vec<String> = ty.results().map(|t| t.to_string()).collect();
-                let want: Vec<String> = results.iter().map(ToString::to_string).collect();
-                assert_eq!(got, want, "results of {module}::{name}");
-                defined += 1;
+        for linking in [Linking::Sync, Linking::Task] {
+            let mut linker = Linker::new(&engine);
+            add_to_linker(&mut linker, linking).expect("linker");
+            let input = ActionInput {
+                actions: Arc::default(),
+                limits: Arc::default(),
+                input: Arc::from(Vec::new()),
+                state: Arc::from(Vec::new()),
+                kv: Arc::new(NoKv),
+            };
+            let mut store = wasmtime::Store::new(&engine, ActionCtx::new(input, Mode::Sync, Instant::now()));
+            for (module, table) in [(MODULE, IMPORTS), (WASI_MODULE, WASI_IMPORTS)] {
+                let mut defined = 0;
+                for (name, params, results) in table {
+                    let func =
+                        linker.get(&mut store, module, name).ok().and_then(wasmtime::Extern::into_func).expect(name);
+                    let ty = func.ty(&store);
+                    let got: Vec<String> = ty.params().map(|t| t.to_string()).collect();
+                    let want: Vec<String> = params.iter().map(ToString::to_string).collect();
+                    assert_eq!(got, want, "params of {module}::{name}");
+                    let got: Vec<String> = ty.results().map(|t| t.to_string()).collect();
+                    let want: Vec<String> = results.iter().map(ToString::to_string).collect();
+                    assert_eq!(got, want, "results of {module}::{name}");
+                    defined += 1;
+                }
+                let in_linker = linker.iter(&mut store).filter(|(m, _, _)| *m == module).count();
+                assert_eq!(defined, in_linker, "every `{module}` import is in the table");
             }
-            let in_linker = linker.iter(&mut store).filter(|(m, _, _)| *m == module).count();
-            assert_eq!(defined, in_linker, "every `{module}` import is in the table");
         }
     }
 

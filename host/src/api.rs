@@ -4,7 +4,8 @@
 //! - A tenant's token only ever reaches that tenant's apps and sessions: another tenant's are
 //!   answered exactly like ones that don't exist (404), so their existence can't be probed.
 //! - Every error is JSON `{"code","message"}` with a stable code (`api/error.rs`).
-//! - The host's calls may compile or wait on the disk, so they run on the blocking pool.
+//! - No blocking lock is taken on the async threads: token and tenant look-ups take no lock,
+//!   and every other host call (sessions, commits, compiles, metrics) runs on the blocking pool.
 
 mod error;
 mod openapi;
@@ -13,8 +14,9 @@ pub use error::ApiError;
 pub use openapi::{Auth, ROUTES, openapi_document};
 
 use crate::error::Error;
-use crate::host::{Delivery, Host, SessionView, TenantConfig, TenantInfo};
-use crate::scheduler::SessionId;
+use crate::host::{Delivery, Host, SessionEvent, SessionView, TenantInfo};
+use crate::limits::TenantConfig;
+use crate::session::{SessionId, Status};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
@@ -174,7 +176,7 @@ async fn blocking<T: Send + 'static>(call: impl FnOnce() -> Result<T, Error> + S
 }
 
 fn session_id(raw: &str) -> Result<SessionId, ApiError> {
-    raw.parse().map(SessionId).map_err(|_| ApiError::not_found(&format!("session {raw}")))
+    raw.parse().map(SessionId).map_err(|_| ApiError::from(Error::not_found("session", raw)))
 }
 
 fn tenant_json(tenant: &TenantInfo) -> Value {
@@ -195,7 +197,8 @@ fn session_json(view: &SessionView) -> Value {
         "step": view.status,
         "counters": view.counters,
         "last_failure": view.last_failure,
-        "outputs": view.outputs.len(),
+        "outputs": view.outputs,
+        "unapplied": view.unapplied,
     })
 }
 
@@ -329,7 +332,7 @@ async fn get_app(
     Path(app): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let info = api.host.tenant(&tenant)?;
-    let app = info.apps.iter().find(|a| a.name == app).ok_or_else(|| ApiError::not_found(&format!("app `{app}`")))?;
+    let app = info.apps.iter().find(|a| a.name == app).ok_or_else(|| ApiError::from(Error::not_found("app", &app)))?;
     Ok(Json(json!({ "name": app.name, "version": app.version, "actions": app.actions, "versions": app.versions })))
 }
 
@@ -366,7 +369,9 @@ async fn get_session(
     State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(session_json(&api.host.session(&tenant, session_id(&id)?)?)))
+    let id = session_id(&id)?;
+    let host = api.host.clone();
+    Ok(Json(session_json(&blocking(move || host.session(&tenant, id)).await?)))
 }
 
 async fn cancel_session(
@@ -401,8 +406,12 @@ async fn deliver(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+/// Outputs read from the store per page of an output stream.
+const OUTPUT_PAGE: usize = 256;
+
 /// The session's outputs as Server-Sent Events (`id` = the output's number, from 1), from the one
-/// after `Last-Event-ID`; an `end` event with the final status closes a finished session's stream.
+/// after `Last-Event-ID`: the stored ones first (read a page at a time), then live ones as their
+/// checkpoints commit; an `end` event with the final status closes a finished session's stream.
 async fn outputs(
     Tenant(tenant): Tenant,
     State(api): State<Api>,
@@ -410,14 +419,22 @@ async fn outputs(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = session_id(&id)?;
-    let after: usize =
-        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let (view, events) = api.host.watch_session(&tenant, id)?;
-    let mut feed = OutputFeed { events, queue: VecDeque::new(), sent: after, end: None, ended: false };
-    feed.push(&view.outputs, 0);
-    if view.status.is_finished() {
-        feed.end = Some(view.status);
-    }
+    let after: u64 =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let host = api.host.clone();
+    let watched = tenant.clone();
+    let (view, events) = blocking(move || host.watch_session(&watched, id)).await?;
+    let feed = OutputFeed {
+        host: api.host.clone(),
+        tenant,
+        session: id,
+        events,
+        queue: VecDeque::new(),
+        sent: after,
+        stored: view.outputs,
+        end: view.status.is_finished().then_some(view.status),
+        ended: false,
+    };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
             if let Some(event) = feed.queue.pop_front() {
@@ -425,6 +442,12 @@ async fn outputs(
             }
             if feed.ended {
                 return None;
+            }
+            if feed.sent < feed.stored {
+                if !feed.read_stored().await {
+                    return None;
+                }
+                continue;
             }
             if let Some(status) = feed.end.take() {
                 feed.ended = true;
@@ -444,18 +467,23 @@ async fn outputs(
 
 /// What an output stream has yet to send.
 struct OutputFeed {
-    events: tokio::sync::mpsc::UnboundedReceiver<crate::host::SessionEvent>,
+    host: Arc<Host>,
+    tenant: String,
+    session: SessionId,
+    events: tokio::sync::mpsc::UnboundedReceiver<SessionEvent>,
     queue: VecDeque<Event>,
     /// The number of the last output sent (or skipped by `Last-Event-ID`).
-    sent: usize,
+    sent: u64,
+    /// Outputs released when the stream started: these are read from the store.
+    stored: u64,
     /// The final status, once the session has ended.
-    end: Option<crate::session::Status>,
+    end: Option<Status>,
     ended: bool,
 }
 
 impl OutputFeed {
     /// Queues `outputs`, numbered from `first + 1`, past the last one sent.
-    fn push(&mut self, outputs: &[String], first: usize) {
+    fn push(&mut self, outputs: &[String], first: u64) {
         for (number, output) in (first + 1..).zip(outputs) {
             if number > self.sent {
                 self.sent = number;
@@ -463,11 +491,32 @@ impl OutputFeed {
             }
         }
     }
+
+    /// Queues the next page of stored outputs; false when the store can't be read (the stream
+    /// ends and the client resumes with `Last-Event-ID`).
+    async fn read_stored(&mut self) -> bool {
+        let (host, tenant, session, after) = (self.host.clone(), self.tenant.clone(), self.session, self.sent);
+        match blocking(move || host.outputs(&tenant, session, after, OUTPUT_PAGE)).await {
+            Ok(page) if !page.is_empty() => {
+                for output in page {
+                    self.push(std::slice::from_ref(&output.body), output.number - 1);
+                }
+                true
+            }
+            // Fewer stored than counted: the rest comes live.
+            Ok(_) => {
+                self.stored = self.sent;
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
-async fn metrics(State(api): State<Api>) -> Response {
-    let text = api.host.metrics().prometheus();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
+    let host = api.host.clone();
+    let text = blocking(move || Ok(host.metrics().prometheus())).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn readyz(State(api): State<Api>) -> Response {

@@ -5,7 +5,7 @@
 //! compiled: size, validity, complexity caps, imports, action signatures, memory and table
 //! maxima. Each refusal names the culprit.
 
-use crate::abi::{self, ActionCtx};
+use crate::abi::{self, ActionCtx, Linking};
 use crate::error::Error;
 use crate::limits::DeployLimits;
 use serde::Serialize;
@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use wasmparser::{Encoding, ExternalKind, Parser, Payload, TypeRef, ValidPayload, Validator, WasmFeatures};
 use wasmtime::{InstancePre, Linker, Module, ModuleExport};
 
@@ -380,26 +381,37 @@ pub fn inspect(bytes: &[u8], limits: &DeployLimits) -> Result<ModuleInfo, Deploy
     })
 }
 
-/// A deployed app version: validated, compiled, ready to instantiate.
+/// A deployed app version: validated, compiled, ready to instantiate (linked both for
+/// synchronous runs and for preemptible tasks).
 pub struct App {
     info: ModuleInfo,
     actions: Arc<HashSet<String>>,
     exports: HashMap<String, ModuleExport>,
     error_action: Option<String>,
-    pub(crate) pre: InstancePre<ActionCtx>,
+    pre_sync: InstancePre<ActionCtx>,
+    pre_task: InstancePre<ActionCtx>,
+    /// Its actions have run long lately: start them as tasks rather than try them in one slice.
+    long: AtomicBool,
+    /// Actions in a row that fitted in one slice since it was marked long.
+    short_streak: AtomicU32,
 }
+
+/// Actions in a row that must fit in one slice before a long app is tried synchronously again.
+const SHORT_STREAK: u32 = 64;
 
 impl App {
     /// Compiles a module that [`inspect`] accepted (a cache hit when these bytes were compiled
-    /// before by an engine of the same configuration) and links it.
+    /// before by an engine of the same configuration) and links it both ways.
     pub(crate) fn compile(
         engine: &wasmtime::Engine,
-        linker: &Linker<ActionCtx>,
+        linkers: [&Linker<ActionCtx>; 2],
         bytes: &[u8],
         info: ModuleInfo,
     ) -> Result<App, Error> {
-        let module = Module::new(engine, bytes).map_err(|e| DeployError::Compile(e.to_string()))?;
-        let pre = linker.instantiate_pre(&module).map_err(|e| DeployError::Compile(e.to_string()))?;
+        let compile_failed = |e: wasmtime::Error| DeployError::Compile(e.to_string());
+        let module = Module::new(engine, bytes).map_err(compile_failed)?;
+        let pre_sync = linkers[0].instantiate_pre(&module).map_err(compile_failed)?;
+        let pre_task = linkers[1].instantiate_pre(&module).map_err(compile_failed)?;
         let mut exports = HashMap::new();
         for name in &info.actions {
             let export = module
@@ -409,7 +421,16 @@ impl App {
         }
         let actions: HashSet<String> = info.actions.iter().cloned().collect();
         let error_action = actions.get(ERROR_ACTION).cloned();
-        Ok(App { info, actions: Arc::new(actions), exports, error_action, pre })
+        Ok(App {
+            info,
+            actions: Arc::new(actions),
+            exports,
+            error_action,
+            pre_sync,
+            pre_task,
+            long: AtomicBool::new(false),
+            short_streak: AtomicU32::new(0),
+        })
     }
 
     /// The app version: sha-256 of the module, hex.
@@ -442,5 +463,31 @@ impl App {
 
     pub(crate) fn export(&self, action: &str) -> Option<&ModuleExport> {
         self.exports.get(action)
+    }
+
+    /// The module, linked for a synchronous run or for a task.
+    pub(crate) fn pre(&self, linking: Linking) -> &InstancePre<ActionCtx> {
+        match linking {
+            Linking::Sync => &self.pre_sync,
+            Linking::Task => &self.pre_task,
+        }
+    }
+
+    /// Whether its next action should start as a task (its actions have run long lately).
+    pub(crate) fn runs_long(&self) -> bool {
+        self.long.load(Ordering::Relaxed)
+    }
+
+    /// One of its actions needed more than a slice.
+    pub(crate) fn ran_long(&self) {
+        self.short_streak.store(0, Ordering::Relaxed);
+        self.long.store(true, Ordering::Relaxed);
+    }
+
+    /// One of its actions, started as a task, fitted in one slice after all.
+    pub(crate) fn ran_short(&self) {
+        if self.short_streak.fetch_add(1, Ordering::Relaxed) + 1 >= SHORT_STREAK {
+            self.long.store(false, Ordering::Relaxed);
+        }
     }
 }

@@ -3,7 +3,8 @@
 
 use crate::engine::EngineConfig;
 use crate::error::Error;
-use crate::host::{HostConfig, TenantConfig};
+use crate::host::HostConfig;
+use crate::limits::TenantConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,9 +115,11 @@ impl ServeConfig {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-                ServeConfig::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+                ServeConfig::parse(&text)
+                    .map_err(|problem| Error::InvalidConfig { field: "the configuration file", problem })?
             }
-            None => ServeConfig::parse("").map_err(Error::Config)?,
+            None => ServeConfig::parse("")
+                .map_err(|problem| Error::InvalidConfig { field: "the configuration file", problem })?,
         };
         if let Some(listen) = listen {
             config.listen = listen;

@@ -4,9 +4,13 @@
 //! Choices made here, and why:
 //! - **Cranelift only, NaN canonicalisation on**: an action re-run on another machine after a
 //!   failover must compute the same result.
-//! - **Fuel and epochs both on**: fuel is the fair-share currency and the per-action cap, but it
-//!   under-charges some bulk memory operations, so the epoch deadline is always armed as a backstop.
-//! - **Pooling allocator**: every action gets a fresh instance, so instantiation must be cheap.
+//! - **Fuel and epochs both on**: fuel is the per-action cap (and counts toward the fair share);
+//!   the epoch is a wake-up, every tick and whenever work waits for a worker: at it an action
+//!   checks its wall-clock deadline (in its own time) and, if it is a task, yields to that work.
+//! - **Pooling allocator**: every action gets a fresh instance, so instantiation must be cheap;
+//!   it also holds the fiber stacks of preemptible tasks (one per instance).
+//! - **Slices**: an action first runs synchronously with a little fuel; a longer one runs again as
+//!   a task that yields its worker after every (smaller) slice (`sandbox.rs`).
 //! - **wasmtime's own compile cache** (not `Module::deserialize`): the host forbids `unsafe`, and
 //!   the cache keys each artifact by the module's sha-256 and the engine's compatibility hash, so
 //!   a restart or a redeploy of unchanged bytes never compiles again.
@@ -15,7 +19,8 @@
 
 use crate::error::Error;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 use wasmtime::{Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -42,6 +47,13 @@ pub struct EngineConfig {
     /// Fuel plain wasm burns per second on this machine: the rate at which an action's wall time
     /// is converted to fuel when that is more than it burned. `None` measures it at start.
     pub fuel_per_second: Option<u64>,
+    /// Fuel an action may burn in its first, synchronous attempt; an action that needs more (a
+    /// long one) runs again as a preemptible task.
+    pub attempt_fuel: u64,
+    /// Fuel a task burns before it checks whether anyone waits for its worker (a slice). Work that
+    /// starts waiting also makes running tasks check at once (the epoch is poked), so a tenant's
+    /// long action delays another tenant's by microseconds, not a slice.
+    pub slice_fuel: u64,
 }
 
 /// Slots decommitted together, so the TLB shootdowns they cost are shared.
@@ -53,11 +65,13 @@ impl Default for EngineConfig {
             pool_instances: 64,
             max_memory_bytes: 256 << 20,
             max_table_elements: 100_000,
-            epoch_tick: Duration::from_millis(5),
+            epoch_tick: Duration::from_millis(1),
             max_wasm_stack: 512 << 10,
             cache_dir: None,
             keep_resident_bytes: 2 << 20,
             fuel_per_second: None,
+            attempt_fuel: 100_000,
+            slice_fuel: 200_000,
         }
     }
 }
@@ -67,9 +81,33 @@ impl Default for EngineConfig {
 pub(crate) struct Engine {
     wasmtime: wasmtime::Engine,
     cache: Option<Cache>,
-    epoch_tick: Duration,
-    fuel_per_second: u64,
+    meter: Meter,
+    attempt_fuel: u64,
+    slice_fuel: u64,
+    /// Set while actions wait for a worker: running tasks yield at their next check.
+    preempt: Arc<AtomicBool>,
     _ticker: EpochTicker,
+}
+
+/// Converts between fuel and this machine's time, at plain wasm's measured speed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meter {
+    fuel_per_second: u64,
+}
+
+impl Meter {
+    /// The fuel plain wasm would have burned in `elapsed`: what an action that spent that long
+    /// is charged at least, so time asleep, in host calls or in the store is paid for.
+    pub(crate) fn fuel_for(&self, elapsed: Duration) -> u64 {
+        let fuel = u128::from(self.fuel_per_second) * elapsed.as_nanos() / 1_000_000_000;
+        u64::try_from(fuel).unwrap_or(u64::MAX)
+    }
+
+    /// The time plain wasm takes to burn `fuel` here.
+    pub(crate) fn time_for(&self, fuel: u64) -> Duration {
+        let nanos = u128::from(fuel) * 1_000_000_000 / u128::from(self.fuel_per_second.max(1));
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
 }
 
 impl Engine {
@@ -80,6 +118,7 @@ impl Engine {
             .total_tables(config.pool_instances)
             .max_memories_per_module(1)
             .max_tables_per_module(1)
+            .total_stacks(config.pool_instances)
             .max_memory_size(config.max_memory_bytes)
             .table_elements(config.max_table_elements)
             // Resetting a slot with madvise makes the kernel shoot down the TLB of every other
@@ -94,9 +133,11 @@ impl Engine {
         let cache = match &config.cache_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                // wasmtime's cache wants an absolute directory; a relative one is relative to here.
+                let dir = std::path::absolute(dir).map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
                 let mut cache_config = CacheConfig::new();
                 cache_config.with_directory(dir);
-                Some(Cache::new(cache_config).map_err(|e| Error::Engine(format!("compile cache: {e}")))?)
+                Some(Cache::new(cache_config).map_err(|e| Error::engine("setting up the compile cache", e))?)
             }
             None => None,
         };
@@ -110,41 +151,45 @@ impl Engine {
             .wasm_backtrace_max_frames(None)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .cache(cache.clone());
-        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| Error::Engine(e.to_string()))?;
+        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| Error::engine("building the engine", e))?;
         let ticker = EpochTicker::start(wasmtime.clone(), config.epoch_tick)?;
         let fuel_per_second = match config.fuel_per_second {
             Some(rate) => rate.max(1),
             None => measure_fuel_per_second(&wasmtime)?,
         };
-        Ok(Engine { wasmtime, cache, epoch_tick: config.epoch_tick, fuel_per_second, _ticker: ticker })
+        let meter = Meter { fuel_per_second };
+        let (attempt_fuel, slice_fuel) = (config.attempt_fuel.max(1_000), config.slice_fuel.max(1_000));
+        let preempt = Arc::new(AtomicBool::new(false));
+        Ok(Engine { wasmtime, cache, meter, attempt_fuel, slice_fuel, preempt, _ticker: ticker })
     }
 
     /// Fuel plain wasm burns per second here (measured at start unless configured).
     pub(crate) fn fuel_per_second(&self) -> u64 {
-        self.fuel_per_second
+        self.meter.fuel_per_second
     }
 
-    /// The time plain wasm takes to burn `fuel` here.
-    pub(crate) fn time_for(&self, fuel: u64) -> Duration {
-        let nanos = u128::from(fuel) * 1_000_000_000 / u128::from(self.fuel_per_second);
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    /// Converts between fuel and time on this machine.
+    pub(crate) fn meter(&self) -> Meter {
+        self.meter
     }
 
-    /// The fuel plain wasm would have burned in `elapsed`: what an action that spent that long
-    /// is charged at least, so time asleep, in host calls or in the store is paid for.
-    pub(crate) fn fuel_for(&self, elapsed: Duration) -> u64 {
-        let fuel = u128::from(self.fuel_per_second) * elapsed.as_nanos() / 1_000_000_000;
-        u64::try_from(fuel).unwrap_or(u64::MAX)
+    /// Fuel of an action's first, synchronous attempt.
+    pub(crate) fn attempt_fuel(&self) -> u64 {
+        self.attempt_fuel
+    }
+
+    /// Fuel in one slice of a task.
+    pub(crate) fn slice_fuel(&self) -> u64 {
+        self.slice_fuel
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
         &self.wasmtime
     }
 
-    /// Epoch ticks that cover `wall` (rounded up, plus the tick already under way).
-    pub(crate) fn deadline_ticks(&self, wall: Duration) -> u64 {
-        let tick = self.epoch_tick.as_nanos().max(1);
-        u64::try_from(wall.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
+    /// Whether a task that reaches a check should yield its worker: someone waits for one.
+    pub(crate) fn preempting(&self) -> &Arc<AtomicBool> {
+        &self.preempt
     }
 
     /// Compiles seen by the on-disk cache so far: `(hits, misses)`. A miss is a real compile.
@@ -158,7 +203,7 @@ impl Engine {
 /// of the machine).
 fn measure_fuel_per_second(engine: &wasmtime::Engine) -> Result<u64, Error> {
     const FUEL: u64 = 3_000_000;
-    let failed = |e: wasmtime::Error| Error::Engine(format!("measuring fuel per second: {e}"));
+    let failed = |e: wasmtime::Error| Error::engine("measuring fuel per second", e);
     let module = wasmtime::Module::new(
         engine,
         r#"(module (memory 1) (func (export "burn") (local $i i32)

@@ -1,11 +1,17 @@
-//! The library's error type: one enum, each variant with the context a person needs, and a stable
-//! machine-readable `code()` that the CLI and (later) the HTTP API report.
+//! The library's error type: one enum whose variants carry the context a person needs and keep
+//! their sources, with a stable machine-readable `code()` that the CLI and the HTTP API report
+//! (the API chooses its status by variant, never by the text).
 
 use crate::app::DeployError;
+use crate::scheduler::QueueFull;
+use crate::session::SessionId;
+use crate::snapshot::SnapshotError;
+use crate::store::StoreError;
 
 /// Everything the host library can refuse or fail at. A tenant's action failing is *not* an
 /// error of the host: it is a [`crate::Failure`] recorded in the session.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The module was refused at deploy.
     #[error("deploy refused: {0}")]
@@ -26,6 +32,12 @@ pub enum Error {
         /// What was asked.
         request: &'static str,
     },
+    /// An event that was acknowledged, but the session ended before it took it.
+    #[error("session {session} ended before it took this event: it was not applied")]
+    NotApplied {
+        /// The session.
+        session: SessionId,
+    },
     /// A customer event over the size limit.
     #[error("the event is {size} bytes, over the limit of {limit}")]
     EventTooLarge {
@@ -34,9 +46,14 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// A tenant, app or session that does not exist (or belongs to another tenant).
-    #[error("no such {0}")]
-    NotFound(String),
+    /// A tenant, app, token or session that does not exist (or belongs to another tenant).
+    #[error("no such {what} `{name}`")]
+    NotFound {
+        /// What kind of thing.
+        what: &'static str,
+        /// Its name or id.
+        name: String,
+    },
     /// A tenant or app name outside `[a-z0-9_-]{{1,64}}`.
     #[error("invalid {what} name `{name}`: use 1 to 64 of a-z, 0-9, `-` and `_`")]
     InvalidName {
@@ -46,37 +63,75 @@ pub enum Error {
         name: String,
     },
     /// Something by that name already exists.
-    #[error("{0}")]
-    Conflict(String),
+    #[error("{what} `{name}` already exists")]
+    AlreadyExists {
+        /// What kind of thing.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A tenant that still has open sessions cannot be deleted.
+    #[error("tenant `{tenant}` has {open} open sessions: cancel them (or let them finish) first")]
+    TenantBusy {
+        /// The tenant.
+        tenant: String,
+        /// Its open sessions.
+        open: u64,
+    },
     /// The tenant is suspended by the operator.
-    #[error("tenant `{0}` is suspended")]
-    Suspended(String),
+    #[error("tenant `{tenant}` is suspended")]
+    Suspended {
+        /// The tenant.
+        tenant: String,
+    },
     /// A quota of the tenant would be exceeded.
-    #[error("quota exceeded: {0}")]
-    Quota(String),
+    #[error("quota exceeded: {owner} already has {count} {what}, its limit")]
+    Quota {
+        /// The tenant or app whose quota it is.
+        owner: String,
+        /// What is counted.
+        what: &'static str,
+        /// How many it has (the limit).
+        count: u64,
+    },
     /// A pending queue or inbox is full: try again later. Nothing was queued.
     #[error("queue full: {0}; nothing was queued, try again later")]
-    QueueFull(String),
+    QueueFull(QueueFull),
     /// A configuration value that can't work.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The store failed, or holds data this host cannot use (the message says which).
+    #[error("invalid configuration: `{field}`: {problem}")]
+    InvalidConfig {
+        /// The field (dotted path).
+        field: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
+    /// The store failed, or holds data this host cannot use (shared: one failed commit answers
+    /// every caller whose write was in it).
     #[error("store: {0}")]
-    Store(String),
+    Store(#[source] std::sync::Arc<StoreError>),
     /// A session snapshot that can't be read or resumed here.
     #[error("session snapshot: {0}")]
-    Snapshot(String),
+    Snapshot(#[from] SnapshotError),
     /// A checkpoint was refused because the session is now owned under a newer fencing token.
     #[error("session {session} is owned by another host now: this host's write was refused")]
     Fenced {
         /// The session.
-        session: String,
+        session: SessionId,
     },
+    /// The host is shutting down and takes no new work.
+    #[error("the host is shutting down")]
+    ShuttingDown,
     /// wasmtime could not be set up as configured.
-    #[error("engine: {0}")]
-    Engine(String),
+    #[error("engine: {context}")]
+    Engine {
+        /// What the host was doing.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A file or thread operation of the host failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What the host was doing.
         context: String,
@@ -86,9 +141,23 @@ pub enum Error {
     },
 }
 
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Error {
+        Error::Store(std::sync::Arc::new(error))
+    }
+}
+
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io { context: context.into(), source }
+    }
+
+    pub(crate) fn engine(context: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+        Error::Engine { context, source: source.into() }
+    }
+
+    pub(crate) fn not_found(what: &'static str, name: impl std::fmt::Display) -> Error {
+        Error::NotFound { what, name: name.to_string() }
     }
 
     /// A stable snake_case code for this error, for programs to match on.
@@ -97,19 +166,37 @@ impl Error {
             Error::Deploy(e) => e.code(),
             Error::UnknownAction { .. } => "unknown_action",
             Error::SessionState { .. } => "session_state",
+            Error::NotApplied { .. } => "not_applied",
             Error::EventTooLarge { .. } => "event_too_large",
-            Error::NotFound(_) => "not_found",
+            Error::NotFound { .. } => "not_found",
             Error::InvalidName { .. } => "invalid_name",
-            Error::Conflict(_) => "conflict",
-            Error::Quota(_) => "quota_exceeded",
-            Error::Suspended(_) => "tenant_suspended",
+            Error::AlreadyExists { .. } | Error::TenantBusy { .. } => "conflict",
+            Error::Quota { .. } => "quota_exceeded",
+            Error::Suspended { .. } => "tenant_suspended",
             Error::QueueFull(_) => "queue_full",
-            Error::Config(_) => "invalid_config",
+            Error::InvalidConfig { .. } => "invalid_config",
             Error::Store(_) => "store",
             Error::Snapshot(_) => "bad_snapshot",
             Error::Fenced { .. } => "fenced",
-            Error::Engine(_) => "engine",
+            Error::ShuttingDown => "shutting_down",
+            Error::Engine { .. } => "engine",
             Error::Io { .. } => "io",
         }
+    }
+
+    /// The message with every cause after it: what a person reads.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let said = cause.to_string();
+            // A variant that shows its cause already (`store: …`) is not repeated.
+            if !text.ends_with(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
+            source = cause.source();
+        }
+        text
     }
 }

@@ -44,7 +44,10 @@ fn built(target: &str) -> Result<PathBuf, Error> {
         .status()
         .map_err(|e| Error::io("running cargo to build the example apps", e))?;
     if !status.success() {
-        return Err(Error::Config(format!("building the example apps for {target} failed ({status})")));
+        return Err(Error::io(
+            format!("building the example apps for {target} failed ({status})"),
+            std::io::Error::other("cargo build failed"),
+        ));
     }
     let dir = target_dir.join(target).join("release");
     built.push((target.to_owned(), dir.clone()));

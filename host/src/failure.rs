@@ -32,11 +32,14 @@ pub enum FailureKind {
     AbiMisuse,
     /// The session ran more actions than its loop guard allows.
     LoopGuard,
+    /// The session's stored checkpoint could not be read when the host started: it was set aside
+    /// (not an action failure: the session ends with it so that no restart trips over it).
+    Quarantined,
 }
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FailureKind; 10] = [
+    pub const ALL: [FailureKind; 11] = [
         FailureKind::OutOfFuel,
         FailureKind::Deadline,
         FailureKind::MemoryLimit,
@@ -47,6 +50,7 @@ impl FailureKind {
         FailureKind::Trap,
         FailureKind::AbiMisuse,
         FailureKind::LoopGuard,
+        FailureKind::Quarantined,
     ];
 
     /// The stable name of this kind, e.g. `out_of_fuel`.
@@ -62,6 +66,7 @@ impl FailureKind {
             FailureKind::Trap => "trap",
             FailureKind::AbiMisuse => "abi_misuse",
             FailureKind::LoopGuard => "loop_guard",
+            FailureKind::Quarantined => "quarantined",
         }
     }
 }

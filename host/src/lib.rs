@@ -5,14 +5,16 @@
 //! for the customer in between. Every action runs in a fresh, fuel-metered, memory- and
 //! time-limited instance, so no hostile module can escape or exhaust the host.
 //!
-//! # The flow of one action
+//! # The path of one action through a [`Host`]
 //! ```text
-//!  Session (plain data)       Runtime (one per host)                 sandbox (per action)
-//!  status: Ready{action} ──▶  run_action(app, action, input, state) ──▶ Store + fuel + deadline
-//!                             app.pre (InstancePre, compiled once)     instantiate (pooling)
-//!                                                                      call export ── ABI ──▶ abi.rs
-//!  apply(outcome) ◀────────── ActionOutcome { Effects | Failure } ◀──── classify trap / violation
-//!  ⇒ Ready / Waiting / Done / Failed, and what it releases (outputs, kv writes)
+//!  HTTP (api) ──▶ Host ── event / new session ──▶ commit queue ── one transaction a group ──▶ Store
+//!                  ▲                                                                         │
+//!                  └──── 202/201 once committed ◀──── lifecycle: the session is ready ◀──────┘
+//!  dispatcher (fair share in real cost, action list, buckets) ──▶ worker ──▶ sandbox:
+//!      one slice synchronously, or a preemptible task (yields after every slice, parks asleep)
+//!      Store + fuel + memory limit + deadline, instance from the pool, export ── ABI ──▶ abi.rs
+//!  outcome ──▶ lifecycle: checkpoint ──▶ group commit ──▶ outputs released to watchers (bus),
+//!                                                         next action queued or timer armed
 //! ```
 //!
 //! # Modules
@@ -23,8 +25,10 @@
 //! - `session`: the session state machine, as plain data.
 //! - `runtime`: engine + linker + deployed apps, shared by all sessions.
 //! - `local`: one session driven in-process (for `turnstile run` and tests).
-//! - `host`: [`Host`], tenants, apps, sessions; `scheduler` (DRR, buckets, action list),
-//!   `pool` (workers), `timers` (wait timeouts), `checkpoint` (group commit), `metrics`.
+//! - `host`: [`Host`], a facade over `host/`: tenants, tokens, the sharded session table, the
+//!   session lifecycle, the dispatcher, group commit, timers, the event bus, resume, the pool.
+//! - `scheduler`: fair share (stride, in real cost), buckets, the action list; `metrics`.
+//! - `json`: depth bounds on what guests hand the host.
 //! - `store`: the [`Store`] trait, [`MemoryStore`] and [`SqliteStore`]; `snapshot`: portable
 //!   session snapshots.
 //! - [`api`]: the HTTP API (axum) over a [`Host`]; [`config`]: `turnstile serve`'s configuration.
@@ -51,40 +55,38 @@
 mod abi;
 pub mod api;
 mod app;
-mod checkpoint;
 pub mod config;
 mod engine;
 mod error;
 pub mod examples;
 mod failure;
 mod host;
+mod json;
 mod limits;
 mod local;
 mod metrics;
-mod pool;
 mod runtime;
 mod sandbox;
 mod scheduler;
 mod session;
 mod snapshot;
 mod store;
-mod timers;
 
 pub use abi::{CHARGES, Charge, KvRead, LogLevel, LogLine};
 pub use app::{App, DeployError, ERROR_ACTION, Extent, ImportInfo, ModuleInfo, module_hash};
 pub use engine::EngineConfig;
 pub use error::Error;
 pub use failure::{Failure, FailureKind};
-pub use host::{AppInfo, AppVersion, Delivery, Host, HostConfig, SessionEvent, SessionView, TenantConfig, TenantInfo};
-pub use limits::{DeployLimits, Limits};
+pub use host::{AppInfo, AppVersion, Delivery, Host, HostConfig, Output, SessionEvent, SessionView, TenantInfo};
+pub use limits::{DeployLimits, Limits, TenantConfig};
 pub use local::{LocalSession, MemoryKv, Step};
-pub use metrics::{MetricsSnapshot, TenantMetrics};
+pub use metrics::{Histogram, MetricsSnapshot, TenantMetrics};
 pub use runtime::{CompileSource, CompileStats, Deployment, Runtime, RuntimeConfig};
 pub use sandbox::{ActionOutcome, Effects, Usage};
-pub use scheduler::SessionId;
-pub use session::{Counters, Next, Released, Session, Status, Wait};
-pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Snapshot, export_session, import_session};
+pub use scheduler::QueueFull;
+pub use session::{Counters, MAX_RESULT_DEPTH, MAX_WAIT_MS, Next, Released, Session, SessionId, Status, Wait};
+pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Snapshot, SnapshotError, export_session, import_session};
 pub use store::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, SessionRecord, SqliteStore, Store, StoredSession,
-    TenantRecord, TokenRecord, open_store,
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, Quarantined, SessionRecord, SqliteStore, Store,
+    StoreError, StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, open_store,
 };

@@ -1,7 +1,88 @@
-//! The limits a tenant's code runs under: per action (fuel, memory, wall time, bytes) and per
-//! module at deploy (size and complexity caps applied before anything is compiled).
+//! The operator's policy for a tenant: its share and quotas ([`TenantConfig`]), the limits its
+//! code runs under per action ([`Limits`]: fuel, memory, wall time, bytes), and the caps every
+//! module meets at deploy ([`DeployLimits`], checked before anything is compiled).
+//!
+//! Every field is validated ([`TenantConfig::validate`]) against bounds that keep the host safe
+//! whatever an operator types: a wall time of zero or of 2^64 seconds, a zero fuel cap, or a
+//! state of 4 GiB are refused with the field named, not accepted to fail later.
 
+use crate::error::Error;
 use std::time::Duration;
+
+/// A tenant's share of the pool, its quotas and the limits of its actions. The operator sets it
+/// when creating the tenant and may change it at any time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Its share of the pool relative to other tenants' weights (1..=1000).
+    pub weight: u32,
+    /// Fuel its actions may burn per second, sustained.
+    pub fuel_per_second: u64,
+    /// Fuel it may burn in a burst (at least one action's cap).
+    pub fuel_burst: u64,
+    /// Actions of one of its apps in the action list at once.
+    pub max_in_flight: u32,
+    /// Actions of all its apps in flight at once (0: as many as there are workers). In any case
+    /// a tenant whose actions are long never runs on more than all workers but one while another
+    /// tenant has work ready.
+    pub max_concurrent: u32,
+    /// Sessions it may have open (not finished) at once.
+    pub max_sessions: u64,
+    /// Apps it may have.
+    pub max_apps: u32,
+    /// Versions one of its apps may have.
+    pub max_versions: u32,
+    /// What each of its actions may use.
+    pub limits: Limits,
+    /// A suspended tenant's sessions and events are refused and its queued actions wait.
+    pub suspended: bool,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        TenantConfig {
+            weight: 1,
+            fuel_per_second: 10_000_000_000,
+            fuel_burst: 1_000_000_000,
+            max_in_flight: 1,
+            max_concurrent: 0,
+            max_sessions: 100_000,
+            max_apps: 100,
+            max_versions: 100,
+            limits: Limits::default(),
+            suspended: false,
+        }
+    }
+}
+
+/// Checks that `value` of `field` is within `range`, naming the field otherwise.
+fn within<T: PartialOrd + std::fmt::Display>(
+    field: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), Error> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig { field, problem: format!("{value} is outside {}..={}", range.start(), range.end()) })
+    }
+}
+
+impl TenantConfig {
+    /// Refuses any field outside the bounds the host can honour; `pool_memory_bytes` is the
+    /// pool's slot size, above which no memory limit can be kept.
+    pub fn validate(&self, pool_memory_bytes: usize) -> Result<(), Error> {
+        within("weight", self.weight, 1..=1000)?;
+        within("fuel_per_second", self.fuel_per_second, 1..=1 << 50)?;
+        within("fuel_burst", self.fuel_burst, self.limits.fuel_per_action..=1 << 60)?;
+        within("max_in_flight", self.max_in_flight, 1..=1000)?;
+        within("max_concurrent", self.max_concurrent, 0..=10_000)?;
+        within("max_sessions", self.max_sessions, 1..=100_000_000)?;
+        within("max_apps", self.max_apps, 1..=10_000)?;
+        within("max_versions", self.max_versions, 1..=10_000)?;
+        self.limits.validate(pool_memory_bytes)
+    }
+}
 
 /// What one action may use and produce. The operator sets these per tenant; the defaults suit an
 /// IVR or chat script with room to spare.
@@ -32,6 +113,25 @@ pub struct Limits {
     pub max_log_bytes: usize,
     /// Actions one session may run in all: the loop guard.
     pub max_actions_per_session: u64,
+}
+
+impl Limits {
+    /// Refuses any limit outside the bounds the host can honour (see the module docs).
+    pub fn validate(&self, pool_memory_bytes: usize) -> Result<(), Error> {
+        within("limits.fuel_per_action", self.fuel_per_action, 1_000..=1 << 40)?;
+        within("limits.memory_bytes", self.memory_bytes, 64 << 10..=pool_memory_bytes)?;
+        within("limits.table_elements", self.table_elements, 0..=10_000_000)?;
+        let wall_ms = u64::try_from(self.wall_time.as_millis()).unwrap_or(u64::MAX);
+        within("limits.wall_time (ms)", wall_ms, 1..=600_000)?;
+        within("limits.max_state_bytes", self.max_state_bytes, 0..=16 << 20)?;
+        within("limits.max_outputs", self.max_outputs, 0..=10_000)?;
+        within("limits.max_output_bytes", self.max_output_bytes, 0..=16 << 20)?;
+        within("limits.max_kv_key_bytes", self.max_kv_key_bytes, 1..=4096)?;
+        within("limits.max_kv_write_bytes", self.max_kv_write_bytes, 0..=64 << 20)?;
+        within("limits.max_input_bytes", self.max_input_bytes, 0..=16 << 20)?;
+        within("limits.max_log_bytes", self.max_log_bytes, 0..=1 << 20)?;
+        within("limits.max_actions_per_session", self.max_actions_per_session, 1..=100_000_000)
+    }
 }
 
 impl Default for Limits {

@@ -119,7 +119,7 @@ impl<'r> LocalSession<'r> {
                 log: outcome.log,
             };
             step.failure = outcome.result.as_ref().err().cloned();
-            let released = self.session.apply(&self.app, &outcome.usage, outcome.result, now_ms());
+            let released = self.session.apply(self.app.error_action(), &outcome.usage, outcome.result, now_ms());
             self.kv.apply(released.kv_writes);
             step.outputs = released.outputs;
             steps.push(step);

@@ -100,6 +100,12 @@ enum Command {
         /// Measure what a unit of fuel costs in each host call, beside plain wasm, instead.
         #[arg(long)]
         imports: bool,
+        /// Only these figures, by letter (e.g. `abf`).
+        #[arg(long, default_value = "")]
+        only: String,
+        /// Run the (a)/(b) pair this many times and print the distribution of b/a.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
 }
 
@@ -158,6 +164,9 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Bench { imports: true, .. } => {
             Ok(if cli::bench::imports()? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Bench { seconds, .. } => cli::bench::bench(seconds),
+        Command::Bench { seconds, only, repeat, .. } => {
+            let window = std::time::Duration::from_secs_f64(seconds.clamp(0.2, 60.0));
+            cli::bench::bench(&cli::bench::BenchPlan { window, only, repeat })
+        }
     }
 }

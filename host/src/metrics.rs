@@ -17,9 +17,11 @@ const SUB: u64 = 1 << SUB_BITS;
 /// Enough buckets for every `u64` of nanoseconds: `(64 - SUB_BITS + 1) * SUB`.
 const BUCKETS: usize = (64 - 3 + 1) * 8;
 
-/// A log-linear histogram of durations (in nanoseconds), with no allocation per sample.
-#[derive(Debug, Clone)]
-pub(crate) struct Histogram {
+/// A log-linear histogram of durations (in nanoseconds), with no allocation per sample. Two
+/// readings of one subtract ([`Histogram::since`]) to give the quantiles of what happened in
+/// between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
     counts: Box<[u64; BUCKETS]>,
     total: u64,
 }
@@ -54,6 +56,20 @@ fn upper(index: usize) -> u64 {
 }
 
 impl Histogram {
+    /// The samples recorded since `earlier`, a reading of this same histogram.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        let mut counts = Box::new([0; BUCKETS]);
+        for (n, count) in counts.iter_mut().enumerate() {
+            *count = self.counts[n].saturating_sub(earlier.counts[n]);
+        }
+        Histogram { counts, total: self.total.saturating_sub(earlier.total) }
+    }
+
+    /// How many samples it holds.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
     pub(crate) fn record(&mut self, value: Duration) {
         let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
         self.counts[bucket(ns)] += 1;
@@ -61,7 +77,7 @@ impl Histogram {
     }
 
     /// The quantile `per_mille`/1000, as the upper bound of the bucket that holds it.
-    pub(crate) fn quantile(&self, per_mille: u64) -> Duration {
+    pub fn quantile(&self, per_mille: u64) -> Duration {
         if self.total == 0 {
             return Duration::ZERO;
         }
@@ -83,7 +99,7 @@ pub(crate) struct TenantCounters {
     pub(crate) actions: u64,
     pub(crate) fuel: u64,
     pub(crate) cost: u64,
-    pub(crate) wall: Duration,
+    pub(crate) worker: Duration,
     pub(crate) host_time: Duration,
     pub(crate) throttled: Duration,
     pub(crate) failures: BTreeMap<FailureKind, u64>,
@@ -93,12 +109,16 @@ pub(crate) struct TenantCounters {
 }
 
 impl TenantCounters {
-    /// Adds one completed action's receipt.
-    pub(crate) fn record(&mut self, usage: &Usage) {
+    /// Counts one completed action.
+    pub(crate) fn record_action(&mut self) {
         self.actions += 1;
+    }
+
+    /// Adds what (a slice of) an action used.
+    pub(crate) fn record_slice(&mut self, usage: &Usage) {
         self.fuel = self.fuel.saturating_add(usage.fuel);
         self.cost = self.cost.saturating_add(usage.cost);
-        self.wall = self.wall.saturating_add(usage.elapsed);
+        self.worker = self.worker.saturating_add(usage.running);
         self.host_time = self.host_time.saturating_add(usage.host_time);
     }
 }
@@ -117,8 +137,8 @@ pub struct TenantMetrics {
     /// What they were charged (fair share and fuel bucket), in fuel: per action the larger of
     /// the fuel burned and its wall time at the host's fuel per second.
     pub cost: u64,
-    /// Worker time its actions took, in µs.
-    pub wall_us: u64,
+    /// Time its actions held a worker, in µs (time asleep, off the workers, is not counted).
+    pub worker_us: u64,
     /// The part of `wall_us` spent in host calls.
     pub host_us: u64,
     /// Time it had work waiting while its fuel bucket was empty.
@@ -137,6 +157,10 @@ pub struct TenantMetrics {
     pub latency_p50_us: u64,
     /// 99th percentile of the same, in µs.
     pub latency_p99_us: u64,
+    /// The latencies themselves (ready to completed), to read quantiles of a window from two
+    /// snapshots.
+    #[serde(skip)]
+    pub latency: Histogram,
 }
 
 /// The whole host's figures at one instant.
@@ -150,6 +174,8 @@ pub struct MetricsSnapshot {
     pub sessions: u64,
     /// Sessions waiting for a customer (with or without a timer).
     pub waiting: u64,
+    /// Sessions set aside when the host started because their stored rows did not decode.
+    pub quarantined: u64,
 }
 
 impl TenantMetrics {
@@ -160,7 +186,7 @@ impl TenantMetrics {
             actions: counters.actions,
             fuel: counters.fuel,
             cost: counters.cost,
-            wall_us: micros(counters.wall),
+            worker_us: micros(counters.worker),
             host_us: micros(counters.host_time),
             throttled_ms: u64::try_from(counters.throttled.as_millis()).unwrap_or(u64::MAX),
             failures: counters.failures.clone(),
@@ -170,6 +196,7 @@ impl TenantMetrics {
             sessions_finished: counters.sessions_finished,
             latency_p50_us: micros(counters.latency.quantile(500)),
             latency_p99_us: micros(counters.latency.quantile(990)),
+            latency: counters.latency.clone(),
         }
     }
 }
@@ -201,8 +228,8 @@ impl MetricsSnapshot {
         family(
             "action_seconds_total",
             "counter",
-            "Worker time taken by actions.",
-            &mut per(|t| format!("{:.6}", t.wall_us as f64 / 1e6)),
+            "Time actions held a worker (asleep, off the workers, not counted).",
+            &mut per(|t| format!("{:.6}", t.worker_us as f64 / 1e6)),
         );
         family(
             "host_call_seconds_total",
@@ -243,6 +270,11 @@ impl MetricsSnapshot {
             "# HELP turnstile_sessions_waiting Sessions waiting for a customer.\n# TYPE turnstile_sessions_waiting gauge"
         );
         let _ = writeln!(out, "turnstile_sessions_waiting {}", self.waiting);
+        let _ = writeln!(
+            out,
+            "# HELP turnstile_sessions_quarantined Stored sessions set aside at start because they did not decode.\n# TYPE turnstile_sessions_quarantined gauge"
+        );
+        let _ = writeln!(out, "turnstile_sessions_quarantined {}", self.quarantined);
         out
     }
 

@@ -2,15 +2,15 @@
 //! Deploying validates and compiles (once: in memory per process, on disk across processes);
 //! running an action hands it to a fresh sandbox.
 
-use crate::abi::{self, ActionCtx, KvRead};
+use crate::abi::{self, ActionCtx, KvRead, Linking};
 use crate::app::{self, App, ModuleInfo};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::Error;
 use crate::limits::{DeployLimits, Limits};
-use crate::sandbox::{self, ActionCall, ActionOutcome};
+use crate::sandbox::{self, ActionCall, ActionOutcome, ActionTask, Attempt, Usage};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use wasmtime::Linker;
 
 /// How a runtime is set up.
@@ -56,14 +56,17 @@ pub struct CompileStats {
     pub already_deployed: u64,
 }
 
-/// The shared engine, linker and deployed apps.
+/// The shared engine, linkers and deployed apps.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<ActionCtx>,
+    sync_linker: Linker<ActionCtx>,
+    task_linker: Linker<ActionCtx>,
     limits: Arc<Limits>,
     deploy_limits: DeployLimits,
     max_memory_bytes: usize,
-    apps: Mutex<HashMap<String, Arc<App>>>,
+    /// Apps deployed here, by hash, while anything (an app's version, a session) still holds
+    /// them: a module no one uses any more is dropped, compiled code and all.
+    apps: Mutex<HashMap<String, Weak<App>>>,
     /// Serialises compiles, so the cache counters tell which deploy hit the cache.
     compiling: Mutex<()>,
     compiled: AtomicU64,
@@ -74,15 +77,12 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine and linker.
     pub fn new(config: RuntimeConfig) -> Result<Runtime, Error> {
-        if config.limits.memory_bytes > config.engine.max_memory_bytes {
-            return Err(Error::Config(format!(
-                "the memory limit of an action ({} bytes) is above the pool's slot size ({} bytes)",
-                config.limits.memory_bytes, config.engine.max_memory_bytes
-            )));
-        }
+        config.limits.validate(config.engine.max_memory_bytes)?;
         let engine = Engine::new(&config.engine)?;
-        let mut linker = Linker::new(engine.wasmtime());
-        abi::add_to_linker(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
+        let mut sync_linker = Linker::new(engine.wasmtime());
+        abi::add_to_linker(&mut sync_linker, Linking::Sync).map_err(|e| Error::engine("linking the ABI", e))?;
+        let mut task_linker = Linker::new(engine.wasmtime());
+        abi::add_to_linker(&mut task_linker, Linking::Task).map_err(|e| Error::engine("linking the ABI", e))?;
         let mut deploy_limits = config.deploy;
         deploy_limits.max_memory_bytes =
             deploy_limits.max_memory_bytes.min(u64::try_from(config.engine.max_memory_bytes).unwrap_or(u64::MAX));
@@ -90,7 +90,8 @@ impl Runtime {
             deploy_limits.max_table_elements.min(u64::try_from(config.engine.max_table_elements).unwrap_or(u64::MAX));
         Ok(Runtime {
             engine,
-            linker,
+            sync_linker,
+            task_linker,
             limits: Arc::new(config.limits),
             deploy_limits,
             max_memory_bytes: config.engine.max_memory_bytes,
@@ -111,14 +112,15 @@ impl Runtime {
     /// before (by this runtime, or by any runtime sharing the cache directory).
     pub fn deploy(&self, bytes: &[u8]) -> Result<Deployment, Error> {
         let info = app::inspect(bytes, &self.deploy_limits)?;
-        if let Some(app) = self.apps.lock().unwrap_or_else(PoisonError::into_inner).get(&info.hash) {
+        if let Some(app) = self.loaded(&info.hash) {
             self.already_deployed.fetch_add(1, Ordering::Relaxed);
-            return Ok(Deployment { app: app.clone(), source: CompileSource::AlreadyDeployed });
+            return Ok(Deployment { app, source: CompileSource::AlreadyDeployed });
         }
         let (app, source) = {
             let _compiling = self.compiling.lock().unwrap_or_else(PoisonError::into_inner);
             let before = self.engine.cache_counts();
-            let app = App::compile(self.engine.wasmtime(), &self.linker, bytes, info)?;
+            let linkers = [&self.sync_linker, &self.task_linker];
+            let app = App::compile(self.engine.wasmtime(), linkers, bytes, info)?;
             let hit = matches!((before, self.engine.cache_counts()), (Some((b, _)), Some((a, _))) if a > b);
             (app, if hit { CompileSource::DiskCache } else { CompileSource::Compiled })
         };
@@ -127,10 +129,22 @@ impl Runtime {
             _ => &self.compiled,
         }
         .fetch_add(1, Ordering::Relaxed);
-        let app = Arc::new(app);
         let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
-        let app = apps.entry(app.hash().to_owned()).or_insert(app).clone();
+        apps.retain(|_, app| app.strong_count() > 0);
+        let app = match apps.get(&app.info().hash).and_then(Weak::upgrade) {
+            Some(loaded) => loaded,
+            None => {
+                let app = Arc::new(app);
+                apps.insert(app.hash().to_owned(), Arc::downgrade(&app));
+                app
+            }
+        };
         Ok(Deployment { app, source })
+    }
+
+    /// An app of these bytes' hash, if one is loaded here.
+    fn loaded(&self, hash: &str) -> Option<Arc<App>> {
+        self.apps.lock().unwrap_or_else(PoisonError::into_inner).get(hash).and_then(Weak::upgrade)
     }
 
     /// How deploys obtained their code so far.
@@ -158,11 +172,12 @@ impl Runtime {
         &self.limits
     }
 
-    /// Runs one action of `app` in a fresh sandbox under `limits`, with `fuel` to burn.
+    /// Runs one action of `app` to its end on this thread, in a fresh sandbox under `limits`, with
+    /// `fuel` to burn (a long action is preempted and resumed here, and sleeps here).
     #[expect(clippy::too_many_arguments, reason = "one action's whole input, each part distinct")]
     pub fn run_action(
         &self,
-        app: &App,
+        app: &Arc<App>,
         action: &str,
         input: Vec<u8>,
         state: Vec<u8>,
@@ -170,6 +185,43 @@ impl Runtime {
         limits: &Arc<Limits>,
         fuel: u64,
     ) -> ActionOutcome {
-        sandbox::run(&self.engine, ActionCall { app, action, input, state, kv, limits, fuel })
+        let call = ActionCall {
+            app: app.clone(),
+            action: action.to_owned(),
+            input: input.into(),
+            state: state.into(),
+            kv,
+            limits: limits.clone(),
+            fuel,
+        };
+        sandbox::run(&self.engine, call)
+    }
+
+    /// Tries an action synchronously within one slice (or starts it as a task at once if its app
+    /// has been running long).
+    pub(crate) fn attempt(&self, call: ActionCall) -> Attempt {
+        if call.app.runs_long() {
+            return Attempt::Long(call, Usage::default());
+        }
+        sandbox::attempt(&self.engine, call, self.engine.attempt_fuel())
+    }
+
+    /// How the host tells running tasks that work waits for a worker.
+    pub(crate) fn preemption(&self) -> crate::host::Preemption {
+        let engine = self.engine.wasmtime().clone();
+        crate::host::Preemption {
+            flag: self.engine.preempting().clone(),
+            poke: Box::new(move || engine.increment_epoch()),
+        }
+    }
+
+    /// Fuel of an action's first, synchronous attempt.
+    pub(crate) fn attempt_fuel(&self) -> u64 {
+        self.engine.attempt_fuel()
+    }
+
+    /// Starts a long action as a preemptible task.
+    pub(crate) fn start_task(&self, call: ActionCall, spent: Usage) -> ActionTask {
+        ActionTask::start(&self.engine, call, spent)
     }
 }

@@ -8,9 +8,26 @@
 use crate::app::App;
 use crate::error::Error;
 use crate::failure::{Failure, FailureKind};
+use crate::json::check_depth;
 use crate::sandbox::{Effects, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
+
+/// A session's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s-{}", self.0)
+    }
+}
+
+/// The longest a wait may last: 30 days (a wait past it is refused as a bad next step).
+pub const MAX_WAIT_MS: u64 = 30 * 24 * 3600 * 1000;
+/// How deeply a session's `done` result may nest: well inside what every reader of a stored
+/// checkpoint accepts (a deeper one would be a poison pill for the restart that reads it).
+pub const MAX_RESULT_DEPTH: usize = 32;
 
 /// Milliseconds since the Unix epoch: the clock of waits (and of the guest's `now_ms`).
 pub(crate) fn now_ms() -> u64 {
@@ -62,6 +79,9 @@ impl Next {
             Next::Goto(action) => known(action)?,
             Next::Wait(wait) => {
                 known(&wait.action)?;
+                if wait.timeout_ms.is_some_and(|ms| ms > MAX_WAIT_MS) {
+                    return Err(format!("a wait's `timeout_ms` may be at most {MAX_WAIT_MS} (30 days)"));
+                }
                 match (&wait.timeout_ms, &wait.on_timeout) {
                     (Some(_), Some(on_timeout)) => known(on_timeout)?,
                     (None, None) => {}
@@ -69,7 +89,9 @@ impl Next {
                     (None, Some(_)) => return Err("a wait with `on_timeout` needs `timeout_ms`".into()),
                 }
             }
-            Next::Done(_) => {}
+            Next::Done(result) => check_depth(result, MAX_RESULT_DEPTH).map_err(|depth| {
+                format!("the `done` result nests {depth} levels deep, over the limit of {MAX_RESULT_DEPTH}")
+            })?,
         }
         Ok(next)
     }
@@ -224,9 +246,15 @@ impl Session {
     }
 
     /// Applies the outcome of the action that was due and returns what it releases (outputs and
-    /// key-value writes; nothing for a failure). A failure goes to the app's error action (with
-    /// the failure as JSON input) unless the failing action *is* the error action.
-    pub fn apply(&mut self, app: &App, usage: &Usage, outcome: Result<Effects, Failure>, now_ms: u64) -> Released {
+    /// key-value writes; nothing for a failure). A failure goes to the app's error action
+    /// (`error_action`, with the failure as JSON input) unless the failing action *is* it.
+    pub fn apply(
+        &mut self,
+        error_action: Option<&str>,
+        usage: &Usage,
+        outcome: Result<Effects, Failure>,
+        now_ms: u64,
+    ) -> Released {
         let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.counters.actions += 1;
         self.counters.fuel = self.counters.fuel.saturating_add(usage.fuel);
@@ -235,7 +263,9 @@ impl Session {
         self.counters.host_us = self.counters.host_us.saturating_add(micros(usage.host_time));
         match outcome {
             Ok(effects) => {
-                self.state = effects.state;
+                if let Some(state) = effects.state {
+                    self.state = state;
+                }
                 self.counters.outputs += u64::try_from(effects.outputs.len()).unwrap_or(u64::MAX);
                 self.status = match effects.next {
                     Next::Goto(action) => Status::Ready { action, input: Vec::new() },
@@ -247,7 +277,7 @@ impl Session {
             Err(failure) => {
                 self.counters.failures += 1;
                 self.last_failure = Some(failure.clone());
-                self.status = match app.error_action() {
+                self.status = match error_action {
                     Some(handler) if handler != failure.action => Status::Ready {
                         action: handler.to_owned(),
                         input: serde_json::to_vec(&serde_json::json!({ "failure": failure })).unwrap_or_default(),

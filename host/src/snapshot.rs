@@ -6,9 +6,8 @@
 //! version (deploy the same bytes there first), or the import is refused.
 
 use crate::error::Error;
-use crate::scheduler::SessionId;
-use crate::session::Session;
-use crate::store::{Appended, SessionRecord, Store};
+use crate::session::{Session, SessionId};
+use crate::store::{Appended, SessionRecord, Store, Write, Written};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
@@ -17,6 +16,55 @@ use serde::{Deserialize, Serialize};
 pub const SNAPSHOT_FORMAT: &str = "turnstile-session-snapshot";
 /// The snapshot format version this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Why a snapshot can't be read or resumed here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The text is not JSON.
+    #[error("not JSON")]
+    NotJson(#[source] serde_json::Error),
+    /// It is JSON but not a session snapshot.
+    #[error("not a Turnstile session snapshot (no \"format\": \"{SNAPSHOT_FORMAT}\")")]
+    NotASnapshot,
+    /// It has no format version.
+    #[error("the snapshot has no format version")]
+    NoVersion,
+    /// It is of another format version.
+    #[error("snapshot format version {found}; this Turnstile reads version {SNAPSHOT_VERSION}")]
+    OtherVersion {
+        /// Its version.
+        found: u64,
+    },
+    /// It does not have the shape of a snapshot.
+    #[error("malformed snapshot")]
+    Malformed(#[source] serde_json::Error),
+    /// The store lacks the app version the session is pinned to.
+    #[error("this store lacks app version {version} of `{app}`; deploy the same module here first")]
+    MissingVersion {
+        /// The version (module hash).
+        version: String,
+        /// The app.
+        app: String,
+    },
+    /// The store has no such tenant.
+    #[error("this store has no tenant `{0}`")]
+    NoTenant(String),
+    /// The tenant has no such app here.
+    #[error("tenant `{tenant}` has no app `{app}` here")]
+    NoApp {
+        /// The tenant.
+        tenant: String,
+        /// The app.
+        app: String,
+    },
+    /// An inbox event is not base64.
+    #[error("an inbox event is not base64")]
+    BadInbox(#[source] base64::DecodeError),
+    /// The store did not take the session as a new one.
+    #[error("the store refused the imported session or one of its events")]
+    Refused,
+}
 
 /// One session, portable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,23 +89,16 @@ pub struct Snapshot {
 impl Snapshot {
     /// Parses a snapshot, refusing anything that is not one, or is of a newer format.
     pub fn parse(text: &str) -> Result<Snapshot, Error> {
-        let head: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::Snapshot(format!("not JSON: {e}")))?;
+        let head: serde_json::Value = serde_json::from_str(text).map_err(SnapshotError::NotJson)?;
         if head.get("format").and_then(serde_json::Value::as_str) != Some(SNAPSHOT_FORMAT) {
-            return Err(Error::Snapshot(format!(
-                "not a Turnstile session snapshot (no \"format\": \"{SNAPSHOT_FORMAT}\")"
-            )));
+            return Err(SnapshotError::NotASnapshot.into());
         }
         match head.get("version").and_then(serde_json::Value::as_u64) {
             Some(v) if v == u64::from(SNAPSHOT_VERSION) => {}
-            Some(v) => {
-                return Err(Error::Snapshot(format!(
-                    "snapshot format version {v}; this Turnstile reads version {SNAPSHOT_VERSION}"
-                )));
-            }
-            None => return Err(Error::Snapshot("the snapshot has no format version".into())),
+            Some(found) => return Err(SnapshotError::OtherVersion { found }.into()),
+            None => return Err(SnapshotError::NoVersion.into()),
         }
-        serde_json::from_value(head).map_err(|e| Error::Snapshot(format!("malformed snapshot: {e}")))
+        Ok(serde_json::from_value(head).map_err(SnapshotError::Malformed)?)
     }
 }
 
@@ -68,7 +109,7 @@ pub fn export_session(store: &dyn Store, session: SessionId) -> Result<Snapshot,
         .sessions
         .into_iter()
         .find(|s| s.record.id == session)
-        .ok_or_else(|| Error::NotFound(format!("session {session}")))?;
+        .ok_or_else(|| Error::not_found("session", session))?;
     Ok(Snapshot {
         format: SNAPSHOT_FORMAT.to_owned(),
         version: SNAPSHOT_VERSION,
@@ -87,34 +128,33 @@ pub fn import_session(store: &dyn Store, snapshot: &Snapshot) -> Result<SessionI
     let image = store.load()?;
     let version = &snapshot.snapshot.app;
     if !image.modules.contains_key(version) {
-        return Err(Error::Snapshot(format!(
-            "this store lacks app version {version} of `{}`; deploy the same module here first",
-            snapshot.app
-        )));
+        return Err(SnapshotError::MissingVersion { version: version.clone(), app: snapshot.app.clone() }.into());
     }
     if !image.tenants.iter().any(|t| t.name == snapshot.tenant) {
-        return Err(Error::Snapshot(format!("this store has no tenant `{}`", snapshot.tenant)));
+        return Err(SnapshotError::NoTenant(snapshot.tenant.clone()).into());
     }
     if !image.apps.iter().any(|a| a.tenant == snapshot.tenant && a.app == snapshot.app) {
-        return Err(Error::Snapshot(format!("tenant `{}` has no app `{}` here", snapshot.tenant, snapshot.app)));
+        return Err(SnapshotError::NoApp { tenant: snapshot.tenant.clone(), app: snapshot.app.clone() }.into());
     }
     let events = snapshot
         .inbox
         .iter()
-        .map(|e| STANDARD.decode(e).map_err(|e| Error::Snapshot(format!("an inbox event is not base64: {e}"))))
+        .map(|e| STANDARD.decode(e).map_err(SnapshotError::BadInbox))
         .collect::<Result<Vec<_>, _>>()?;
     let id = SessionId(image.sessions.iter().map(|s| s.record.id.0).max().unwrap_or(0) + 1);
-    store.create_session(&SessionRecord {
+    let record = SessionRecord {
         id,
         tenant: snapshot.tenant.clone(),
         app: snapshot.app.clone(),
         snapshot: snapshot.snapshot.clone(),
         fence: 0,
-    })?;
-    for event in events {
-        if store.append_event(id, &event, None)? == Appended::Duplicate {
-            return Err(Error::Store("an imported event was taken for a duplicate".into()));
-        }
+    };
+    let mut batch = vec![Write::Create(record)];
+    batch.extend(events.into_iter().map(|event| Write::Append { session: id, event, key: None }));
+    let written = store.commit(&batch)?;
+    let refused = written.iter().any(|w| !matches!(w, Written::Created | Written::Appended(Appended::New(_))));
+    if refused {
+        return Err(SnapshotError::Refused.into());
     }
     Ok(id)
 }

@@ -1,15 +1,19 @@
 //! Where everything that must survive the process is kept, behind one trait: tenants, app
-//! versions (with their module bytes), sessions' checkpoints, their inboxes of acknowledged
-//! customer events, their released outputs, and tenants' key-value spaces.
+//! versions (with their module bytes), tokens, sessions' checkpoints, their inboxes of
+//! acknowledged customer events, their released outputs, and tenants' key-value spaces.
 //!
 //! - [`MemoryStore`]: maps in memory (tests, benchmarks, the demo). Survives a host being dropped
 //!   and rebuilt on it, not the process.
 //! - [`SqliteStore`]: the embedded default, one file in WAL mode; a single node survives `kill -9`.
 //!
-//! Ownership is part of the shape from the start: each session row has an owner and a fencing
-//! token, and a checkpoint carries the token it was taken under; a store refuses a checkpoint
-//! whose token is stale (a cluster store hands sessions of a dead node to another, with a new
-//! token, so the old owner's late writes bounce).
+//! Everything a session does is written through [`Store::commit`]: a batch of creations, event
+//! appends and checkpoints in one transaction (one fsync for the whole group), in order, with a
+//! result per write. Ownership is part of the shape: each session row has a fencing token, and a
+//! checkpoint taken under a stale token is refused (`Fenced`) while the rest of its batch commits.
+//!
+//! A store never makes a restart impossible: a stored session that does not decode is set aside
+//! (quarantined: the row is kept for a person to look at) and comes back as a failed session
+//! saying why, instead of failing the load.
 
 mod memory;
 mod sqlite;
@@ -18,10 +22,78 @@ pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 use crate::error::Error;
-use crate::host::TenantConfig;
-use crate::scheduler::SessionId;
-use crate::session::Session;
+use crate::failure::{Failure, FailureKind};
+use crate::limits::TenantConfig;
+use crate::session::{Counters, Session, SessionId, Status};
 use std::collections::BTreeMap;
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file is not a database, or not one this host can read.
+    #[error("the file is not a readable Turnstile database (it was left untouched)")]
+    NotADatabase {
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database failed its integrity check.
+    #[error("the database is damaged ({report}); it was left untouched")]
+    Damaged {
+        /// What the check reported.
+        report: String,
+    },
+    /// The database was written by a newer Turnstile.
+    #[error(
+        "the database has schema version {found}, newer than this Turnstile understands ({supported}); use a newer Turnstile"
+    )]
+    NewerSchema {
+        /// Its version.
+        found: usize,
+        /// The newest this build reads.
+        supported: usize,
+    },
+    /// A database operation failed (a full disk, an I/O error, a busy file).
+    #[error("{op} failed")]
+    Sqlite {
+        /// What the store was doing.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A record could not be encoded.
+    #[error("encoding a {what}")]
+    Encode {
+        /// What kind of record.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored record does not decode (other than a session's checkpoint, which is quarantined).
+    #[error("a stored {what} does not decode")]
+    Decode {
+        /// What kind of record.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The store has no module for an app version it names.
+    #[error("the store lacks the module of app version {0}")]
+    MissingModule(String),
+    /// The store's directory could not be made.
+    #[error("{context}")]
+    Io {
+        /// What the store was doing.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,14 +115,14 @@ pub struct TokenRecord {
     pub hash: String,
 }
 
-/// The current version of a tenant's app.
+/// A version of a tenant's app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppRecord {
     /// The tenant.
     pub tenant: String,
     /// The app's name.
     pub app: String,
-    /// The version new sessions start on (a module hash).
+    /// The version (a module hash).
     pub version: String,
 }
 
@@ -69,13 +141,24 @@ pub struct SessionRecord {
     pub fence: u64,
 }
 
-/// A customer event acknowledged into a session's inbox and not yet consumed by an action.
+/// A customer event acknowledged into a session's inbox and not yet taken by an action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxEvent {
     /// Its place in the session's inbox (increasing).
     pub seq: u64,
     /// The event.
     pub event: Vec<u8>,
+    /// Its idempotency key, if it had one.
+    pub key: Option<String>,
+}
+
+/// An acknowledged event the session ended without taking: reported back, never dropped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unapplied {
+    /// Its place in the session's inbox.
+    pub seq: u64,
+    /// Its idempotency key, if it had one.
+    pub key: Option<String>,
 }
 
 /// A session with everything stored about it.
@@ -83,10 +166,21 @@ pub struct InboxEvent {
 pub struct StoredSession {
     /// The session.
     pub record: SessionRecord,
-    /// Acknowledged events not yet consumed, oldest first.
+    /// Acknowledged events not yet taken, oldest first.
     pub inbox: Vec<InboxEvent>,
-    /// Outputs released so far, in order.
-    pub outputs: Vec<String>,
+    /// Acknowledged events it ended without taking.
+    pub unapplied: Vec<Unapplied>,
+}
+
+/// A stored session that could not be read, set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The session.
+    pub session: SessionId,
+    /// Its tenant.
+    pub tenant: String,
+    /// Why it was set aside.
+    pub reason: String,
 }
 
 /// Everything a host needs to resume.
@@ -100,10 +194,12 @@ pub struct Image {
     pub app_versions: Vec<AppRecord>,
     /// Module bytes by hash: every version an app or a session uses.
     pub modules: BTreeMap<String, Vec<u8>>,
-    /// Sessions, finished ones included.
+    /// Sessions, finished ones included (quarantined ones as failed sessions saying why).
     pub sessions: Vec<StoredSession>,
     /// Tenants' API tokens (hashed).
     pub tokens: Vec<TokenRecord>,
+    /// Sessions set aside by this load because their stored rows do not decode.
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// What appending a customer event did.
@@ -113,6 +209,11 @@ pub enum Appended {
     New(u64),
     /// An event with the same idempotency key was acknowledged before: nothing was added.
     Duplicate,
+    /// An event with the same idempotency key was acknowledged before, and the session ended
+    /// without taking it.
+    NotApplied,
+    /// The session has ended: the event was not added.
+    SessionEnded,
 }
 
 /// The atomic record of one completed action.
@@ -128,10 +229,43 @@ pub struct Checkpoint {
     pub outputs: Vec<String>,
     /// Key-value writes of the action.
     pub kv_writes: BTreeMap<String, Vec<u8>>,
-    /// The inbox event the action consumed, if it was woken by one.
+    /// The inbox event the action took, if it was woken by one.
     pub consumed: Option<u64>,
     /// The fencing token the session is owned under.
     pub fence: u64,
+}
+
+/// One write of a commit batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// A new session.
+    Create(SessionRecord),
+    /// A customer event for a session's inbox, with its idempotency key.
+    Append {
+        /// The session.
+        session: SessionId,
+        /// The event.
+        event: Vec<u8>,
+        /// Its idempotency key.
+        key: Option<String>,
+    },
+    /// A checkpoint. One whose session is finished also reports the events left in its inbox
+    /// as not applied.
+    Checkpoint(Checkpoint),
+}
+
+/// What one write of a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The session was created.
+    Created,
+    /// The event was appended (or not: see [`Appended`]).
+    Appended(Appended),
+    /// The checkpoint was committed.
+    Committed,
+    /// The checkpoint was refused: the session is owned under a newer fencing token (or is not
+    /// in this store).
+    Fenced,
 }
 
 /// Opens the store a URL names: `memory:` or `sqlite://PATH`.
@@ -142,37 +276,52 @@ pub fn open_store(url: &str) -> Result<std::sync::Arc<dyn Store>, Error> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?));
     }
-    Err(Error::Config(format!("unknown store URL `{url}`: use `memory:` or `sqlite://PATH`")))
+    Err(Error::InvalidConfig {
+        field: "store",
+        problem: format!("unknown store URL `{url}`: use `memory:` or `sqlite://PATH`"),
+    })
 }
 
 /// A place to keep what must survive.
 pub trait Store: Send + Sync {
     /// Everything stored, to resume from.
-    fn load(&self) -> Result<Image, Error>;
+    fn load(&self) -> Result<Image, StoreError>;
     /// Creates or updates a tenant.
-    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), Error>;
+    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
     /// Deletes a tenant with its apps, sessions (their inboxes and outputs), tokens and key-value
     /// space.
-    fn delete_tenant(&self, name: &str) -> Result<(), Error>;
+    fn delete_tenant(&self, name: &str) -> Result<(), StoreError>;
     /// Stores a tenant's API token (its hash).
-    fn put_token(&self, token: &TokenRecord) -> Result<(), Error>;
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     /// Removes a token; false when there was none with that id for that tenant.
-    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, Error>;
+    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
     /// Records an app's current version (and adds it to the app's versions), storing the module's
     /// bytes if they are new.
-    fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error>;
-    /// Stores a new session.
-    fn create_session(&self, session: &SessionRecord) -> Result<(), Error>;
-    /// Appends a customer event to a session's inbox, durably; with an idempotency key, an event
-    /// whose key was seen before for this session is acknowledged without being added again.
-    fn append_event(&self, session: SessionId, event: &[u8], key: Option<&str>) -> Result<Appended, Error>;
-    /// Whether an event with this idempotency key was acknowledged for this session.
-    fn has_event_key(&self, session: SessionId, key: &str) -> Result<bool, Error>;
-    /// Commits a group of checkpoints atomically (all or none), refusing any whose fencing token
-    /// is stale.
-    fn commit(&self, group: &[Checkpoint]) -> Result<(), Error>;
+    fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), StoreError>;
+    /// Commits a batch of writes atomically, in order (one transaction: all or none), with one
+    /// result per write. A checkpoint under a stale fencing token is refused on its own.
+    fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError>;
+    /// A session's released outputs numbered after `after`, oldest first, at most `limit`.
+    fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
     /// The value under `key` in `tenant`'s key-value space.
-    fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, Error>;
+    fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Sets keys in `tenant`'s key-value space outside any action (an operator seeding data).
-    fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), Error>;
+    fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError>;
+}
+
+/// The session a quarantined row comes back as: failed, saying why, so that its tenant sees it
+/// and no restart trips over it again.
+pub(crate) fn quarantined_session(app_version: &str, reason: &str) -> Session {
+    let failure = Failure::new(
+        FailureKind::Quarantined,
+        "",
+        format!("its stored checkpoint could not be read and was set aside: {reason}"),
+    );
+    Session {
+        app: app_version.to_owned(),
+        status: Status::Failed { failure: failure.clone() },
+        state: Vec::new(),
+        counters: Counters::default(),
+        last_failure: Some(failure),
+    }
 }

@@ -138,9 +138,13 @@ fn compiles_each_module_once_also_across_runtimes_sharing_a_cache() {
     let bytes = example("order_bot");
 
     let first = Runtime::new(config()).expect("runtime");
-    assert_eq!(first.deploy(&bytes).expect("deploys").source, CompileSource::Compiled);
+    let held = first.deploy(&bytes).expect("deploys");
+    assert_eq!(held.source, CompileSource::Compiled);
     assert_eq!(first.deploy(&bytes).expect("deploys").source, CompileSource::AlreadyDeployed);
     assert_eq!(first.compile_stats().compiled, 1);
+    // A module no one holds any more is dropped from memory (compiled code and all).
+    drop(held);
+    assert_eq!(first.deploy(&bytes).expect("deploys").source, CompileSource::DiskCache);
     drop(first);
 
     // A new runtime (as after a restart) finds the compiled code on disk.
@@ -148,6 +152,7 @@ fn compiles_each_module_once_also_across_runtimes_sharing_a_cache() {
     let deployment = second.deploy(&bytes).expect("deploys");
     assert_eq!(deployment.source, CompileSource::DiskCache);
     assert_eq!(second.compile_stats().compiled, 0);
+    drop(deployment);
     assert_eq!(second.compile_stats().disk_cache, 1);
 
     // Other bytes do compile.

@@ -74,3 +74,8 @@ pub fn said(steps: &[Step]) -> Vec<String> {
         .map(|o| o["text"].as_str().unwrap_or_default().to_owned())
         .collect()
 }
+
+/// Every output a session of `tenant` has released, in order.
+pub fn outputs_of(host: &turnstile::Host, tenant: &str, session: turnstile::SessionId) -> Vec<String> {
+    host.outputs(tenant, session, 0, usize::MAX).expect("outputs").into_iter().map(|o| o.body).collect()
+}

@@ -57,7 +57,7 @@ fn a_failed_action_releases_nothing() {
 
 #[test]
 fn the_wall_clock_deadline_stops_what_fuel_would_not() {
-    let limits = Limits { fuel_per_action: 1 << 50, wall_time: Duration::from_millis(50), ..Limits::default() };
+    let limits = Limits { fuel_per_action: 1 << 40, wall_time: Duration::from_millis(50), ..Limits::default() };
     let runtime = runtime_with(limits);
     let app = runtime.deploy(&abi_module(r#"(func (export "start") (result i32) (loop $l (br $l)) i32.const 0)"#));
     let failure = failure_of(&runtime, &app.expect("deploys").app, "start");

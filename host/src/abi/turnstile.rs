@@ -6,6 +6,7 @@ use super::{
     ActionCtx, Charge, ImportTable, LogLevel, burn_bytes, guest_range, host_call, length, split, waiting_host_call,
 };
 use crate::failure::FailureKind;
+use crate::json::{MAX_OUTPUT_DEPTH, text_depth};
 use crate::session::Next;
 use wasmtime::{Caller, Linker, ValType};
 
@@ -100,19 +101,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<
         host_call(&mut caller, &INPUT_LEN, |caller| Ok(length("input", caller.data().input.len())))
     })?;
     linker.func_wrap(MODULE, "input_read", |mut caller: Caller<'_, ActionCtx>, dst: i32| {
-        host_call(&mut caller, &INPUT_READ, |caller| write(caller, &INPUT_READ, dst, |c| Some(&c.input)))
+        host_call(&mut caller, &INPUT_READ, |caller| write(caller, &INPUT_READ, dst, |c| Some(&c.input[..])))
     })?;
     linker.func_wrap(MODULE, "state_len", |mut caller: Caller<'_, ActionCtx>| {
-        host_call(&mut caller, &STATE_LEN, |caller| Ok(length("state", caller.data().state.len())))
+        host_call(&mut caller, &STATE_LEN, |caller| Ok(length("state", caller.data().current_state().len())))
     })?;
     linker.func_wrap(MODULE, "state_read", |mut caller: Caller<'_, ActionCtx>, dst: i32| {
-        host_call(&mut caller, &STATE_READ, |caller| write(caller, &STATE_READ, dst, |c| Some(&c.state)))
+        host_call(&mut caller, &STATE_READ, |caller| write(caller, &STATE_READ, dst, |c| Some(c.current_state())))
     })?;
     linker.func_wrap(MODULE, "state_write", |mut caller: Caller<'_, ActionCtx>, src: i32, len: i32| {
         host_call(&mut caller, &STATE_WRITE, |caller| {
             let limit = caller.data().limits.max_state_bytes;
             let state = read(caller, &STATE_WRITE, (src, len), limit, FailureKind::StateLimit)?;
-            caller.data_mut().state = state;
+            caller.data_mut().new_state = Some(state);
             Ok(())
         })
     })?;
@@ -129,6 +130,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<
             if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
                 let message = format!("emit: the output is not one JSON value: {e}");
                 return Err(ctx.violate(FailureKind::AbiMisuse, message));
+            }
+            let depth = text_depth(&bytes);
+            if depth > MAX_OUTPUT_DEPTH {
+                let message =
+                    format!("emit: the output nests {depth} levels deep, over the limit of {MAX_OUTPUT_DEPTH}");
+                return Err(ctx.violate(FailureKind::OutputLimit, message));
             }
             let text = utf8(ctx, bytes, "emit")?;
             ctx.output_bytes += text.len();

@@ -4,13 +4,17 @@
 //! to the session log (within the log budget; what is over it is dropped), there are no
 //! preopened directories, and deploy refuses any WASI import not listed here, naming it.
 //!
-//! Sleeping (`poll_oneoff` on a clock) holds a worker without burning fuel, so it is allowed only
-//! within the action's wall-clock deadline: a sleep that would end past it fails the action at
-//! once as `deadline` (waits belong between actions: a `wait` step with a timeout).
+//! Sleeping (`poll_oneoff` on a clock) is allowed only within the action's wall-clock deadline: a
+//! sleep that would end past it fails the action at once as `deadline` (waits belong between
+//! actions: a `wait` step with a timeout). A sleep within it never holds a worker: a synchronous
+//! run that wants to sleep is started again as a task, and a task's sleep parks it.
 
-use super::{ActionCtx, Charge, ImportTable, burn_bytes, host_call, in_memory, split, waiting_host_call};
+use super::{ActionCtx, Charge, ImportTable, Linking, Mode, burn_bytes, host_call, in_memory, split};
 use crate::failure::FailureKind;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, Linker, ValType};
 
@@ -127,7 +131,7 @@ fn clock_now(ctx: &ActionCtx, id: u32) -> Option<u64> {
 }
 
 /// Registers the allowed WASI functions.
-pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>, linking: Linking) -> wasmtime::Result<()> {
     // No arguments and no environment: every count and size is zero, nothing to copy.
     for name in ["args_sizes_get", "environ_sizes_get"] {
         linker.func_wrap(MODULE, name, |mut caller: Caller<'_, ActionCtx>, count: i32, size: i32| {
@@ -211,14 +215,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<
             Err(caller.data_mut().violate(FailureKind::Trap, message))
         })
     })?;
-    linker.func_wrap(
-        MODULE,
-        "poll_oneoff",
-        |mut caller: Caller<'_, ActionCtx>, subs: i32, events: i32, count: i32, nevents: i32| {
-            waiting_host_call(&mut caller, &POLL_ONEOFF, |caller| poll_oneoff(caller, subs, events, count, nevents))
-        },
-    )?;
-    Ok(())
+    match linking {
+        Linking::Sync => add_poll_sync(linker),
+        Linking::Task => add_poll_task(linker),
+    }
 }
 
 /// The descriptor functions: only stdin, stdout and stderr exist (no preopened directories).
@@ -302,18 +302,19 @@ struct Ready {
     kind: u8,
 }
 
-/// `poll_oneoff`: descriptor subscriptions are answered at once (stdin is at its end, stdout and
-/// stderr always take more); clock subscriptions sleep, but never past the action's deadline.
-fn poll_oneoff(
-    caller: &mut Caller<'_, ActionCtx>,
-    subs: i32,
-    events: i32,
-    count: i32,
-    nevents: i32,
-) -> wasmtime::Result<i32> {
+/// What a `poll_oneoff` call asks for: events ready now, or a sleep until the first clock.
+enum Plan {
+    Now(Vec<Ready>),
+    Sleep { after: Duration, clocks: Vec<(Duration, u64)> },
+}
+
+/// Reads `poll_oneoff`'s subscriptions (charged): descriptor subscriptions are answered at once
+/// (stdin is at its end, stdout and stderr always take more); otherwise the first clock decides.
+/// `Err(errno)` for a malformed request.
+fn plan(caller: &mut Caller<'_, ActionCtx>, subs: i32, count: i32) -> wasmtime::Result<Result<Plan, i32>> {
     let count = match usize::try_from(count) {
         Ok(n) if (1..=MAX_SUBSCRIPTIONS).contains(&n) => n,
-        _ => return Ok(INVAL),
+        _ => return Ok(Err(INVAL)),
     };
     burn_bytes(caller, &POLL_ONEOFF, count * 48)?;
     let base = usize::try_from(subs).unwrap_or(usize::MAX);
@@ -325,40 +326,52 @@ fn poll_oneoff(
         match sub[8] {
             0 => {
                 let (id, timeout, absolute) = (u32_at(&sub, 16), u64_at(&sub, 24), sub[40] & 1 == 1);
-                let Some(now) = clock_now(caller.data(), id) else { return Ok(INVAL) };
+                let Some(now) = clock_now(caller.data(), id) else { return Ok(Err(INVAL)) };
                 let after = if absolute { timeout.saturating_sub(now) } else { timeout };
                 clocks.push((Duration::from_nanos(after), userdata));
             }
             kind @ (1 | 2) => {
                 let fd = u32_at(&sub, 16);
                 let ok = (kind == 1 && fd == 0) || (kind == 2 && (fd == 1 || fd == 2));
-                let error = if ok { 0 } else { BADF };
-                ready.push(Ready { userdata, error, kind });
+                ready.push(Ready { userdata, error: if ok { 0 } else { BADF }, kind });
             }
-            _ => return Ok(INVAL),
+            _ => return Ok(Err(INVAL)),
         }
     }
-    if ready.is_empty() {
-        let Some(&(sleep, _)) = clocks.iter().min_by_key(|(after, _)| *after) else { return Ok(INVAL) };
-        let ctx = caller.data_mut();
-        let left = ctx.deadline.saturating_duration_since(Instant::now());
-        if sleep > left {
-            let message = format!(
-                "poll_oneoff asked to sleep {sleep:?}, past its wall-clock limit of {:?} ({left:?} were left); \
-                 an action may not wait that long: end it with a `wait` step with a timeout instead",
-                ctx.limits.wall_time
-            );
-            return Err(ctx.violate(FailureKind::Deadline, message));
-        }
-        if !sleep.is_zero() {
-            std::thread::sleep(sleep);
-        }
-        ready.extend(clocks.iter().filter(|(after, _)| *after <= sleep).map(|&(_, userdata)| Ready {
-            userdata,
-            error: 0,
-            kind: 0,
-        }));
+    if !ready.is_empty() {
+        return Ok(Ok(Plan::Now(ready)));
     }
+    match clocks.iter().map(|(after, _)| *after).min() {
+        Some(after) => Ok(Ok(Plan::Sleep { after, clocks })),
+        None => Ok(Err(INVAL)),
+    }
+}
+
+/// Refuses a sleep that would end past the action's deadline.
+fn check_sleep(ctx: &mut ActionCtx, sleep: Duration) -> wasmtime::Result<()> {
+    let left = ctx.limits.wall_time.saturating_sub(ctx.time_used());
+    if sleep > left {
+        let message = format!(
+            "poll_oneoff asked to sleep {sleep:?}, past its wall-clock limit of {:?} ({left:?} were left); \
+             an action may not wait that long: end it with a `wait` step with a timeout instead",
+            ctx.limits.wall_time
+        );
+        return Err(ctx.violate(FailureKind::Deadline, message));
+    }
+    Ok(())
+}
+
+/// The clocks that are due after sleeping `slept`.
+fn due_clocks(clocks: &[(Duration, u64)], slept: Duration) -> Vec<Ready> {
+    clocks
+        .iter()
+        .filter(|(after, _)| *after <= slept)
+        .map(|&(_, userdata)| Ready { userdata, error: 0, kind: 0 })
+        .collect()
+}
+
+/// Writes `poll_oneoff`'s events and their count.
+fn respond(caller: &mut Caller<'_, ActionCtx>, events: i32, nevents: i32, ready: &[Ready]) -> wasmtime::Result<i32> {
     let out = usize::try_from(events).unwrap_or(usize::MAX);
     for (n, event) in ready.iter().enumerate() {
         // userdata u64, error u16 at 8, type u8 at 10, fd_readwrite (nbytes u64, flags u16) at 16.
@@ -374,4 +387,78 @@ fn poll_oneoff(
     }
     put(caller, nevents, &u32::try_from(ready.len()).unwrap_or(0).to_le_bytes(), "poll_oneoff")?;
     Ok(SUCCESS)
+}
+
+/// `poll_oneoff` of a synchronous run: it answers what is ready now; a sleep means the action
+/// must run as a task (it is started again as one, from the beginning).
+fn add_poll_sync(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        MODULE,
+        "poll_oneoff",
+        |mut caller: Caller<'_, ActionCtx>, subs: i32, events: i32, count: i32, nevents: i32| {
+            host_call(&mut caller, &POLL_ONEOFF, |caller| match plan(caller, subs, count)? {
+                Err(errno) => Ok(errno),
+                Ok(Plan::Now(ready)) => respond(caller, events, nevents, &ready),
+                Ok(Plan::Sleep { after, clocks }) if after.is_zero() => {
+                    respond(caller, events, nevents, &due_clocks(&clocks, after))
+                }
+                Ok(Plan::Sleep { after, .. }) => {
+                    let ctx = caller.data_mut();
+                    check_sleep(ctx, after)?;
+                    ctx.wants_task = true;
+                    Err(wasmtime::Error::msg("the action sleeps: it runs again as a task"))
+                }
+            })
+        },
+    )?;
+    Ok(())
+}
+
+/// Pending until an instant, whoever polls it: how a task sleeps (its worker sees it pending,
+/// parks it until then, and polls it again).
+struct SleepUntil(Instant);
+
+impl Future for SleepUntil {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.0 { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+/// `poll_oneoff` of a task: a sleep within the deadline parks the task (it holds no worker),
+/// charged as the time it sleeps.
+fn add_poll_task(linker: &mut Linker<ActionCtx>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        MODULE,
+        "poll_oneoff",
+        |mut caller: Caller<'_, ActionCtx>, (subs, events, count, nevents): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                let planned = host_call(&mut caller, &POLL_ONEOFF, |caller| {
+                    let planned = plan(caller, subs, count)?;
+                    if let Ok(Plan::Sleep { after, .. }) = &planned {
+                        let ctx = caller.data_mut();
+                        check_sleep(ctx, *after)?;
+                        let until = Instant::now() + *after;
+                        if let Mode::Task(clock) = &ctx.mode {
+                            clock.sleep_until(until);
+                        }
+                        ctx.host_time += *after;
+                    }
+                    Ok(planned)
+                })?;
+                match planned {
+                    Err(errno) => Ok(errno),
+                    Ok(Plan::Now(ready)) => respond(&mut caller, events, nevents, &ready),
+                    Ok(Plan::Sleep { after, clocks }) => {
+                        if !after.is_zero() {
+                            SleepUntil(Instant::now() + after).await;
+                        }
+                        respond(&mut caller, events, nevents, &due_clocks(&clocks, after))
+                    }
+                }
+            })
+        },
+    )?;
+    Ok(())
 }

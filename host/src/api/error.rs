@@ -1,6 +1,7 @@
 //! Every API error is JSON `{"code": "...", "message": "..."}` with a stable code, and the HTTP
 //! status the code implies.
 
+use crate::app::DeployError;
 use crate::error::Error;
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
@@ -35,16 +36,22 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> ApiError {
-        let status = match error.code() {
-            "not_found" => StatusCode::NOT_FOUND,
-            "conflict" | "session_state" | "fenced" => StatusCode::CONFLICT,
-            "queue_full" | "quota_exceeded" => StatusCode::TOO_MANY_REQUESTS,
-            "tenant_suspended" => StatusCode::FORBIDDEN,
-            "event_too_large" | "module_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "store" | "engine" | "io" => StatusCode::INTERNAL_SERVER_ERROR,
+        let status = match &error {
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::AlreadyExists { .. }
+            | Error::TenantBusy { .. }
+            | Error::SessionState { .. }
+            | Error::NotApplied { .. }
+            | Error::Fenced { .. } => StatusCode::CONFLICT,
+            Error::QueueFull(_) | Error::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Suspended { .. } => StatusCode::FORBIDDEN,
+            Error::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Deploy(DeployError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Store(_) | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Engine { .. } | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError::new(status, error.code(), error.to_string())
+        ApiError::new(status, error.code(), error.chain())
     }
 }
 

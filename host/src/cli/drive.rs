@@ -106,7 +106,7 @@ fn execute(host: &Host, command: Command) -> Result<Value, Error> {
     Ok(match command {
         Command::Tenant { name, weight } => {
             match host.create_tenant(&name, TenantConfig { weight, ..TenantConfig::default() }) {
-                Ok(()) | Err(Error::Conflict(_)) => json!({ "ok": true }),
+                Ok(()) | Err(Error::AlreadyExists { .. }) => json!({ "ok": true }),
                 Err(error) => return Err(error),
             }
         }
@@ -130,20 +130,20 @@ fn execute(host: &Host, command: Command) -> Result<Value, Error> {
             json!({ "ok": true })
         }
         Command::Dump => {
-            let sessions: Vec<Value> = host
-                .sessions()
-                .into_iter()
-                .map(|(tenant, view)| {
-                    json!({
-                        "session": view.id.0,
-                        "tenant": tenant,
-                        "status": view.status,
-                        "outputs": view.outputs,
-                        "counters": view.counters,
-                        "state": view.state,
-                    })
-                })
-                .collect();
+            let mut sessions = Vec::new();
+            for (tenant, view) in host.sessions() {
+                let outputs: Vec<String> =
+                    host.outputs(&tenant, view.id, 0, usize::MAX)?.into_iter().map(|o| o.body).collect();
+                sessions.push(json!({
+                    "session": view.id.0,
+                    "tenant": tenant,
+                    "status": view.status,
+                    "outputs": outputs,
+                    "counters": view.counters,
+                    "state": view.state,
+                    "unapplied": view.unapplied,
+                }));
+            }
             json!({ "ok": true, "sessions": sessions })
         }
     })

@@ -41,7 +41,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     let host = Arc::new(Host::new(host_config)?);
     for seed in config.tenants {
         match host.create_tenant(&seed.name, seed.config) {
-            Ok(()) | Err(Error::Conflict(_)) => {}
+            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
             Err(error) => return Err(error.into()),
         }
     }

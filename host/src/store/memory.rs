@@ -2,11 +2,11 @@
 //! from it (that is how recovery is tested without a disk); nothing survives the process.
 
 use super::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, Store, StoredSession, TenantRecord, TokenRecord,
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, Store, StoreError, StoredSession, TenantRecord,
+    TokenRecord, Unapplied, Write, Written,
 };
-use crate::error::Error;
-use crate::scheduler::SessionId;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::session::SessionId;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 /// Keeps everything in memory.
@@ -21,11 +21,21 @@ struct Inner {
     apps: BTreeMap<(String, String), AppRecord>,
     app_versions: Vec<AppRecord>,
     modules: BTreeMap<String, Vec<u8>>,
-    sessions: BTreeMap<SessionId, StoredSession>,
-    next_seq: HashMap<SessionId, u64>,
-    keys: HashSet<(SessionId, String)>,
+    sessions: BTreeMap<SessionId, Stored>,
     kv: HashMap<String, BTreeMap<String, Vec<u8>>>,
     tokens: BTreeMap<String, TokenRecord>,
+}
+
+/// One session's rows.
+#[derive(Debug, Clone)]
+struct Stored {
+    record: SessionRecord,
+    inbox: Vec<InboxEvent>,
+    unapplied: Vec<Unapplied>,
+    outputs: Vec<String>,
+    next_seq: u64,
+    /// Idempotency keys seen, with the sequence number of their event.
+    keys: HashMap<String, u64>,
 }
 
 impl MemoryStore {
@@ -34,29 +44,76 @@ impl MemoryStore {
     }
 }
 
-fn no_session(session: SessionId) -> Error {
-    Error::Store(format!("session {session} is not in the store"))
+impl Inner {
+    fn append(&mut self, session: SessionId, event: &[u8], key: Option<&str>) -> Appended {
+        let Some(stored) = self.sessions.get_mut(&session) else { return Appended::SessionEnded };
+        if let Some(seq) = key.and_then(|key| stored.keys.get(key)) {
+            return if stored.unapplied.iter().any(|u| u.seq == *seq) {
+                Appended::NotApplied
+            } else {
+                Appended::Duplicate
+            };
+        }
+        if stored.record.snapshot.status.is_finished() {
+            return Appended::SessionEnded;
+        }
+        stored.next_seq += 1;
+        let seq = stored.next_seq;
+        if let Some(key) = key {
+            stored.keys.insert(key.to_owned(), seq);
+        }
+        stored.inbox.push(InboxEvent { seq, event: event.to_vec(), key: key.map(str::to_owned) });
+        Appended::New(seq)
+    }
+
+    fn checkpoint(&mut self, checkpoint: &Checkpoint) -> Written {
+        let Some(stored) = self.sessions.get_mut(&checkpoint.session) else { return Written::Fenced };
+        if stored.record.fence != checkpoint.fence {
+            return Written::Fenced;
+        }
+        stored.record.snapshot = checkpoint.snapshot.clone();
+        stored.outputs.extend(checkpoint.outputs.iter().cloned());
+        if let Some(consumed) = checkpoint.consumed {
+            stored.inbox.retain(|e| e.seq != consumed);
+        }
+        if checkpoint.snapshot.status.is_finished() {
+            stored.unapplied.extend(stored.inbox.drain(..).map(|e| Unapplied { seq: e.seq, key: e.key }));
+        }
+        if !checkpoint.kv_writes.is_empty() {
+            self.kv.entry(checkpoint.tenant.clone()).or_default().extend(checkpoint.kv_writes.clone());
+        }
+        Written::Committed
+    }
 }
 
 impl Store for MemoryStore {
-    fn load(&self) -> Result<Image, Error> {
+    fn load(&self) -> Result<Image, StoreError> {
         let inner = self.lock();
         Ok(Image {
             tenants: inner.tenants.values().cloned().collect(),
             apps: inner.apps.values().cloned().collect(),
             app_versions: inner.app_versions.clone(),
             modules: inner.modules.clone(),
-            sessions: inner.sessions.values().cloned().collect(),
+            sessions: inner
+                .sessions
+                .values()
+                .map(|s| StoredSession {
+                    record: s.record.clone(),
+                    inbox: s.inbox.clone(),
+                    unapplied: s.unapplied.clone(),
+                })
+                .collect(),
             tokens: inner.tokens.values().cloned().collect(),
+            quarantined: Vec::new(),
         })
     }
 
-    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), Error> {
+    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
         self.lock().tenants.insert(tenant.name.clone(), tenant.clone());
         Ok(())
     }
 
-    fn delete_tenant(&self, name: &str) -> Result<(), Error> {
+    fn delete_tenant(&self, name: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
         inner.tenants.remove(name);
         inner.apps.retain(|(tenant, _), _| tenant != name);
@@ -67,12 +124,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn put_token(&self, token: &TokenRecord) -> Result<(), Error> {
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         self.lock().tokens.insert(token.id.clone(), token.clone());
         Ok(())
     }
 
-    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, Error> {
+    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         let found = inner.tokens.get(id).is_some_and(|t| t.tenant == tenant);
         if found {
@@ -81,7 +138,7 @@ impl Store for MemoryStore {
         Ok(found)
     }
 
-    fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error> {
+    fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         inner.modules.entry(app.version.clone()).or_insert_with(|| module.to_vec());
         if !inner.app_versions.contains(app) {
@@ -91,62 +148,43 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn create_session(&self, session: &SessionRecord) -> Result<(), Error> {
-        let stored = StoredSession { record: session.clone(), inbox: Vec::new(), outputs: Vec::new() };
-        self.lock().sessions.insert(session.id, stored);
-        Ok(())
-    }
-
-    fn append_event(&self, session: SessionId, event: &[u8], key: Option<&str>) -> Result<Appended, Error> {
+    fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
         let mut inner = self.lock();
-        if !inner.sessions.contains_key(&session) {
-            return Err(no_session(session));
-        }
-        if let Some(key) = key
-            && !inner.keys.insert((session, key.to_owned()))
-        {
-            return Ok(Appended::Duplicate);
-        }
-        let seq = inner.next_seq.entry(session).or_insert(0);
-        *seq += 1;
-        let seq = *seq;
-        let stored = inner.sessions.get_mut(&session).ok_or_else(|| no_session(session))?;
-        stored.inbox.push(InboxEvent { seq, event: event.to_vec() });
-        Ok(Appended::New(seq))
+        Ok(batch
+            .iter()
+            .map(|write| match write {
+                Write::Create(record) => {
+                    let stored = Stored {
+                        record: record.clone(),
+                        inbox: Vec::new(),
+                        unapplied: Vec::new(),
+                        outputs: Vec::new(),
+                        next_seq: 0,
+                        keys: HashMap::new(),
+                    };
+                    inner.sessions.insert(record.id, stored);
+                    Written::Created
+                }
+                Write::Append { session, event, key } => {
+                    Written::Appended(inner.append(*session, event, key.as_deref()))
+                }
+                Write::Checkpoint(checkpoint) => inner.checkpoint(checkpoint),
+            })
+            .collect())
     }
 
-    fn has_event_key(&self, session: SessionId, key: &str) -> Result<bool, Error> {
-        Ok(self.lock().keys.contains(&(session, key.to_owned())))
+    fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let inner = self.lock();
+        let Some(stored) = inner.sessions.get(&session) else { return Ok(Vec::new()) };
+        let skip = usize::try_from(after).unwrap_or(usize::MAX);
+        Ok((after + 1..).zip(stored.outputs.iter().skip(skip).take(limit).cloned()).collect())
     }
 
-    fn commit(&self, group: &[Checkpoint]) -> Result<(), Error> {
-        let mut inner = self.lock();
-        // All or none: check every fencing token before changing anything.
-        for checkpoint in group {
-            let stored = inner.sessions.get(&checkpoint.session).ok_or_else(|| no_session(checkpoint.session))?;
-            if stored.record.fence != checkpoint.fence {
-                return Err(Error::Fenced { session: checkpoint.session.to_string() });
-            }
-        }
-        for checkpoint in group {
-            if !checkpoint.kv_writes.is_empty() {
-                inner.kv.entry(checkpoint.tenant.clone()).or_default().extend(checkpoint.kv_writes.clone());
-            }
-            let stored = inner.sessions.get_mut(&checkpoint.session).ok_or_else(|| no_session(checkpoint.session))?;
-            stored.record.snapshot = checkpoint.snapshot.clone();
-            stored.outputs.extend(checkpoint.outputs.iter().cloned());
-            if let Some(consumed) = checkpoint.consumed {
-                stored.inbox.retain(|e| e.seq != consumed);
-            }
-        }
-        Ok(())
-    }
-
-    fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().kv.get(tenant).and_then(|space| space.get(key)).cloned())
     }
 
-    fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), Error> {
+    fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
         self.lock().kv.entry(tenant.to_owned()).or_default().extend(writes);
         Ok(())
     }

@@ -1,17 +1,18 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`, so a committed
-//! transaction survives `kill -9` and power loss. The host groups checkpoints so that one
-//! transaction (and one fsync) carries many actions.
+//! transaction survives `kill -9` and power loss. The host groups writes so that one transaction
+//! (and one fsync) carries many actions, events and new sessions.
 //!
 //! The schema is versioned with `PRAGMA user_version` and migrated forward on open; a database
 //! from a newer Turnstile is refused rather than guessed at, and a corrupt one is reported and
-//! left untouched.
+//! left untouched. Reads for running actions (key-value look-ups) and for output streams go
+//! through a small pool of read-only connections: in WAL mode a reader never waits for a writer.
 
 use super::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, Store, StoredSession, TenantRecord, TokenRecord,
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, Quarantined, SessionRecord, Store, StoreError, StoredSession,
+    TenantRecord, TokenRecord, Unapplied, Write, Written, quarantined_session,
 };
-use crate::error::Error;
-use crate::scheduler::SessionId;
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::session::SessionId;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -47,6 +48,24 @@ const MIGRATIONS: &[&str] = &[
         deployed INTEGER PRIMARY KEY AUTOINCREMENT, UNIQUE (tenant, app, version));
     INSERT INTO app_versions (tenant, app, version) SELECT tenant, name, version FROM apps;
 "#,
+    // Grouped ingest and "acknowledged means applied": a session knows it has finished (events
+    // for it are refused in the same transaction that would add them), the inbox keeps each
+    // event's key and reports the events a finished session never took, and rows that do not
+    // decode are set aside.
+    r#"
+    ALTER TABLE sessions ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
+    UPDATE sessions SET finished = 1 WHERE json_valid(snapshot) AND (
+        json_extract(snapshot, '$.status') = 'cancelled'
+        OR json_type(snapshot, '$.status.done') IS NOT NULL
+        OR json_type(snapshot, '$.status.failed') IS NOT NULL);
+    ALTER TABLE inbox ADD COLUMN key TEXT;
+    ALTER TABLE inbox ADD COLUMN unapplied INTEGER NOT NULL DEFAULT 0;
+    UPDATE inbox SET key = (SELECT k.key FROM event_keys k WHERE k.session = inbox.session AND k.seq = inbox.seq);
+    UPDATE inbox SET unapplied = 1 WHERE session IN (SELECT id FROM sessions WHERE finished = 1);
+    CREATE TABLE quarantine (
+        session INTEGER PRIMARY KEY, tenant TEXT NOT NULL, app TEXT NOT NULL, snapshot TEXT NOT NULL,
+        reason TEXT NOT NULL);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -55,9 +74,8 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 /// A SQLite database file.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    /// Key-value reads of running actions use their own connection: in WAL mode a reader never
-    /// waits for a writer, so an action is not held up (towards its deadline) by a group commit.
-    reader: Mutex<Connection>,
+    /// Read-only connections, taken one at a time.
+    readers: Mutex<Vec<Connection>>,
     path: PathBuf,
 }
 
@@ -67,64 +85,84 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+fn sqlite(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { op, source }
+}
+
+/// Readers and the writer wait for each other's locks this long before reporting the file busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl SqliteStore {
     /// Opens (creating if need be) the database at `path` and migrates it to the current schema.
-    pub fn open(path: &Path) -> Result<SqliteStore, Error> {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StoreError::Io { context: "creating the database's directory", source })?;
         }
-        let shown = path.display().to_string();
-        let fail = |what: &str, e: rusqlite::Error| Error::Store(format!("{shown}: {what}: {e}"));
-        let conn = Connection::open(path).map_err(|e| fail("opening the database", e))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| fail("setting the busy timeout", e))?;
+        let conn = Connection::open(path).map_err(|source| StoreError::NotADatabase { source })?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite("setting the busy timeout"))?;
         // A file that is not a database, or a damaged one, fails here, before anything is written.
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |row| row.get(0))
-            .map_err(|e| fail("the file is not a readable Turnstile database (it was left untouched)", e))?;
+            .map_err(|source| StoreError::NotADatabase { source })?;
         if check != "ok" {
-            return Err(Error::Store(format!("{shown}: the database is damaged ({check}); it was left untouched")));
+            return Err(StoreError::Damaged { report: check });
         }
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(|e| fail("reading the schema version", e))?;
+            .map_err(sqlite("reading the schema version"))?;
         let version = usize::try_from(version).unwrap_or(usize::MAX);
         if version > SCHEMA_VERSION {
-            return Err(Error::Store(format!(
-                "{shown}: the database has schema version {version}, newer than this Turnstile understands ({SCHEMA_VERSION}); use a newer Turnstile"
-            )));
+            return Err(StoreError::NewerSchema { found: version, supported: SCHEMA_VERSION });
         }
         let _: String =
-            conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(|e| fail("enabling WAL", e))?;
+            conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(sqlite("enabling WAL"))?;
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(|e| fail("setting durability", e))?;
+            .map_err(sqlite("setting durability"))?;
         let mut conn = conn;
         for (from, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction().map_err(|e| fail("migrating", e))?;
-            tx.execute_batch(migration).map_err(|e| fail(&format!("migrating from schema {from}"), e))?;
+            let tx = conn.transaction().map_err(sqlite("migrating"))?;
+            tx.execute_batch(migration).map_err(sqlite("migrating"))?;
             let to = i64::try_from(from + 1).unwrap_or(i64::MAX);
-            tx.pragma_update(None, "user_version", to).map_err(|e| fail("migrating", e))?;
-            tx.commit().map_err(|e| fail("migrating", e))?;
+            tx.pragma_update(None, "user_version", to).map_err(sqlite("migrating"))?;
+            tx.commit().map_err(sqlite("migrating"))?;
         }
-        let reader = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| fail("opening the reader", e))?;
-        Ok(SqliteStore { conn: Mutex::new(conn), reader: Mutex::new(reader), path: path.to_path_buf() })
+        Ok(SqliteStore { conn: Mutex::new(conn), readers: Mutex::new(Vec::new()), path: path.to_path_buf() })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn fail<'a>(&'a self, what: &'a str) -> impl Fn(rusqlite::Error) -> Error + 'a {
-        move |e| Error::Store(format!("{}: {what}: {e}", self.path.display()))
+    /// Runs `read` on a read-only connection of the pool (opening one if none is free).
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        op: &'static str,
+    ) -> Result<T, StoreError> {
+        let taken = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(sqlite("opening a reader"))?;
+                conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite("opening a reader"))?;
+                conn
+            }
+        };
+        let result = read(&conn).map_err(sqlite(op));
+        self.readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+        result
     }
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
-    serde_json::to_string(value).map_err(|e| Error::Store(format!("encoding a record: {e}")))
-}
-
-fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, Error> {
-    serde_json::from_str(text).map_err(|e| Error::Store(format!("a stored {what} does not parse: {e}")))
+fn json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
 }
 
 fn session_id(id: i64) -> SessionId {
@@ -139,100 +177,107 @@ fn sql_u64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+fn u64_of(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+/// One stored session row, before its snapshot is decoded.
+struct Row {
+    id: i64,
+    tenant: String,
+    app: String,
+    snapshot: String,
+    fence: i64,
+}
+
 impl Store for SqliteStore {
-    fn load(&self) -> Result<Image, Error> {
-        let conn = self.conn();
-        let fail = self.fail("loading");
+    fn load(&self) -> Result<Image, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sqlite("loading"))?;
         let mut image = Image::default();
-        let mut rows = conn.prepare("SELECT name, config FROM tenants ORDER BY name").map_err(&fail)?;
-        let tenants = rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(&fail)?;
-        for row in tenants {
-            let (name, config) = row.map_err(&fail)?;
-            image.tenants.push(TenantRecord { config: parse("tenant", &config)?, name });
-        }
-        let mut rows = conn.prepare("SELECT tenant, name, version FROM apps ORDER BY tenant, name").map_err(&fail)?;
-        let apps = rows
-            .query_map([], |r| Ok(AppRecord { tenant: r.get(0)?, app: r.get(1)?, version: r.get(2)? }))
-            .map_err(&fail)?;
-        for app in apps {
-            image.apps.push(app.map_err(&fail)?);
-        }
-        let mut rows =
-            conn.prepare("SELECT tenant, app, version FROM app_versions ORDER BY deployed").map_err(&fail)?;
-        let versions = rows
-            .query_map([], |r| Ok(AppRecord { tenant: r.get(0)?, app: r.get(1)?, version: r.get(2)? }))
-            .map_err(&fail)?;
-        for version in versions {
-            image.app_versions.push(version.map_err(&fail)?);
-        }
-        let mut rows = conn.prepare("SELECT hash, bytes FROM modules").map_err(&fail)?;
-        for module in rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(&fail)? {
-            let (hash, bytes) = module.map_err(&fail)?;
-            image.modules.insert(hash, bytes);
-        }
-        let mut rows = conn.prepare("SELECT id, tenant, hash FROM tokens ORDER BY id").map_err(&fail)?;
-        for token in rows
-            .query_map([], |r| Ok(TokenRecord { id: r.get(0)?, tenant: r.get(1)?, hash: r.get(2)? }))
-            .map_err(&fail)?
-        {
-            image.tokens.push(token.map_err(&fail)?);
-        }
+        load_catalogue(&tx, &mut image)?;
         let mut inboxes: BTreeMap<i64, Vec<InboxEvent>> = BTreeMap::new();
-        let mut rows = conn.prepare("SELECT session, seq, event FROM inbox ORDER BY session, seq").map_err(&fail)?;
-        for event in rows.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get(2)?))).map_err(&fail)? {
-            let (session, seq, event) = event.map_err(&fail)?;
-            inboxes.entry(session).or_default().push(InboxEvent { seq: u64::try_from(seq).unwrap_or_default(), event });
+        let mut unapplied: BTreeMap<i64, Vec<Unapplied>> = BTreeMap::new();
+        {
+            let mut rows = tx
+                .prepare("SELECT session, seq, event, key, unapplied FROM inbox ORDER BY session, seq")
+                .map_err(sqlite("loading"))?;
+            let events = rows
+                .query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?, r.get::<_, bool>(4)?))
+                })
+                .map_err(sqlite("loading"))?;
+            for event in events {
+                let (session, seq, event, key, not_applied) = event.map_err(sqlite("loading"))?;
+                if not_applied {
+                    unapplied.entry(session).or_default().push(Unapplied { seq: u64_of(seq), key });
+                } else {
+                    inboxes.entry(session).or_default().push(InboxEvent { seq: u64_of(seq), event, key });
+                }
+            }
         }
-        let mut outputs: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-        let mut rows = conn.prepare("SELECT session, body FROM outputs ORDER BY session, seq").map_err(&fail)?;
-        for output in rows.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).map_err(&fail)? {
-            let (session, body) = output.map_err(&fail)?;
-            outputs.entry(session).or_default().push(body);
-        }
-        let mut rows =
-            conn.prepare("SELECT id, tenant, app, snapshot, fence FROM sessions ORDER BY id").map_err(&fail)?;
-        let sessions = rows
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .map_err(&fail)?;
-        for session in sessions {
-            let (id, tenant, app, snapshot, fence) = session.map_err(&fail)?;
+        let rows: Vec<Row> = {
+            let mut rows = tx
+                .prepare("SELECT id, tenant, app, snapshot, fence FROM sessions ORDER BY id")
+                .map_err(sqlite("loading"))?;
+            let rows = rows
+                .query_map([], |r| {
+                    Ok(Row { id: r.get(0)?, tenant: r.get(1)?, app: r.get(2)?, snapshot: r.get(3)?, fence: r.get(4)? })
+                })
+                .map_err(sqlite("loading"))?;
+            rows.collect::<Result<_, _>>().map_err(sqlite("loading"))?
+        };
+        for row in rows {
+            let snapshot = match serde_json::from_str(&row.snapshot) {
+                Ok(snapshot) => snapshot,
+                Err(error) => {
+                    let reason = format!("its checkpoint does not decode ({error})");
+                    let snapshot = quarantine(&tx, &row, &reason)?;
+                    image.quarantined.push(Quarantined {
+                        session: session_id(row.id),
+                        tenant: row.tenant.clone(),
+                        reason,
+                    });
+                    unapplied.entry(row.id).or_default().extend(
+                        inboxes
+                            .remove(&row.id)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|e| Unapplied { seq: e.seq, key: e.key }),
+                    );
+                    snapshot
+                }
+            };
             let record = SessionRecord {
-                id: session_id(id),
-                tenant,
-                app,
-                snapshot: parse(&format!("checkpoint of session {id} (written by a newer Turnstile?)"), &snapshot)?,
-                fence: u64::try_from(fence).unwrap_or_default(),
+                id: session_id(row.id),
+                tenant: row.tenant,
+                app: row.app,
+                snapshot,
+                fence: u64_of(row.fence),
             };
             image.sessions.push(StoredSession {
                 record,
-                inbox: inboxes.remove(&id).unwrap_or_default(),
-                outputs: outputs.remove(&id).unwrap_or_default(),
+                inbox: inboxes.remove(&row.id).unwrap_or_default(),
+                unapplied: unapplied.remove(&row.id).unwrap_or_default(),
             });
         }
+        tx.commit().map_err(sqlite("loading"))?;
         Ok(image)
     }
 
-    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), Error> {
+    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
         self.conn()
             .execute(
                 "INSERT INTO tenants (name, config) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET config = excluded.config",
-                params![tenant.name, json(&tenant.config)?],
+                params![tenant.name, json("tenant", &tenant.config)?],
             )
-            .map_err(self.fail("storing a tenant"))?;
+            .map_err(sqlite("storing a tenant"))?;
         Ok(())
     }
 
-    fn delete_tenant(&self, name: &str) -> Result<(), Error> {
+    fn delete_tenant(&self, name: &str) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let fail = self.fail("deleting a tenant");
+        let fail = sqlite("deleting a tenant");
         let tx = conn.transaction().map_err(&fail)?;
         for table in ["inbox", "event_keys", "outputs"] {
             tx.execute(
@@ -241,34 +286,34 @@ impl Store for SqliteStore {
             )
             .map_err(&fail)?;
         }
-        for table in ["sessions", "apps", "app_versions", "kv", "tokens"] {
+        for table in ["sessions", "apps", "app_versions", "kv", "tokens", "quarantine"] {
             tx.execute(&format!("DELETE FROM {table} WHERE tenant = ?1"), params![name]).map_err(&fail)?;
         }
         tx.execute("DELETE FROM tenants WHERE name = ?1", params![name]).map_err(&fail)?;
         tx.commit().map_err(&fail)
     }
 
-    fn put_token(&self, token: &TokenRecord) -> Result<(), Error> {
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         self.conn()
             .execute(
                 "INSERT INTO tokens (id, tenant, hash) VALUES (?1, ?2, ?3)",
                 params![token.id, token.tenant, token.hash],
             )
-            .map_err(self.fail("storing a token"))?;
+            .map_err(sqlite("storing a token"))?;
         Ok(())
     }
 
-    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, Error> {
+    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let deleted = self
             .conn()
             .execute("DELETE FROM tokens WHERE id = ?1 AND tenant = ?2", params![id, tenant])
-            .map_err(self.fail("revoking a token"))?;
+            .map_err(sqlite("revoking a token"))?;
         Ok(deleted > 0)
     }
 
-    fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), Error> {
+    fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let fail = self.fail("storing an app version");
+        let fail = sqlite("storing an app version");
         let tx = conn.transaction().map_err(&fail)?;
         tx.execute("INSERT OR IGNORE INTO modules (hash, bytes) VALUES (?1, ?2)", params![app.version, module])
             .map_err(&fail)?;
@@ -286,119 +331,57 @@ impl Store for SqliteStore {
         tx.commit().map_err(&fail)
     }
 
-    fn create_session(&self, session: &SessionRecord) -> Result<(), Error> {
-        self.conn()
-            .execute(
-                "INSERT INTO sessions (id, tenant, app, snapshot, fence) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    sql_id(session.id),
-                    session.tenant,
-                    session.app,
-                    json(&session.snapshot)?,
-                    sql_u64(session.fence)
-                ],
-            )
-            .map_err(self.fail("storing a new session"))?;
-        Ok(())
-    }
-
-    fn append_event(&self, session: SessionId, event: &[u8], key: Option<&str>) -> Result<Appended, Error> {
+    fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
         let mut conn = self.conn();
-        let fail = self.fail("appending an event");
+        let fail = sqlite("committing");
         let tx = conn.transaction().map_err(&fail)?;
-        let seq: Option<i64> = tx
-            .query_row(
-                "UPDATE sessions SET next_event = next_event + 1 WHERE id = ?1 RETURNING next_event",
-                params![sql_id(session)],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(&fail)?;
-        let Some(seq) = seq else { return Err(Error::Store(format!("session {session} is not in the store"))) };
-        if let Some(key) = key {
-            let added = tx
-                .execute(
-                    "INSERT OR IGNORE INTO event_keys (session, key, seq) VALUES (?1, ?2, ?3)",
-                    params![sql_id(session), key, seq],
-                )
-                .map_err(&fail)?;
-            if added == 0 {
-                // Dropping the transaction rolls the sequence number back too.
-                return Ok(Appended::Duplicate);
-            }
+        let mut written = Vec::with_capacity(batch.len());
+        for write in batch {
+            written.push(match write {
+                Write::Create(record) => {
+                    create(&tx, record)?;
+                    Written::Created
+                }
+                Write::Append { session, event, key } => {
+                    Written::Appended(append(&tx, *session, event, key.as_deref())?)
+                }
+                Write::Checkpoint(checkpoint) => checkpoint_one(&tx, checkpoint)?,
+            });
         }
-        tx.execute("INSERT INTO inbox (session, seq, event) VALUES (?1, ?2, ?3)", params![sql_id(session), seq, event])
-            .map_err(&fail)?;
         tx.commit().map_err(&fail)?;
-        Ok(Appended::New(u64::try_from(seq).unwrap_or_default()))
+        Ok(written)
     }
 
-    fn has_event_key(&self, session: SessionId, key: &str) -> Result<bool, Error> {
-        self.conn()
-            .query_row(
-                "SELECT 1 FROM event_keys WHERE session = ?1 AND key = ?2",
-                params![sql_id(session), key],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|found| found.is_some())
-            .map_err(self.fail("looking up an idempotency key"))
+    fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        self.read(
+            |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT seq, body FROM outputs WHERE session = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                let rows = query.query_map(params![sql_id(session), sql_u64(after), limit], |r| {
+                    Ok((u64_of(r.get::<_, i64>(0)?), r.get::<_, String>(1)?))
+                })?;
+                rows.collect()
+            },
+            "reading outputs",
+        )
     }
 
-    fn commit(&self, group: &[Checkpoint]) -> Result<(), Error> {
+    fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(
+            |conn| {
+                conn.prepare_cached("SELECT value FROM kv WHERE tenant = ?1 AND key = ?2")?
+                    .query_row(params![tenant, key], |r| r.get(0))
+                    .optional()
+            },
+            "reading the key-value space",
+        )
+    }
+
+    fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let fail = self.fail("committing checkpoints");
-        let tx = conn.transaction().map_err(&fail)?;
-        {
-            let mut fence = tx.prepare_cached("SELECT fence FROM sessions WHERE id = ?1").map_err(&fail)?;
-            let mut update = tx.prepare_cached("UPDATE sessions SET snapshot = ?2 WHERE id = ?1").map_err(&fail)?;
-            let mut output =
-                tx.prepare_cached("INSERT INTO outputs (session, seq, body) VALUES (?1, ?2, ?3)").map_err(&fail)?;
-            let mut consume = tx.prepare_cached("DELETE FROM inbox WHERE session = ?1 AND seq = ?2").map_err(&fail)?;
-            let mut kv = tx
-                .prepare_cached(
-                    "INSERT INTO kv (tenant, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value",
-                )
-                .map_err(&fail)?;
-            for checkpoint in group {
-                let id = sql_id(checkpoint.session);
-                let stored: Option<i64> = fence.query_row(params![id], |r| r.get(0)).optional().map_err(&fail)?;
-                match stored {
-                    Some(token) if token == sql_u64(checkpoint.fence) => {}
-                    Some(_) => return Err(Error::Fenced { session: checkpoint.session.to_string() }),
-                    None => return Err(Error::Store(format!("session {} is not in the store", checkpoint.session))),
-                }
-                update.execute(params![id, json(&checkpoint.snapshot)?]).map_err(&fail)?;
-                // Outputs are numbered by the session's count of released outputs.
-                let released = checkpoint.snapshot.counters.outputs;
-                let first = released.saturating_sub(u64::try_from(checkpoint.outputs.len()).unwrap_or(0));
-                for (n, body) in (first + 1..).zip(&checkpoint.outputs) {
-                    output.execute(params![id, sql_u64(n), body]).map_err(&fail)?;
-                }
-                if let Some(seq) = checkpoint.consumed {
-                    consume.execute(params![id, sql_u64(seq)]).map_err(&fail)?;
-                }
-                for (key, value) in &checkpoint.kv_writes {
-                    kv.execute(params![checkpoint.tenant, key, value]).map_err(&fail)?;
-                }
-            }
-        }
-        tx.commit().map_err(&fail)
-    }
-
-    fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.reader
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .prepare_cached("SELECT value FROM kv WHERE tenant = ?1 AND key = ?2")
-            .and_then(|mut q| q.query_row(params![tenant, key], |r| r.get(0)).optional())
-            .map_err(self.fail("reading the key-value space"))
-    }
-
-    fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), Error> {
-        let mut conn = self.conn();
-        let fail = self.fail("writing the key-value space");
+        let fail = sqlite("writing the key-value space");
         let tx = conn.transaction().map_err(&fail)?;
         for (key, value) in &writes {
             tx.execute(
@@ -410,4 +393,158 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(&fail)
     }
+}
+
+/// Tenants, apps, modules and tokens.
+fn load_catalogue(tx: &Transaction<'_>, image: &mut Image) -> Result<(), StoreError> {
+    let fail = sqlite("loading");
+    let mut rows = tx.prepare("SELECT name, config FROM tenants ORDER BY name").map_err(&fail)?;
+    for row in rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(&fail)? {
+        let (name, config) = row.map_err(&fail)?;
+        let config = serde_json::from_str(&config).map_err(|source| StoreError::Decode { what: "tenant", source })?;
+        image.tenants.push(TenantRecord { config, name });
+    }
+    let app = |r: &rusqlite::Row<'_>| Ok(AppRecord { tenant: r.get(0)?, app: r.get(1)?, version: r.get(2)? });
+    let mut rows = tx.prepare("SELECT tenant, name, version FROM apps ORDER BY tenant, name").map_err(&fail)?;
+    image.apps = rows.query_map([], app).map_err(&fail)?.collect::<Result<_, _>>().map_err(&fail)?;
+    let mut rows = tx.prepare("SELECT tenant, app, version FROM app_versions ORDER BY deployed").map_err(&fail)?;
+    image.app_versions = rows.query_map([], app).map_err(&fail)?.collect::<Result<_, _>>().map_err(&fail)?;
+    let mut rows = tx.prepare("SELECT hash, bytes FROM modules").map_err(&fail)?;
+    for module in rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(&fail)? {
+        let (hash, bytes) = module.map_err(&fail)?;
+        image.modules.insert(hash, bytes);
+    }
+    let mut rows = tx.prepare("SELECT id, tenant, hash FROM tokens ORDER BY id").map_err(&fail)?;
+    image.tokens = rows
+        .query_map([], |r| Ok(TokenRecord { id: r.get(0)?, tenant: r.get(1)?, hash: r.get(2)? }))
+        .map_err(&fail)?
+        .collect::<Result<_, _>>()
+        .map_err(&fail)?;
+    Ok(())
+}
+
+/// Sets a session row that does not decode aside, and replaces it with a failed session saying
+/// why (its pending events are reported as not applied).
+fn quarantine(tx: &Transaction<'_>, row: &Row, reason: &str) -> Result<crate::session::Session, StoreError> {
+    let fail = sqlite("quarantining a session");
+    tx.execute(
+        "INSERT OR REPLACE INTO quarantine (session, tenant, app, snapshot, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![row.id, row.tenant, row.app, row.snapshot, reason],
+    )
+    .map_err(&fail)?;
+    // What the row says of its app version, if that much can be read.
+    let version = serde_json::from_str::<serde_json::Value>(&row.snapshot)
+        .ok()
+        .and_then(|v| v.get("app").and_then(serde_json::Value::as_str).map(str::to_owned))
+        .unwrap_or_default();
+    let snapshot = quarantined_session(&version, reason);
+    tx.execute(
+        "UPDATE sessions SET snapshot = ?2, finished = 1 WHERE id = ?1",
+        params![row.id, json("checkpoint", &snapshot)?],
+    )
+    .map_err(&fail)?;
+    tx.execute("UPDATE inbox SET unapplied = 1 WHERE session = ?1", params![row.id]).map_err(&fail)?;
+    Ok(snapshot)
+}
+
+fn create(tx: &Transaction<'_>, record: &SessionRecord) -> Result<(), StoreError> {
+    let snapshot = json("checkpoint", &record.snapshot)?;
+    tx.prepare_cached(
+        "INSERT INTO sessions (id, tenant, app, snapshot, fence, finished) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut insert| {
+        insert.execute(params![
+            sql_id(record.id),
+            record.tenant,
+            record.app,
+            snapshot,
+            sql_u64(record.fence),
+            record.snapshot.status.is_finished(),
+        ])
+    })
+    .map_err(sqlite("storing a new session"))?;
+    Ok(())
+}
+
+fn append(tx: &Transaction<'_>, session: SessionId, event: &[u8], key: Option<&str>) -> Result<Appended, StoreError> {
+    let fail = sqlite("appending an event");
+    let id = sql_id(session);
+    if let Some(key) = key {
+        let seen: Option<i64> = tx
+            .prepare_cached("SELECT seq FROM event_keys WHERE session = ?1 AND key = ?2")
+            .and_then(|mut q| q.query_row(params![id, key], |r| r.get(0)).optional())
+            .map_err(&fail)?;
+        if let Some(seq) = seen {
+            let not_applied: Option<bool> = tx
+                .prepare_cached("SELECT unapplied FROM inbox WHERE session = ?1 AND seq = ?2")
+                .and_then(|mut q| q.query_row(params![id, seq], |r| r.get(0)).optional())
+                .map_err(&fail)?;
+            return Ok(if not_applied == Some(true) { Appended::NotApplied } else { Appended::Duplicate });
+        }
+    }
+    let seq: Option<i64> = tx
+        .prepare_cached(
+            "UPDATE sessions SET next_event = next_event + 1 WHERE id = ?1 AND finished = 0 RETURNING next_event",
+        )
+        .and_then(|mut q| q.query_row(params![id], |r| r.get(0)).optional())
+        .map_err(&fail)?;
+    let Some(seq) = seq else { return Ok(Appended::SessionEnded) };
+    if let Some(key) = key {
+        tx.prepare_cached("INSERT INTO event_keys (session, key, seq) VALUES (?1, ?2, ?3)")
+            .and_then(|mut q| q.execute(params![id, key, seq]))
+            .map_err(&fail)?;
+    }
+    tx.prepare_cached("INSERT INTO inbox (session, seq, event, key) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut q| q.execute(params![id, seq, event, key]))
+        .map_err(&fail)?;
+    Ok(Appended::New(u64_of(seq)))
+}
+
+fn checkpoint_one(tx: &Transaction<'_>, checkpoint: &Checkpoint) -> Result<Written, StoreError> {
+    let fail = sqlite("committing a checkpoint");
+    let id = sql_id(checkpoint.session);
+    let stored: Option<i64> = tx
+        .prepare_cached("SELECT fence FROM sessions WHERE id = ?1")
+        .and_then(|mut q| q.query_row(params![id], |r| r.get(0)).optional())
+        .map_err(&fail)?;
+    if stored != Some(sql_u64(checkpoint.fence)) {
+        return Ok(Written::Fenced);
+    }
+    let finished = checkpoint.snapshot.status.is_finished();
+    let snapshot = json("checkpoint", &checkpoint.snapshot)?;
+    tx.prepare_cached("UPDATE sessions SET snapshot = ?2, finished = ?3 WHERE id = ?1")
+        .and_then(|mut q| q.execute(params![id, snapshot, finished]))
+        .map_err(&fail)?;
+    // Outputs are numbered by the session's count of released outputs.
+    let released = checkpoint.snapshot.counters.outputs;
+    let first = released.saturating_sub(u64::try_from(checkpoint.outputs.len()).unwrap_or(0));
+    if !checkpoint.outputs.is_empty() {
+        let mut output =
+            tx.prepare_cached("INSERT INTO outputs (session, seq, body) VALUES (?1, ?2, ?3)").map_err(&fail)?;
+        for (n, body) in (first + 1..).zip(&checkpoint.outputs) {
+            output.execute(params![id, sql_u64(n), body]).map_err(&fail)?;
+        }
+    }
+    if let Some(seq) = checkpoint.consumed {
+        tx.prepare_cached("DELETE FROM inbox WHERE session = ?1 AND seq = ?2")
+            .and_then(|mut q| q.execute(params![id, sql_u64(seq)]))
+            .map_err(&fail)?;
+    }
+    if finished {
+        tx.prepare_cached("UPDATE inbox SET unapplied = 1 WHERE session = ?1 AND unapplied = 0")
+            .and_then(|mut q| q.execute(params![id]))
+            .map_err(&fail)?;
+    }
+    if !checkpoint.kv_writes.is_empty() {
+        let mut kv = tx
+            .prepare_cached(
+                "INSERT INTO kv (tenant, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value",
+            )
+            .map_err(&fail)?;
+        for (key, value) in &checkpoint.kv_writes {
+            kv.execute(params![checkpoint.tenant, key, value]).map_err(&fail)?;
+        }
+    }
+    Ok(Written::Committed)
 }

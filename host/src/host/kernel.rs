@@ -1,0 +1,521 @@
+//! The host's kernel: the concepts put together (tenants, tokens, sessions, the dispatcher, the
+//! commit queue, timers, the bus) and the paths through them: an action from dispatch to commit,
+//! an event or a new session from the caller to the store and back, a committed group's results
+//! carried out. Each path takes one lock at a time, in the order `host.rs` writes down, and
+//! carries out a transition's effects after letting go of the session's lock.
+
+use super::bus::{Bus, SessionEvent};
+use super::commit::{CommitQueue, Ticket};
+use super::dispatch::{Dispatcher, Work};
+use super::lifecycle::{Effects, Lifecycle};
+use super::sessions::{SessionEntry, Sessions};
+use super::tenants::{Admin, AppEntry, Tenant, Tenants};
+use super::timers::{Due, Timers};
+use super::tokens::Tokens;
+use super::views::{Delivery, SessionView};
+use crate::app::App;
+use crate::error::Error;
+use crate::limits::TenantConfig;
+use crate::runtime::Runtime;
+use crate::sandbox::{ActionCall, ActionOutcome, ActionTask, Usage};
+use crate::scheduler::{Bounds, Dispatch};
+use crate::session::{Session, SessionId, Status, now_ms};
+use crate::store::{Appended, SessionRecord, Store, StoreError, Write, Written};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Everything a host is made of.
+pub(crate) struct Kernel {
+    runtime: Runtime,
+    store: Arc<dyn Store>,
+    tenants: Tenants,
+    tokens: Tokens,
+    sessions: Sessions,
+    dispatcher: Dispatcher,
+    commits: CommitQueue,
+    timers: Arc<Timers>,
+    bus: Bus,
+    max_inbox: usize,
+    quarantined: AtomicU64,
+}
+
+impl Kernel {
+    pub(crate) fn new(runtime: Runtime, store: Arc<dyn Store>, bounds: Bounds, max_inbox: usize) -> Kernel {
+        let preemption = runtime.preemption();
+        Kernel {
+            runtime,
+            store,
+            tenants: Tenants::default(),
+            tokens: Tokens::default(),
+            sessions: Sessions::default(),
+            dispatcher: Dispatcher::new(bounds, preemption),
+            commits: CommitQueue::default(),
+            timers: Arc::default(),
+            bus: Bus::default(),
+            max_inbox,
+            quarantined: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    pub(crate) fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    pub(crate) fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    pub(crate) fn timers(&self) -> &Arc<Timers> {
+        &self.timers
+    }
+
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Sessions set aside at start because their stored rows did not decode.
+    pub(crate) fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_quarantined(&self, n: u64) {
+        self.quarantined.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Registers a tenant (the caller has stored it).
+    pub(crate) fn register_tenant(&self, admin: &Admin<'_>, name: &str, config: TenantConfig) -> Arc<Tenant> {
+        let policy = Arc::new(config);
+        let ix = self.dispatcher.with(|s| s.add_tenant(policy.clone(), Instant::now()));
+        let tenant = Arc::new(Tenant::new(name, ix, policy, &self.store));
+        self.tenants.insert(admin, tenant.clone());
+        tenant
+    }
+
+    /// Makes `version` the current version of `tenant`'s `app` (the caller has stored it).
+    pub(crate) fn register_app(&self, admin: &Admin<'_>, tenant: &Tenant, app: &str, version: Arc<App>) {
+        let hash = version.hash().to_owned();
+        let (ix, mut versions) = match tenant.app(app) {
+            Some(existing) => (existing.ix, existing.versions.clone()),
+            None => (self.dispatcher.with(|s| s.add_app(tenant.ix())), Vec::new()),
+        };
+        versions.retain(|v| *v != hash);
+        versions.push(hash);
+        tenant.put_app(admin, AppEntry { name: app.into(), ix, current: version, versions });
+    }
+
+    /// The tenant `name` and its session `id` (not found if it is another tenant's).
+    fn own<'a>(
+        shard: &'a mut super::sessions::Shard,
+        tenant: &str,
+        id: SessionId,
+    ) -> Result<&'a mut SessionEntry, Error> {
+        match shard.get_mut(&id) {
+            Some(entry) if &**entry.tenant.name() == tenant => Ok(entry),
+            _ => Err(Error::not_found("session", id)),
+        }
+    }
+
+    /// Carries out a transition's effects (the checkpoint, if any, was queued under the lock).
+    pub(crate) fn carry_out(&self, tenant: &Tenant, app_ix: crate::scheduler::AppIx, id: SessionId, effects: Effects) {
+        if effects.push {
+            self.dispatcher.push(app_ix, id);
+        }
+        if let Some((due_ms, seq)) = effects.arm {
+            let after = Duration::from_millis(due_ms.saturating_sub(now_ms()));
+            let at =
+                Instant::now().checked_add(after).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+            self.timers.arm(at, Due::Wait { session: id, seq });
+        }
+        if let Some((first_output, outputs, status)) = effects.publish
+            && self.bus.wants(id)
+        {
+            let event = SessionEvent { session: id, tenant: tenant.name().to_string(), status, outputs, first_output };
+            self.bus.publish(event);
+        }
+        if effects.finished {
+            tenant.close_session();
+            self.dispatcher.with(|s| s.counters_mut(tenant.ix()).sessions_finished += 1);
+        }
+    }
+
+    /// Runs `transition` on session `id` under its shard's lock, queues the checkpoint it makes
+    /// (still under the lock, so a session's writes stay in order), and carries out the rest.
+    fn transition(
+        &self,
+        id: SessionId,
+        ticket: Option<Arc<Ticket>>,
+        transition: impl FnOnce(&mut SessionEntry) -> Effects,
+    ) {
+        let mut shard = self.sessions.shard(id);
+        let Some(entry) = shard.get_mut(&id) else { return };
+        let mut effects = transition(entry);
+        if let Some(checkpoint) = effects.checkpoint.take() {
+            self.commits.enqueue(Write::Checkpoint(checkpoint), ticket);
+        }
+        let (tenant, app_ix) = (entry.tenant.clone(), entry.app_ix);
+        drop(shard);
+        self.carry_out(&tenant, app_ix, id, effects);
+    }
+
+    /// Commits what is queued unless someone else is.
+    fn drive_commits(&self) {
+        self.commits.drive(self.store.as_ref(), &|writes, tickets, result| self.committed(writes, tickets, result));
+    }
+
+    /// Waits for a write's commit (leading commits meanwhile if need be).
+    fn wait_for(&self, ticket: &Ticket) -> Result<Written, Error> {
+        self.commits
+            .wait(ticket, self.store.as_ref(), &|writes, tickets, result| self.committed(writes, tickets, result))
+    }
+
+    /// Carries out a committed group: each write's session moves on, each caller is answered.
+    fn committed(
+        &self,
+        writes: Vec<Write>,
+        tickets: Vec<Option<Arc<Ticket>>>,
+        result: Result<Vec<Written>, StoreError>,
+    ) {
+        let result = result.map_err(Error::from);
+        if let Err(error) = &result {
+            tracing::error!(writes = writes.len(), error = %error.chain(), "a group commit failed");
+        }
+        for (n, (write, ticket)) in writes.into_iter().zip(tickets).enumerate() {
+            let written = match &result {
+                Ok(written) => written.get(n).copied().ok_or_else(|| Error::ShuttingDown),
+                Err(Error::Store(error)) => Err(Error::Store(error.clone())),
+                Err(_) => Err(Error::ShuttingDown),
+            };
+            let answer = self.apply_write(write, written);
+            if let Some(ticket) = ticket {
+                ticket.settle(answer);
+            }
+        }
+    }
+
+    /// Carries out one committed (or failed) write; the answer for the caller waiting for it.
+    fn apply_write(&self, write: Write, written: Result<Written, Error>) -> Result<Written, Error> {
+        match write {
+            Write::Create(record) => {
+                let id = record.id;
+                match written {
+                    Ok(written) => {
+                        let tenant = record.tenant;
+                        self.transition(id, None, |entry| entry.life.created(&tenant));
+                        if let Some(tenant) = self.tenants.get(&tenant) {
+                            self.dispatcher.with(|s| s.counters_mut(tenant.ix()).sessions_started += 1);
+                        }
+                        Ok(written)
+                    }
+                    Err(error) => {
+                        // Never durable, never acknowledged: the session does not exist.
+                        if let Some(entry) = self.sessions.shard(id).remove(&id) {
+                            entry.tenant.close_session();
+                        }
+                        Err(error)
+                    }
+                }
+            }
+            Write::Append { session, event, key } => {
+                let mut answer = Err(Error::not_found("session", session));
+                match written {
+                    Ok(Written::Appended(appended)) => self.transition(session, None, |entry| {
+                        let (result, effects) = entry.life.event_appended(appended, event, key);
+                        answer = result.map(Written::Appended);
+                        effects
+                    }),
+                    Ok(other) => answer = Ok(other),
+                    Err(error) => {
+                        self.transition(session, None, |entry| {
+                            entry.life.event_refused();
+                            Effects::default()
+                        });
+                        answer = Err(error);
+                    }
+                }
+                answer
+            }
+            Write::Checkpoint(checkpoint) => {
+                let id = checkpoint.session;
+                let (answer, error) = match written {
+                    Ok(Written::Fenced) => (Err(Error::Fenced { session: id }), Some(Error::Fenced { session: id })),
+                    Ok(written) => (Ok(written), None),
+                    Err(Error::Store(error)) => (Err(Error::Store(error.clone())), Some(Error::Store(error))),
+                    Err(error) => (Err(Error::ShuttingDown), Some(error)),
+                };
+                let tenant = checkpoint.tenant;
+                let outputs = checkpoint.outputs;
+                self.transition(id, None, |entry| match &error {
+                    None => entry.life.committed(&tenant, outputs),
+                    Some(error) => entry.life.commit_failed(error),
+                });
+                answer
+            }
+        }
+    }
+
+    /// Starts a session whose record is built; answers once it is durable.
+    pub(crate) fn create(
+        &self,
+        tenant: &Arc<Tenant>,
+        entry: SessionEntry,
+        record: SessionRecord,
+    ) -> Result<SessionId, Error> {
+        let id = record.id;
+        let ticket = Arc::new(Ticket::default());
+        {
+            let mut shard = self.sessions.shard(id);
+            shard.insert(id, entry);
+            self.commits.enqueue(Write::Create(record), Some(ticket.clone()));
+        }
+        match self.wait_for(&ticket) {
+            Ok(_) => Ok(id),
+            Err(error) => {
+                tenant.close_session();
+                Err(error)
+            }
+        }
+    }
+
+    /// Delivers an event: acknowledged once durable in the inbox of a session that had not ended.
+    pub(crate) fn deliver(
+        &self,
+        tenant: &str,
+        id: SessionId,
+        event: Vec<u8>,
+        key: Option<String>,
+    ) -> Result<Delivery, Error> {
+        let ticket = Arc::new(Ticket::default());
+        {
+            let mut shard = self.sessions.shard(id);
+            let entry = Self::own(&mut shard, tenant, id)?;
+            let needs_slot = entry.life.accept_event(self.max_inbox, key.is_some())?;
+            if needs_slot && let Err(full) = self.dispatcher.has_room(entry.app_ix) {
+                entry.life.event_refused();
+                return Err(Error::QueueFull(full));
+            }
+            self.commits.enqueue(Write::Append { session: id, event, key }, Some(ticket.clone()));
+        }
+        match self.wait_for(&ticket)? {
+            Written::Appended(Appended::New(_)) => Ok(Delivery::Accepted),
+            Written::Appended(Appended::Duplicate) => Ok(Delivery::Duplicate),
+            Written::Appended(Appended::NotApplied) => Err(Error::NotApplied { session: id }),
+            _ => Err(Error::SessionState { status: "done", request: "take a customer event" }),
+        }
+    }
+
+    /// Cancels a session; answers once its cancellation is durable (or, for a busy session, once
+    /// it is recorded to take effect when its action is done).
+    pub(crate) fn cancel(&self, tenant: &str, id: SessionId) -> Result<(), Error> {
+        let ticket = Arc::new(Ticket::default());
+        let waits = {
+            let mut shard = self.sessions.shard(id);
+            let entry = Self::own(&mut shard, tenant, id)?;
+            let mut effects = entry.life.cancel(tenant)?;
+            let waits = effects.checkpoint.is_some();
+            if let Some(checkpoint) = effects.checkpoint.take() {
+                self.commits.enqueue(Write::Checkpoint(checkpoint), Some(ticket.clone()));
+            }
+            waits
+        };
+        if waits {
+            self.wait_for(&ticket)?;
+        }
+        Ok(())
+    }
+
+    /// A session of `tenant` as it stands.
+    pub(crate) fn view(&self, tenant: &str, id: SessionId) -> Result<SessionView, Error> {
+        let mut shard = self.sessions.shard(id);
+        let entry = Self::own(&mut shard, tenant, id)?;
+        Ok(view(id, entry))
+    }
+
+    /// A session of `tenant` as it stands, and its events from now on (none missed: the watch
+    /// starts under the session's lock; one published meanwhile repeats outputs already counted,
+    /// which the reader skips by number).
+    pub(crate) fn watch(
+        &self,
+        tenant: &str,
+        id: SessionId,
+    ) -> Result<(SessionView, tokio::sync::mpsc::UnboundedReceiver<SessionEvent>), Error> {
+        let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+        let mut shard = self.sessions.shard(id);
+        let entry = Self::own(&mut shard, tenant, id)?;
+        if entry.life.is_open() || entry.life.phase() == super::lifecycle::Phase::Committing {
+            self.bus.watch(id, send);
+        }
+        Ok((view(id, entry), receive))
+    }
+
+    /// The next thing for a worker to do (`None`: the host stops).
+    pub(crate) fn next_work(&self) -> Option<Work> {
+        self.dispatcher.next()
+    }
+
+    /// What a dispatched action needs, or `None` when its session has nothing to run after all.
+    pub(crate) fn prepare(&self, dispatch: &Dispatch) -> Option<ActionCall> {
+        let mut shard = self.sessions.shard(dispatch.session);
+        let entry = shard.get_mut(&dispatch.session)?;
+        let limits = entry.tenant.policy().limits.clone();
+        let due = entry.life.start_action(limits.max_actions_per_session)?;
+        Some(ActionCall {
+            app: entry.code.clone()?,
+            action: due.action,
+            input: due.input.into(),
+            state: due.state.into(),
+            kv: entry.tenant.kv().clone(),
+            limits: Arc::new(limits),
+            fuel: dispatch.fuel,
+        })
+    }
+
+    /// A dispatched action is done (or had nothing to run: `None`): its slot is released, its
+    /// checkpoint queued and committed (by this worker, unless another is committing).
+    pub(crate) fn finish(&self, dispatch: Dispatch, outcome: Option<ActionOutcome>) {
+        let usage = outcome.as_ref().map_or(Usage::default(), |o| o.usage);
+        let latency = Instant::now().saturating_duration_since(dispatch.ready_at);
+        let id = dispatch.session;
+        let tenant_ix = dispatch.tenant;
+        self.dispatcher.complete(dispatch, &usage);
+        let mut failed = None;
+        self.transition(id, None, |entry| {
+            let error_action = entry.code.as_ref().and_then(|app| app.error_action().map(str::to_owned));
+            let tenant = entry.tenant.name().clone();
+            let ran = outcome.is_some();
+            if let Some(Err(failure)) = outcome.as_ref().map(|o| &o.result) {
+                failed = Some(failure.kind);
+            }
+            let effects = entry.life.action_done(error_action.as_deref(), &tenant, outcome, now_ms());
+            if !ran && let Status::Failed { failure } = &entry.life.session().status {
+                failed = Some(failure.kind);
+            }
+            effects
+        });
+        self.dispatcher.with(|s| {
+            let counters = s.counters_mut(tenant_ix);
+            counters.latency.record(latency);
+            if let Some(kind) = failed {
+                *counters.failures.entry(kind).or_default() += 1;
+            }
+        });
+        self.drive_commits();
+    }
+
+    /// A preempted task goes back to its app.
+    pub(crate) fn suspend(&self, dispatch: Dispatch, task: ActionTask, slice: &Usage) {
+        self.dispatcher.suspend(dispatch, task, slice);
+    }
+
+    /// A task sleeps until `until`, off the workers.
+    pub(crate) fn sleep(&self, mut dispatch: Dispatch, task: ActionTask, until: Instant, slice: &Usage) {
+        self.dispatcher.sleep(&mut dispatch, slice);
+        self.timers.arm(until, Due::Wake(dispatch, task));
+    }
+
+    /// Something came due on the timer thread.
+    pub(crate) fn fire(&self, due: Due) {
+        match due {
+            Due::Wait { session, seq } => self.transition(session, None, |entry| entry.life.timer_fired(seq)),
+            Due::Wake(dispatch, task) => self.dispatcher.wake(dispatch, task),
+        }
+    }
+
+    /// Fires the timers that are due (a worker, between its actions).
+    pub(crate) fn fire_due_timers(&self) {
+        self.timers.fire_due(|due| self.fire(due));
+    }
+
+    /// Commits whatever is still queued (the host is stopping).
+    pub(crate) fn flush(&self) {
+        self.drive_commits();
+    }
+
+    /// Whether no session is queued, running or being committed, and nothing is queued for the
+    /// store.
+    pub(crate) fn is_settled(&self) -> bool {
+        let mut busy = false;
+        self.sessions.each(|_, entry| {
+            use super::lifecycle::Phase;
+            busy |= matches!(entry.life.phase(), Phase::Creating | Phase::Queued | Phase::Running | Phase::Committing);
+        });
+        !busy && self.commits.is_idle()
+    }
+
+    /// A new session's entry, or why it can't be.
+    pub(crate) fn new_entry(
+        &self,
+        tenant: &Arc<Tenant>,
+        app: &str,
+        entry_action: &str,
+        input: Vec<u8>,
+    ) -> Result<(SessionEntry, SessionRecord), Error> {
+        let policy = tenant.policy();
+        let app_entry = tenant.app(app).ok_or_else(|| Error::not_found("app", app))?;
+        if policy.suspended {
+            return Err(Error::Suspended { tenant: tenant.name().to_string() });
+        }
+        if input.len() > policy.limits.max_input_bytes {
+            return Err(Error::EventTooLarge { size: input.len(), limit: policy.limits.max_input_bytes });
+        }
+        let version = app_entry.current.clone();
+        let session = Session::start(&version, entry_action, input)?;
+        self.dispatcher.has_room(app_entry.ix).map_err(Error::QueueFull)?;
+        if !tenant.open_session(policy.max_sessions) {
+            return Err(Error::Quota {
+                owner: tenant.name().to_string(),
+                what: "open sessions",
+                count: tenant.open_sessions(),
+            });
+        }
+        let id = self.sessions.next_id();
+        let record = SessionRecord {
+            id,
+            tenant: tenant.name().to_string(),
+            app: app.to_owned(),
+            snapshot: session.clone(),
+            fence: 0,
+        };
+        let entry = SessionEntry {
+            tenant: tenant.clone(),
+            app: app_entry.name.clone(),
+            app_ix: app_entry.ix,
+            version: version.hash().to_owned(),
+            code: Some(version),
+            life: Lifecycle::creating(id, session),
+        };
+        Ok((entry, record))
+    }
+}
+
+/// A session as its tenant reads it.
+pub(crate) fn view(id: SessionId, entry: &SessionEntry) -> SessionView {
+    let session = entry.life.session();
+    SessionView {
+        id,
+        app: entry.app.to_string(),
+        version: entry.version.clone(),
+        status: entry.life.visible().clone(),
+        counters: session.counters.clone(),
+        last_failure: session.last_failure.clone(),
+        outputs: entry.life.released(),
+        state: session.state.clone(),
+        unapplied: entry.life.unapplied().to_vec(),
+    }
+}

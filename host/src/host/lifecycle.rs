@@ -1,0 +1,393 @@
+//! A session's life in this host, as a state machine over plain data: each transition takes what
+//! happened (created, an event appended, a timer fired, an action done, a checkpoint committed or
+//! not, a cancel) and returns the [`Effects`] the caller carries out once it has let go of the
+//! session's lock (queue its next action, commit a checkpoint, arm a timer, publish its outputs).
+//! Nothing here takes a lock, touches the store or sends on a channel, so every race is a unit
+//! test without threads.
+//!
+//! The durable state is the [`Session`] (status, state, counters); the [`Phase`] is where it is
+//! in this process. The session runs ahead of what readers see while its checkpoint commits:
+//! readers see the last committed status, and nothing of it is scheduled until the checkpoint
+//! has landed, so an output is never seen before the state that produced it is durable.
+
+use crate::error::Error;
+use crate::failure::{Failure, FailureKind};
+use crate::sandbox::ActionOutcome;
+use crate::scheduler::QueueFull;
+use crate::session::{Session, SessionId, Status};
+use crate::store::{Appended, Checkpoint, InboxEvent, StoredSession, Unapplied};
+use std::collections::VecDeque;
+
+/// Where a session is in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Created, its record on its way to the store: nothing runs before it lands.
+    Creating,
+    /// Waiting for its customer (or its timer), nothing in flight.
+    Idle,
+    /// Its next action is in a pending queue.
+    Queued,
+    /// Its action is in the action list (on a worker, preempted or asleep).
+    Running,
+    /// Its checkpoint is on its way to the store.
+    Committing,
+    /// Finished (done, failed or cancelled), its last checkpoint committed.
+    Finished,
+    /// A checkpoint of it could not be committed: it stops here, in this process; a restart
+    /// resumes it from its last committed checkpoint.
+    Stopped,
+}
+
+/// What the caller must carry out after a transition, in this order, once the session's lock is
+/// released (the checkpoint is enqueued while it is still held, so checkpoints of one session
+/// reach the store in order).
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    /// Queue the session's next action.
+    pub(crate) push: bool,
+    /// Commit this checkpoint.
+    pub(crate) checkpoint: Option<Checkpoint>,
+    /// Arm the wait's timer: (due, in ms since the epoch; the wait's number).
+    pub(crate) arm: Option<(u64, u64)>,
+    /// Outputs released and the status now visible, for subscribers: (first output's number − 1,
+    /// outputs, status).
+    pub(crate) publish: Option<(u64, Vec<String>, Status)>,
+    /// The session has ended: count it finished.
+    pub(crate) finished: bool,
+}
+
+/// What the action due now needs from the session.
+pub(crate) struct Due {
+    pub(crate) action: String,
+    pub(crate) input: Vec<u8>,
+    pub(crate) state: Vec<u8>,
+}
+
+/// One session's life: its durable state and its phase here.
+#[derive(Debug)]
+pub(crate) struct Lifecycle {
+    id: SessionId,
+    session: Session,
+    /// The status as of the last committed checkpoint: what readers see.
+    visible: Status,
+    phase: Phase,
+    /// Acknowledged events not yet taken, oldest first.
+    inbox: VecDeque<InboxEvent>,
+    /// The inbox event the running (or next) action takes.
+    consumed: Option<u64>,
+    /// Cancelled while busy: whatever its action does, the session ends cancelled.
+    cancel: bool,
+    /// Events accepted for its inbox whose append has not committed yet.
+    appends: u32,
+    /// Bumped whenever a wait ends, so a stale timer is recognised and ignored.
+    wait_seq: u64,
+    fence: u64,
+    /// Outputs released so far (their numbers are 1..=released).
+    released: u64,
+    /// Acknowledged events the session ended without taking.
+    unapplied: Vec<Unapplied>,
+}
+
+impl Lifecycle {
+    /// A new session, its record on its way to the store.
+    pub(crate) fn creating(id: SessionId, session: Session) -> Lifecycle {
+        Lifecycle {
+            id,
+            visible: session.status.clone(),
+            session,
+            phase: Phase::Creating,
+            inbox: VecDeque::new(),
+            consumed: None,
+            cancel: false,
+            appends: 0,
+            wait_seq: 0,
+            fence: 0,
+            released: 0,
+            unapplied: Vec::new(),
+        }
+    }
+
+    /// A session as a store kept it; `effects` moves it on (queued, armed, or nothing).
+    pub(crate) fn resumed(stored: StoredSession) -> (Lifecycle, Effects) {
+        let record = stored.record;
+        let finished = record.snapshot.status.is_finished();
+        let mut life = Lifecycle {
+            id: record.id,
+            visible: record.snapshot.status.clone(),
+            released: record.snapshot.counters.outputs,
+            session: record.snapshot,
+            phase: if finished { Phase::Finished } else { Phase::Idle },
+            inbox: stored.inbox.into(),
+            consumed: None,
+            cancel: false,
+            appends: 0,
+            wait_seq: 0,
+            fence: record.fence,
+            unapplied: stored.unapplied,
+        };
+        let effects = if finished { Effects::default() } else { life.move_on() };
+        (life, effects)
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The session as it stands (it runs ahead of [`Lifecycle::visible`] while committing).
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The status readers see: the last committed one.
+    pub(crate) fn visible(&self) -> &Status {
+        if self.phase == Phase::Committing { &self.visible } else { &self.session.status }
+    }
+
+    pub(crate) fn released(&self) -> u64 {
+        self.released
+    }
+
+    pub(crate) fn unapplied(&self) -> &[Unapplied] {
+        &self.unapplied
+    }
+
+    /// Whether it is waiting for a customer with nothing in flight.
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.phase == Phase::Idle && matches!(self.session.status, Status::Waiting { .. })
+    }
+
+    /// Whether it is still open (not finished, not stopped, not ending).
+    pub(crate) fn is_open(&self) -> bool {
+        !matches!(self.phase, Phase::Finished | Phase::Stopped) && !self.session.status.is_finished()
+    }
+
+    /// Its record has landed: it may run.
+    pub(crate) fn created(&mut self, tenant: &str) -> Effects {
+        if self.phase != Phase::Creating {
+            return Effects::default();
+        }
+        self.phase = Phase::Idle;
+        if self.cancel {
+            return self.end_cancelled(tenant);
+        }
+        self.move_on()
+    }
+
+    /// Takes an event for the inbox (its append is then committed and
+    /// [`Lifecycle::event_appended`] called): refused if the session is over or ending, or its
+    /// inbox is full. Ok(true) when the event will need a pending-queue slot (the session is
+    /// waiting for it), so the caller checks the queues' room first. An event with an
+    /// idempotency key for a session that is over goes to the store anyway, which knows whether
+    /// it is a retry of one acknowledged before.
+    pub(crate) fn accept_event(&mut self, max_inbox: usize, has_key: bool) -> Result<bool, Error> {
+        if has_key && (!self.is_open() || self.cancel) {
+            return Ok(false);
+        }
+        if !self.is_open() || self.cancel {
+            let status = if self.cancel { "cancelled" } else { self.session.status.name() };
+            return Err(Error::SessionState { status, request: "take a customer event" });
+        }
+        let held = self.inbox.len() + usize::try_from(self.appends).unwrap_or(usize::MAX);
+        if held >= max_inbox {
+            return Err(Error::QueueFull(QueueFull::Inbox(max_inbox)));
+        }
+        self.appends += 1;
+        Ok(self.is_waiting() && held == 0)
+    }
+
+    /// An accepted event's append was refused before it reached the store (the queues were full).
+    pub(crate) fn event_refused(&mut self) {
+        self.appends = self.appends.saturating_sub(1);
+    }
+
+    /// An accepted event's append has committed with `appended`. A new event goes to the inbox
+    /// (and is taken at once if the session waits); one the session ended before taking is
+    /// reported back as not applied.
+    pub(crate) fn event_appended(
+        &mut self,
+        appended: Appended,
+        event: Vec<u8>,
+        key: Option<String>,
+    ) -> (Result<Appended, Error>, Effects) {
+        self.appends = self.appends.saturating_sub(1);
+        match appended {
+            Appended::New(seq) if self.is_open() && !self.cancel => {
+                self.inbox.push_back(InboxEvent { seq, event, key });
+                let effects = if self.phase == Phase::Idle { self.move_on() } else { Effects::default() };
+                (Ok(appended), effects)
+            }
+            // The session ended (or was cancelled) while the append was on its way: the store
+            // moved the event to the session's unapplied events with the final checkpoint.
+            Appended::New(seq) => {
+                self.unapplied.push(Unapplied { seq, key });
+                (Err(Error::NotApplied { session: self.id }), Effects::default())
+            }
+            Appended::NotApplied => (Err(Error::NotApplied { session: self.id }), Effects::default()),
+            Appended::SessionEnded => (
+                Err(Error::SessionState { status: self.session.status.name(), request: "take a customer event" }),
+                Effects::default(),
+            ),
+            Appended::Duplicate => (Ok(appended), Effects::default()),
+        }
+    }
+
+    /// Its wait's timer `seq` fired: if it still waits on that very wait, its timeout action is
+    /// queued.
+    pub(crate) fn timer_fired(&mut self, seq: u64) -> Effects {
+        if self.phase != Phase::Idle || self.wait_seq != seq || self.session.time_out().is_err() {
+            return Effects::default();
+        }
+        self.wait_seq += 1;
+        self.phase = Phase::Queued;
+        Effects { push: true, ..Effects::default() }
+    }
+
+    /// Its queued action was dispatched: what the action needs, or `None` when there is nothing
+    /// to run after all (it was cancelled, or its loop guard just ended it); then
+    /// [`Lifecycle::action_done`] is called with no outcome.
+    pub(crate) fn start_action(&mut self, max_actions: u64) -> Option<Due> {
+        self.phase = Phase::Running;
+        if self.cancel {
+            return None;
+        }
+        let state = self.session.state.clone();
+        let (action, input) = self.session.due(max_actions)?;
+        Some(Due { action: action.to_owned(), input: input.to_vec(), state })
+    }
+
+    /// Its action completed (or was skipped: `None`): the outcome is applied and its checkpoint
+    /// goes to the store. Nothing is released yet.
+    pub(crate) fn action_done(
+        &mut self,
+        error_action: Option<&str>,
+        tenant: &str,
+        outcome: Option<ActionOutcome>,
+        now_ms: u64,
+    ) -> Effects {
+        let mut released = crate::session::Released::default();
+        if let Some(outcome) = outcome {
+            released = self.session.apply(error_action, &outcome.usage, outcome.result, now_ms);
+        }
+        if self.cancel {
+            self.session.status = Status::Cancelled;
+        }
+        self.phase = Phase::Committing;
+        let mut checkpoint = self.checkpoint(tenant);
+        checkpoint.outputs = released.outputs;
+        checkpoint.kv_writes = released.kv_writes;
+        Effects { checkpoint: Some(checkpoint), ..Effects::default() }
+    }
+
+    /// Its checkpoint is committed: its outputs are released and it moves on.
+    pub(crate) fn committed(&mut self, tenant: &str, outputs: Vec<String>) -> Effects {
+        if self.phase != Phase::Committing {
+            return Effects::default();
+        }
+        let first = self.released;
+        self.released += u64::try_from(outputs.len()).unwrap_or(u64::MAX);
+        self.visible = self.session.status.clone();
+        self.phase = Phase::Idle;
+        let mut effects = if self.session.status.is_finished() {
+            self.phase = Phase::Finished;
+            Effects { finished: true, ..Effects::default() }
+        } else if self.cancel {
+            self.end_cancelled(tenant)
+        } else {
+            self.move_on()
+        };
+        effects.publish = Some((first, outputs, self.visible.clone()));
+        effects
+    }
+
+    /// Its checkpoint could not be committed: it stops here, in this process. Its last
+    /// committed checkpoint is intact, so a restart resumes it from there (the action re-runs).
+    pub(crate) fn commit_failed(&mut self, error: &Error) -> Effects {
+        if self.phase != Phase::Committing && self.phase != Phase::Creating {
+            return Effects::default();
+        }
+        let message = format!(
+            "its checkpoint could not be committed ({}); it resumes from its last checkpoint after a restart",
+            error.chain()
+        );
+        let failure = Failure::new(FailureKind::Trap, "", message);
+        self.phase = Phase::Stopped;
+        self.visible = Status::Failed { failure };
+        Effects {
+            finished: true,
+            publish: Some((self.released, Vec::new(), self.visible.clone())),
+            ..Effects::default()
+        }
+    }
+
+    /// Cancels it: an idle one ends now (its cancellation is a checkpoint of its own), a busy one
+    /// when its action or checkpoint is done. Its inbox is reported back as not applied.
+    pub(crate) fn cancel(&mut self, tenant: &str) -> Result<Effects, Error> {
+        if !self.is_open() || self.cancel {
+            let status = if self.cancel { "cancelled" } else { self.visible().name() };
+            return Err(Error::SessionState { status, request: "be cancelled" });
+        }
+        self.cancel = true;
+        if self.phase == Phase::Idle {
+            return Ok(self.end_cancelled(tenant));
+        }
+        Ok(Effects::default())
+    }
+
+    /// Ends an idle session cancelled.
+    fn end_cancelled(&mut self, tenant: &str) -> Effects {
+        self.session.status = Status::Cancelled;
+        self.wait_seq += 1;
+        self.phase = Phase::Committing;
+        Effects { checkpoint: Some(self.checkpoint(tenant)), ..Effects::default() }
+    }
+
+    /// Moves an idle session on: a ready one is queued; a waiting one takes the first event of
+    /// its inbox (queued), or has its timer armed with what is left of its timeout.
+    fn move_on(&mut self) -> Effects {
+        if let Status::Waiting { .. } = self.session.status
+            && let Some(event) = self.inbox.front()
+            && self.session.deliver(event.event.clone()).is_ok()
+        {
+            self.consumed = self.inbox.pop_front().map(|e| e.seq);
+            self.wait_seq += 1;
+            self.phase = Phase::Queued;
+            return Effects { push: true, ..Effects::default() };
+        }
+        match &self.session.status {
+            Status::Ready { .. } => {
+                self.phase = Phase::Queued;
+                Effects { push: true, ..Effects::default() }
+            }
+            Status::Waiting { wait, since_ms } => {
+                self.phase = Phase::Idle;
+                self.wait_seq += 1;
+                let arm = wait.timeout_ms.map(|timeout| (since_ms.saturating_add(timeout), self.wait_seq));
+                Effects { arm, ..Effects::default() }
+            }
+            Status::Done { .. } | Status::Failed { .. } | Status::Cancelled => {
+                self.phase = Phase::Finished;
+                Effects::default()
+            }
+        }
+    }
+
+    /// The checkpoint of the session as it stands, with nothing released. A finishing one
+    /// reports the inbox back as not applied (the store does the same with the rows it holds).
+    fn checkpoint(&mut self, tenant: &str) -> Checkpoint {
+        if self.session.status.is_finished() {
+            self.unapplied.extend(self.inbox.drain(..).map(|e| Unapplied { seq: e.seq, key: e.key }));
+        }
+        Checkpoint {
+            session: self.id,
+            tenant: tenant.to_owned(),
+            snapshot: self.session.clone(),
+            outputs: Vec::new(),
+            kv_writes: Default::default(),
+            consumed: self.consumed.take(),
+            fence: self.fence,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! A session's life, transition by transition, with no threads: the races of the real host
+//! (cancel during a commit, a failed commit, a timer against an event, an event against the
+//! session's end) played out in every order.
+
+use super::*;
+use crate::failure::FailureKind;
+use crate::sandbox::{Effects as ActionEffects, Usage};
+use crate::session::{Counters, Next, Wait};
+
+const TENANT: &str = "acme";
+
+fn session(status: Status) -> Session {
+    Session { app: "v1".into(), status, state: Vec::new(), counters: Counters::default(), last_failure: None }
+}
+
+fn ready(action: &str) -> Status {
+    Status::Ready { action: action.into(), input: Vec::new() }
+}
+
+/// A new session, created and committed: its first action is queued.
+fn started() -> Lifecycle {
+    let mut life = Lifecycle::creating(SessionId(7), session(ready("start")));
+    let effects = life.created(TENANT);
+    assert!(effects.push);
+    assert_eq!(life.phase(), Phase::Queued);
+    life
+}
+
+/// The outcome of an action that goes on with `next`, emitting `outputs`.
+fn outcome(next: Next, outputs: &[&str]) -> ActionOutcome {
+    let effects = ActionEffects {
+        state: None,
+        next,
+        outputs: outputs.iter().map(|o| (*o).to_owned()).collect(),
+        kv_writes: Default::default(),
+    };
+    ActionOutcome { result: Ok(effects), usage: Usage::default(), log: Vec::new() }
+}
+
+fn wait(timeout_ms: Option<u64>) -> Next {
+    Next::Wait(Wait { action: "answer".into(), timeout_ms, on_timeout: timeout_ms.map(|_| "expired".into()) })
+}
+
+/// Runs the queued action to `result` and commits its checkpoint; the committed effects.
+fn run(life: &mut Lifecycle, result: ActionOutcome) -> Effects {
+    life.start_action(100).expect("an action is due");
+    let effects = life.action_done(None, TENANT, Some(result), 1_000);
+    let checkpoint = effects.checkpoint.expect("a checkpoint");
+    life.committed(TENANT, checkpoint.outputs)
+}
+
+#[test]
+fn an_action_is_committed_before_its_outputs_are_released_and_its_timer_armed() {
+    let mut life = started();
+    life.start_action(100).expect("due");
+    let effects = life.action_done(None, TENANT, Some(outcome(wait(Some(500)), &["\"hi\""])), 1_000);
+    assert_eq!(life.phase(), Phase::Committing);
+    assert!(effects.publish.is_none() && effects.arm.is_none() && !effects.push, "nothing before the commit");
+    assert_eq!(life.visible(), &ready("start"), "readers see the last committed status meanwhile");
+    let checkpoint = effects.checkpoint.expect("checkpoint");
+    let effects = life.committed(TENANT, checkpoint.outputs);
+    assert_eq!(effects.arm, Some((1_500, 1)));
+    let (first, outputs, status) = effects.publish.expect("published");
+    assert_eq!((first, outputs), (0, vec!["\"hi\"".to_owned()]));
+    assert!(matches!(status, Status::Waiting { .. }));
+    assert_eq!(life.released(), 1);
+}
+
+#[test]
+fn a_timer_that_lost_to_an_event_is_ignored() {
+    let mut life = started();
+    let armed = run(&mut life, outcome(wait(Some(500)), &[])).arm.expect("armed");
+    assert!(life.accept_event(16, false).expect("accepted"), "it needs a pending-queue slot");
+    let (answer, effects) = life.event_appended(Appended::New(1), b"1".to_vec(), None);
+    assert_eq!(answer.expect("new"), Appended::New(1));
+    assert!(effects.push, "the waiting session takes the event at once");
+    assert!(!life.timer_fired(armed.1).push, "the stale timer does nothing");
+    assert_eq!(life.phase(), Phase::Queued);
+}
+
+#[test]
+fn an_event_that_lost_to_a_timer_waits_in_the_inbox() {
+    let mut life = started();
+    let armed = run(&mut life, outcome(wait(Some(500)), &[])).arm.expect("armed");
+    assert!(life.timer_fired(armed.1).push);
+    life.accept_event(16, false).expect("accepted while its timeout action is queued");
+    let (_, effects) = life.event_appended(Appended::New(1), b"1".to_vec(), None);
+    assert!(!effects.push, "it is busy: the event waits");
+    // The timeout action waits again: the inbox's event is taken then.
+    let effects = run(&mut life, outcome(wait(None), &[]));
+    assert!(effects.push, "the next wait takes the event from the inbox");
+}
+
+#[test]
+fn cancel_during_a_commit_ends_the_session_after_it() {
+    let mut life = started();
+    life.start_action(100).expect("due");
+    let effects = life.action_done(None, TENANT, Some(outcome(wait(None), &["\"x\""])), 1_000);
+    let checkpoint = effects.checkpoint.expect("checkpoint");
+    assert!(life.cancel(TENANT).expect("cancel accepted").checkpoint.is_none(), "busy: later");
+    assert!(life.cancel(TENANT).is_err(), "twice is refused");
+    let effects = life.committed(TENANT, checkpoint.outputs);
+    assert!(effects.publish.is_some(), "the committed outputs are still released");
+    let cancel = effects.checkpoint.expect("the cancellation is a checkpoint of its own");
+    assert_eq!(cancel.snapshot.status, Status::Cancelled);
+    let effects = life.committed(TENANT, cancel.outputs);
+    assert!(effects.finished);
+    assert_eq!(life.phase(), Phase::Finished);
+}
+
+#[test]
+fn cancel_of_an_idle_session_reports_its_inbox_as_not_applied() {
+    let mut life = started();
+    run(&mut life, outcome(Next::Goto("again".into()), &[]));
+    // Busy (queued): an event goes to the inbox.
+    life.accept_event(16, true).expect("accepted");
+    life.event_appended(Appended::New(3), b"late".to_vec(), Some("k3".into())).0.expect("new");
+    run(&mut life, outcome(Next::Wait(Wait { action: "w".into(), timeout_ms: None, on_timeout: None }), &[]));
+    // The wait took the inbox's event; a second one comes, then a cancel before it is taken.
+    life.start_action(100).expect("due");
+    life.accept_event(16, false).expect("accepted");
+    life.event_appended(Appended::New(4), b"never".to_vec(), Some("k4".into())).0.expect("new");
+    let effects = life.action_done(None, TENANT, Some(outcome(Next::Done(serde_json::Value::Null), &[])), 1);
+    let checkpoint = effects.checkpoint.expect("checkpoint");
+    assert_eq!(life.unapplied(), [Unapplied { seq: 4, key: Some("k4".into()) }]);
+    assert!(life.committed(TENANT, checkpoint.outputs).finished);
+}
+
+#[test]
+fn an_event_racing_the_end_is_reported_back_never_dropped() {
+    // Accepted while the last action runs; the action ends the session; then the append commits.
+    let mut life = started();
+    life.start_action(100).expect("due");
+    life.accept_event(16, false).expect("still open: accepted");
+    let effects = life.action_done(None, TENANT, Some(outcome(Next::Done(serde_json::Value::Null), &[])), 1);
+    let checkpoint = effects.checkpoint.expect("checkpoint");
+    let (answer, _) = life.event_appended(Appended::New(9), b"yes".to_vec(), Some("k".into()));
+    assert!(matches!(answer, Err(Error::NotApplied { .. })), "{answer:?}");
+    assert_eq!(life.unapplied(), [Unapplied { seq: 9, key: Some("k".into()) }]);
+    assert!(life.committed(TENANT, checkpoint.outputs).finished);
+    // After the end, an event is refused outright; a retry of a known key asks the store.
+    assert!(matches!(life.accept_event(16, false), Err(Error::SessionState { .. })));
+    assert!(!life.accept_event(16, true).expect("asks the store"));
+}
+
+#[test]
+fn a_failed_commit_stops_the_session_here_and_tells_its_watchers() {
+    let mut life = started();
+    life.start_action(100).expect("due");
+    let effects = life.action_done(None, TENANT, Some(outcome(wait(None), &["\"x\""])), 1);
+    assert!(effects.checkpoint.is_some());
+    let error = Error::ShuttingDown;
+    let effects = life.commit_failed(&error);
+    assert!(effects.finished, "counted as ended");
+    let (_, outputs, status) = effects.publish.expect("its watchers hear the end");
+    assert!(outputs.is_empty(), "nothing of the uncommitted action is released");
+    assert!(matches!(status, Status::Failed { ref failure } if failure.kind == FailureKind::Trap));
+    assert_eq!(life.phase(), Phase::Stopped);
+    assert!(life.accept_event(16, false).is_err());
+}
+
+#[test]
+fn a_full_inbox_refuses_events() {
+    let mut life = started();
+    life.accept_event(2, false).expect("one");
+    life.accept_event(2, false).expect("two");
+    assert!(matches!(life.accept_event(2, false), Err(Error::QueueFull(QueueFull::Inbox(2)))));
+    life.event_refused();
+    life.accept_event(2, false).expect("room again");
+}
+
+#[test]
+fn a_session_resumed_waiting_takes_its_inbox() {
+    let stored = StoredSession {
+        record: crate::store::SessionRecord {
+            id: SessionId(3),
+            tenant: TENANT.into(),
+            app: "bot".into(),
+            snapshot: session(Status::Waiting {
+                wait: Wait { action: "answer".into(), timeout_ms: None, on_timeout: None },
+                since_ms: 0,
+            }),
+            fence: 0,
+        },
+        inbox: vec![InboxEvent { seq: 5, event: b"hello".to_vec(), key: None }],
+        unapplied: Vec::new(),
+    };
+    let (mut life, effects) = Lifecycle::resumed(stored);
+    assert!(effects.push);
+    let due = life.start_action(100).expect("the event's action is due");
+    assert_eq!((due.action.as_str(), due.input.as_slice()), ("answer", b"hello".as_slice()));
+    let effects = life.action_done(None, TENANT, Some(outcome(Next::Done(serde_json::Value::Null), &[])), 1);
+    assert_eq!(effects.checkpoint.expect("checkpoint").consumed, Some(5), "the checkpoint consumes the event");
+}

@@ -1,0 +1,76 @@
+//! A host built on a store that already holds data resumes it: tenants, apps with their
+//! versions, tokens, and every session — ready ones queued again (those caught mid-action re-run
+//! from their last checkpoint), waiting ones given their inbox or their timer re-armed with what
+//! is left of it, finished ones kept for their readers. Sessions the store set aside (rows that
+//! did not decode) come back failed, saying why, and are logged and counted.
+
+use super::kernel::Kernel;
+use super::lifecycle::Lifecycle;
+use super::sessions::SessionEntry;
+use crate::app::App;
+use crate::error::Error;
+use crate::store::{Image, StoreError};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Rebuilds the host's state from what the store holds.
+pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
+    let mut loaded: HashMap<String, Arc<App>> = HashMap::new();
+    let mut module = |hash: &str| -> Result<Arc<App>, Error> {
+        if let Some(app) = loaded.get(hash) {
+            return Ok(app.clone());
+        }
+        let bytes = image.modules.get(hash).ok_or_else(|| StoreError::MissingModule(hash.to_owned()))?;
+        let app = core.runtime().deploy(bytes)?.app;
+        loaded.insert(hash.to_owned(), app.clone());
+        Ok(app)
+    };
+    let admin = core.tenants().admin();
+    for tenant in &image.tenants {
+        core.register_tenant(&admin, &tenant.name, tenant.config.clone());
+    }
+    // Versions in the order they were deployed, then the current ones (a redeploy of an older
+    // version makes it current again).
+    for app in image.app_versions.iter().chain(&image.apps) {
+        let Some(tenant) = core.tenants().get(&app.tenant) else { continue };
+        core.register_app(&admin, &tenant, &app.app, module(&app.version)?);
+    }
+    drop(admin);
+    for token in &image.tokens {
+        if let Some(tenant) = core.tenants().get(&token.tenant) {
+            core.tokens().insert(token.hash.clone(), token.id.clone(), tenant.name().clone());
+        }
+    }
+    for stored in image.sessions {
+        let record = &stored.record;
+        let id = record.id;
+        core.sessions().observe_id(id);
+        let Some(tenant) = core.tenants().get(&record.tenant) else { continue };
+        let Some(app) = tenant.app(&record.app) else { continue };
+        let open = !record.snapshot.status.is_finished();
+        let version = record.snapshot.app.clone();
+        let code = if open { Some(module(&version)?) } else { None };
+        let (life, effects) = Lifecycle::resumed(stored);
+        core.dispatcher().with(|s| {
+            let counters = s.counters_mut(tenant.ix());
+            counters.sessions_started += 1;
+            counters.sessions_finished += u64::from(!open);
+        });
+        if open {
+            tenant.resumed_open();
+        }
+        let entry = SessionEntry { tenant: tenant.clone(), app: app.name.clone(), app_ix: app.ix, version, code, life };
+        core.sessions().shard(id).insert(id, entry);
+        core.carry_out(&tenant, app.ix, id, effects);
+    }
+    for quarantined in &image.quarantined {
+        tracing::error!(
+            session = %quarantined.session,
+            tenant = %quarantined.tenant,
+            reason = %quarantined.reason,
+            "a stored session could not be read: it was set aside and ends failed"
+        );
+    }
+    core.count_quarantined(u64::try_from(image.quarantined.len()).unwrap_or(u64::MAX));
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Tenants: each one's policy (stored once here; the scheduler holds the same `Arc`, never a
+//! copy), its apps with their versions, its key-value reader and its count of open sessions.
+//!
+//! Read without taking a lock: the maps are copy-on-write and swapped atomically, so the API's
+//! async threads and the workers never contend on them. Changes (rare: an operator's call, a
+//! deploy) are serialised by one admin lock.
+
+use crate::abi::KvRead;
+use crate::app::App;
+use crate::limits::TenantConfig;
+use crate::scheduler::{AppIx, TenantIx};
+use crate::store::Store;
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// One tenant.
+pub(crate) struct Tenant {
+    name: Arc<str>,
+    ix: TenantIx,
+    policy: ArcSwap<TenantConfig>,
+    kv: Arc<dyn KvRead>,
+    apps: ArcSwap<BTreeMap<String, Arc<AppEntry>>>,
+    open_sessions: AtomicU64,
+}
+
+/// One named app of a tenant.
+pub(crate) struct AppEntry {
+    pub(crate) name: Arc<str>,
+    /// Its place in the scheduler.
+    pub(crate) ix: AppIx,
+    /// The version new sessions start on.
+    pub(crate) current: Arc<App>,
+    /// Every version it has had (module hashes), oldest first.
+    pub(crate) versions: Vec<String>,
+}
+
+/// A tenant's view of its key-value space in the store.
+struct TenantKv {
+    store: Arc<dyn Store>,
+    tenant: Arc<str>,
+}
+
+impl KvRead for TenantKv {
+    fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
+        // A store that cannot answer makes the key look absent to the action; the failure is the
+        // store's to report, on the commit that follows.
+        self.store.kv_get(&self.tenant, key).ok().flatten()
+    }
+}
+
+impl Tenant {
+    pub(crate) fn new(name: &str, ix: TenantIx, policy: Arc<TenantConfig>, store: &Arc<dyn Store>) -> Tenant {
+        let name: Arc<str> = name.into();
+        Tenant {
+            kv: Arc::new(TenantKv { store: store.clone(), tenant: name.clone() }),
+            name,
+            ix,
+            policy: ArcSwap::new(policy),
+            apps: ArcSwap::default(),
+            open_sessions: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub(crate) fn ix(&self) -> TenantIx {
+        self.ix
+    }
+
+    /// Its policy now.
+    pub(crate) fn policy(&self) -> Arc<TenantConfig> {
+        self.policy.load_full()
+    }
+
+    pub(crate) fn set_policy(&self, policy: Arc<TenantConfig>) {
+        self.policy.store(policy);
+    }
+
+    pub(crate) fn kv(&self) -> &Arc<dyn KvRead> {
+        &self.kv
+    }
+
+    /// Its apps, by name.
+    pub(crate) fn apps(&self) -> Arc<BTreeMap<String, Arc<AppEntry>>> {
+        self.apps.load_full()
+    }
+
+    pub(crate) fn app(&self, name: &str) -> Option<Arc<AppEntry>> {
+        self.apps.load().get(name).cloned()
+    }
+
+    /// Replaces (or adds) an app; callers hold the admin lock.
+    pub(crate) fn put_app(&self, _admin: &Admin<'_>, app: AppEntry) {
+        let mut apps = BTreeMap::clone(&self.apps.load());
+        apps.insert(app.name.to_string(), Arc::new(app));
+        self.apps.store(Arc::new(apps));
+    }
+
+    pub(crate) fn open_sessions(&self) -> u64 {
+        self.open_sessions.load(Ordering::Acquire)
+    }
+
+    /// Counts one more open session, unless it already has `max`.
+    pub(crate) fn open_session(&self, max: u64) -> bool {
+        self.open_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Counts a session resumed open from the store (not checked against the quota).
+    pub(crate) fn resumed_open(&self) {
+        self.open_sessions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One of its sessions ended (or was never created).
+    pub(crate) fn close_session(&self) {
+        let _ = self.open_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
+/// Proof that the admin lock is held.
+pub(crate) struct Admin<'a>(#[expect(dead_code, reason = "held for its lock, never read")] MutexGuard<'a, ()>);
+
+/// Every tenant, by name.
+#[derive(Default)]
+pub(crate) struct Tenants {
+    map: ArcSwap<HashMap<String, Arc<Tenant>>>,
+    admin: Mutex<()>,
+}
+
+impl Tenants {
+    /// Takes the admin lock: tenants, apps and policies change only under it.
+    pub(crate) fn admin(&self) -> Admin<'_> {
+        Admin(self.admin.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.map.load().get(name).cloned()
+    }
+
+    /// Every tenant, sorted by name.
+    pub(crate) fn all(&self) -> Vec<Arc<Tenant>> {
+        let mut all: Vec<Arc<Tenant>> = self.map.load().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub(crate) fn insert(&self, _admin: &Admin<'_>, tenant: Arc<Tenant>) {
+        let mut map = HashMap::clone(&self.map.load());
+        map.insert(tenant.name.to_string(), tenant);
+        self.map.store(Arc::new(map));
+    }
+
+    pub(crate) fn remove(&self, _admin: &Admin<'_>, name: &str) {
+        let mut map = HashMap::clone(&self.map.load());
+        map.remove(name);
+        self.map.store(Arc::new(map));
+    }
+}
