@@ -3,7 +3,6 @@
 //! (the API chooses its status by variant, never by the text).
 
 use crate::app::DeployError;
-use crate::scheduler::QueueFull;
 use crate::session::SessionId;
 use crate::snapshot::SnapshotError;
 use crate::store::StoreError;
@@ -198,5 +197,26 @@ impl Error {
             source = cause.source();
         }
         text
+    }
+}
+
+/// Why an action could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFull {
+    /// The app's pending queue is at its bound.
+    App(usize),
+    /// All pending queues together are at the host's bound.
+    Total(usize),
+    /// The session's inbox of events not yet taken is at its bound.
+    Inbox(usize),
+}
+
+impl std::fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueFull::App(limit) => write!(f, "the app already has {limit} actions pending"),
+            QueueFull::Total(limit) => write!(f, "the host already has {limit} actions pending"),
+            QueueFull::Inbox(limit) => write!(f, "the session already holds {limit} events it has not taken"),
+        }
     }
 }

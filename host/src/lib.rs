@@ -76,6 +76,7 @@ pub use abi::{CHARGES, Charge, KvRead, LogLevel, LogLine};
 pub use app::{App, DeployError, ERROR_ACTION, Extent, ImportInfo, ModuleInfo, module_hash};
 pub use engine::EngineConfig;
 pub use error::Error;
+pub use error::QueueFull;
 pub use failure::{Failure, FailureKind};
 pub use host::{AppInfo, AppVersion, Delivery, Host, HostConfig, Output, SessionEvent, SessionView, TenantInfo};
 pub use limits::{DeployLimits, Limits, TenantConfig};
@@ -83,7 +84,6 @@ pub use local::{LocalSession, MemoryKv, Step};
 pub use metrics::{Histogram, MetricsSnapshot, TenantMetrics};
 pub use runtime::{CompileSource, CompileStats, Deployment, Runtime, RuntimeConfig};
 pub use sandbox::{ActionOutcome, Effects, Usage};
-pub use scheduler::QueueFull;
 pub use session::{Counters, MAX_RESULT_DEPTH, MAX_WAIT_MS, Next, Released, Session, SessionId, Status, Wait};
 pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Snapshot, SnapshotError, export_session, import_session};
 pub use store::{

@@ -32,6 +32,7 @@
 //!   weight 1:1 between two saturating tenants on a two-worker pool.
 
 use self::bucket::TokenBucket;
+use crate::error::QueueFull;
 use crate::limits::TenantConfig;
 use crate::metrics::TenantCounters;
 use crate::sandbox::Usage;
@@ -41,9 +42,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Index of a tenant, and of an app (all versions of one named app of one tenant), here.
+/// Index of a tenant in the scheduler.
 pub(crate) type TenantIx = usize;
-#[doc(hidden)]
+/// Index of an app (all versions of one named app of one tenant) in the scheduler.
 pub(crate) type AppIx = usize;
 
 /// Weights are scaled by this in a pass, so that integer division keeps their ratios.
@@ -120,27 +121,6 @@ pub(crate) enum Pick<T> {
     WaitUntil(Instant),
     /// Nothing runnable until something is enqueued or completes.
     Idle,
-}
-
-/// Why an action could not be queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueFull {
-    /// The app's pending queue is at its bound.
-    App(usize),
-    /// All pending queues together are at the host's bound.
-    Total(usize),
-    /// The session's inbox of events not yet taken is at its bound.
-    Inbox(usize),
-}
-
-impl std::fmt::Display for QueueFull {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            QueueFull::App(limit) => write!(f, "the app already has {limit} actions pending"),
-            QueueFull::Total(limit) => write!(f, "the host already has {limit} actions pending"),
-            QueueFull::Inbox(limit) => write!(f, "the session already holds {limit} events it has not taken"),
-        }
-    }
 }
 
 /// How a scheduler is bounded.

@@ -3,9 +3,10 @@
 //! that may run); nothing runs, allocates a sandbox, touches the store or sends on a channel
 //! while it is held.
 
+use crate::error::QueueFull;
 use crate::sandbox::{ActionTask, Usage};
 use crate::scheduler::AppIx;
-use crate::scheduler::{Bounds, Dispatch, Pick, QueueFull, Scheduler};
+use crate::scheduler::{Bounds, Dispatch, Pick, Scheduler};
 use crate::session::SessionId;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};

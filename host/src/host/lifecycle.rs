@@ -11,9 +11,9 @@
 //! has landed, so an output is never seen before the state that produced it is durable.
 
 use crate::error::Error;
+use crate::error::QueueFull;
 use crate::failure::{Failure, FailureKind};
 use crate::sandbox::ActionOutcome;
-use crate::scheduler::QueueFull;
 use crate::session::{Session, SessionId, Status};
 use crate::store::{Appended, Checkpoint, InboxEvent, StoredSession, Unapplied};
 use std::collections::VecDeque;
