@@ -7,15 +7,63 @@
 //! out, and goes on while writes keep arriving. A worker that completed an action queues its
 //! checkpoint and goes straight back to running actions if someone else leads; a caller that
 //! needs its write durable before it answers (a new session, an event: acknowledged only once
-//! committed) waits for its ticket, leading commits itself when no one else does. A leader whose
-//! own write is done hands over to such a waiter rather than keep the caller it serves waiting.
+//! committed) waits for its ticket. A leader hands over to a waiting caller as soon as it may (a
+//! worker at once, a caller once its own write is done), waking that one caller only: every
+//! waiter sleeps on its own ticket, so a group commit wakes the callers it answered and no more.
 //!
 //! A dedicated writer thread would add a thread hop to every action; on a loaded machine that hop
 //! is a scheduling delay, during which the session is not ready to run.
 
 use crate::error::Error;
 use crate::store::{Store, StoreError, Write, Written};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+/// Where a caller waiting for its write learns the outcome (or that it is to lead).
+#[derive(Default)]
+pub(crate) struct Ticket {
+    state: Mutex<TicketState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+enum TicketState {
+    #[default]
+    Waiting,
+    /// The previous leader handed over: this caller leads the next group.
+    Lead,
+    Done(Result<Written, Error>),
+    /// The caller has its answer and is gone.
+    Taken,
+}
+
+impl Ticket {
+    fn lock(&self) -> MutexGuard<'_, TicketState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers the caller.
+    pub(crate) fn settle(&self, outcome: Result<Written, Error>) {
+        *self.lock() = TicketState::Done(outcome);
+        self.changed.notify_one();
+    }
+
+    fn is_settled(&self) -> bool {
+        matches!(*self.lock(), TicketState::Done(_) | TicketState::Taken)
+    }
+
+    /// Asks this caller to lead, unless it has its answer already; true if it will.
+    fn hand_over(&self) -> bool {
+        let mut state = self.lock();
+        if matches!(*state, TicketState::Waiting) {
+            *state = TicketState::Lead;
+            self.changed.notify_one();
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// A write waiting for its commit, and the ticket of the caller waiting for it (if any).
 struct Queued {
@@ -23,41 +71,18 @@ struct Queued {
     ticket: Option<Arc<Ticket>>,
 }
 
-/// Where a caller waiting for its write finds the answer.
-#[derive(Default)]
-pub(crate) struct Ticket {
-    outcome: Mutex<Option<Result<Written, Error>>>,
-}
-
-impl Ticket {
-    /// Answers the caller.
-    pub(crate) fn settle(&self, outcome: Result<Written, Error>) {
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
-    }
-
-    fn take(&self) -> Option<Result<Written, Error>> {
-        self.outcome.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-
-    fn is_settled(&self) -> bool {
-        self.outcome.lock().unwrap_or_else(PoisonError::into_inner).is_some()
-    }
-}
-
 #[derive(Default)]
 struct State {
     queue: Vec<Queued>,
     committing: bool,
-    /// Callers waiting for a ticket (they can lead).
-    waiting: usize,
+    /// Callers asleep on their tickets, oldest first (they can lead).
+    waiters: VecDeque<Arc<Ticket>>,
 }
 
 /// The writes waiting for the next group commit.
 #[derive(Default)]
 pub(crate) struct CommitQueue {
     state: Mutex<State>,
-    /// Signalled after every group (tickets settled, leadership free).
-    done: Condvar,
 }
 
 /// What carries out a committed group's results: every write's effects, every ticket settled.
@@ -81,33 +106,52 @@ impl CommitQueue {
 
     /// Commits what is queued unless another thread already is (a worker after its action).
     pub(crate) fn drive(&self, store: &dyn Store, apply: Apply<'_>) {
-        drop(self.lead(self.lock(), store, apply, None));
-    }
-
-    /// Waits until `ticket` is settled, leading commits meanwhile whenever no one else does.
-    pub(crate) fn wait(&self, ticket: &Ticket, store: &dyn Store, apply: Apply<'_>) -> Result<Written, Error> {
-        let mut state = self.lock();
-        loop {
-            state = self.lead(state, store, apply, Some(ticket));
-            if let Some(outcome) = ticket.take() {
-                return outcome;
-            }
-            state.waiting += 1;
-            state = self.done.wait(state).unwrap_or_else(PoisonError::into_inner);
-            state.waiting -= 1;
+        let state = self.lock();
+        if !state.committing {
+            self.lead(state, store, apply, None);
         }
     }
 
-    /// Leads commits while writes are queued and no one else commits; a leader serving a caller
-    /// whose write is done hands over to a waiting caller.
+    /// Waits until `ticket` is settled, leading commits whenever no one else does.
+    pub(crate) fn wait(&self, ticket: &Arc<Ticket>, store: &dyn Store, apply: Apply<'_>) -> Result<Written, Error> {
+        loop {
+            let state = self.lock();
+            if !state.committing && !state.queue.is_empty() {
+                self.lead(state, store, apply, Some(ticket));
+            } else {
+                let mut state = state;
+                state.waiters.push_back(ticket.clone());
+                drop(state);
+                let mut mine = ticket.lock();
+                while matches!(*mine, TicketState::Waiting) {
+                    mine = ticket.changed.wait(mine).unwrap_or_else(PoisonError::into_inner);
+                }
+                if let TicketState::Lead = *mine {
+                    *mine = TicketState::Waiting;
+                    drop(mine);
+                    let state = self.lock();
+                    self.lead(state, store, apply, Some(ticket));
+                }
+            }
+            let mut mine = ticket.lock();
+            if let TicketState::Done(_) = *mine
+                && let TicketState::Done(outcome) = std::mem::replace(&mut *mine, TicketState::Taken)
+            {
+                return outcome;
+            }
+        }
+    }
+
+    /// Leads commits while writes are queued; hands over to a waiting caller as soon as the
+    /// leader's own write (if any) is done.
     fn lead<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
         store: &dyn Store,
         apply: Apply<'_>,
         mine: Option<&Ticket>,
-    ) -> MutexGuard<'a, State> {
-        while !state.committing && !state.queue.is_empty() {
+    ) {
+        while !state.queue.is_empty() {
             state.committing = true;
             let group = std::mem::take(&mut state.queue);
             drop(state);
@@ -116,12 +160,16 @@ impl CommitQueue {
             let result = store.commit(&writes);
             apply(writes, tickets, result);
             state = self.lock();
-            state.committing = false;
-            self.done.notify_all();
-            if mine.is_some_and(Ticket::is_settled) && state.waiting > 0 {
-                break;
+            if !state.queue.is_empty() && mine.is_none_or(Ticket::is_settled) {
+                while let Some(waiter) = state.waiters.pop_front() {
+                    if waiter.hand_over() {
+                        // The new leader finds `committing` set and takes it from here.
+                        return;
+                    }
+                }
             }
         }
-        state
+        state.committing = false;
+        state.waiters.retain(|w| !w.is_settled());
     }
 }

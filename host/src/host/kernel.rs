@@ -143,15 +143,16 @@ impl Kernel {
                 Instant::now().checked_add(after).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
             self.timers.arm(at, Due::Wait { session: id, seq });
         }
+        // Counted before it is told, so whoever sees the end also sees it counted.
+        if effects.finished {
+            tenant.close_session();
+            self.dispatcher.with(|s| s.counters_mut(tenant.ix()).sessions_finished += 1);
+        }
         if let Some((first_output, outputs, status)) = effects.publish
             && self.bus.wants(id)
         {
             let event = SessionEvent { session: id, tenant: tenant.name().to_string(), status, outputs, first_output };
             self.bus.publish(event);
-        }
-        if effects.finished {
-            tenant.close_session();
-            self.dispatcher.with(|s| s.counters_mut(tenant.ix()).sessions_finished += 1);
         }
     }
 
@@ -180,7 +181,7 @@ impl Kernel {
     }
 
     /// Waits for a write's commit (leading commits meanwhile if need be).
-    fn wait_for(&self, ticket: &Ticket) -> Result<Written, Error> {
+    fn wait_for(&self, ticket: &Arc<Ticket>) -> Result<Written, Error> {
         self.commits
             .wait(ticket, self.store.as_ref(), &|writes, tickets, result| self.committed(writes, tickets, result))
     }
@@ -301,18 +302,34 @@ impl Kernel {
         event: Vec<u8>,
         key: Option<String>,
     ) -> Result<Delivery, Error> {
+        let ticket = self.submit_event(tenant, id, event, key)?;
+        self.delivery(id, &ticket)
+    }
+
+    /// Queues an event's append (checked against the session first); its ticket is answered once
+    /// the append is committed ([`Kernel::delivery`]).
+    pub(crate) fn submit_event(
+        &self,
+        tenant: &str,
+        id: SessionId,
+        event: Vec<u8>,
+        key: Option<String>,
+    ) -> Result<Arc<Ticket>, Error> {
         let ticket = Arc::new(Ticket::default());
-        {
-            let mut shard = self.sessions.shard(id);
-            let entry = Self::own(&mut shard, tenant, id)?;
-            let needs_slot = entry.life.accept_event(self.max_inbox, key.is_some())?;
-            if needs_slot && let Err(full) = self.dispatcher.has_room(entry.app_ix) {
-                entry.life.event_refused();
-                return Err(Error::QueueFull(full));
-            }
-            self.commits.enqueue(Write::Append { session: id, event, key }, Some(ticket.clone()));
+        let mut shard = self.sessions.shard(id);
+        let entry = Self::own(&mut shard, tenant, id)?;
+        let needs_slot = entry.life.accept_event(self.max_inbox, key.is_some())?;
+        if needs_slot && let Err(full) = self.dispatcher.has_room(entry.app_ix) {
+            entry.life.event_refused();
+            return Err(Error::QueueFull(full));
         }
-        match self.wait_for(&ticket)? {
+        self.commits.enqueue(Write::Append { session: id, event, key }, Some(ticket.clone()));
+        Ok(ticket)
+    }
+
+    /// Waits for a submitted event's append to commit: what delivering it did.
+    pub(crate) fn delivery(&self, id: SessionId, ticket: &Arc<Ticket>) -> Result<Delivery, Error> {
+        match self.wait_for(ticket)? {
             Written::Appended(Appended::New(_)) => Ok(Delivery::Accepted),
             Written::Appended(Appended::Duplicate) => Ok(Delivery::Duplicate),
             Written::Appended(Appended::NotApplied) => Err(Error::NotApplied { session: id }),

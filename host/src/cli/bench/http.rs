@@ -30,7 +30,7 @@ pub(crate) fn bench_http(seconds: f64) -> Result<std::process::ExitCode> {
           (call $input_read (i32.const 100)) (call $emit (i32.const 100) (call $input_len))
           (call $next (i32.const 0) (i32.const 26)) i32.const 0))"#;
     host.deploy("load", "echo", &wat::parse_str(echo)?)?;
-    const SESSIONS: usize = 64;
+    const SESSIONS: usize = 256;
     let sessions: Vec<u64> = (0..SESSIONS)
         .map(|_| host.start_session("load", "echo", "start", Vec::new()).map(|id| id.0))
         .collect::<Result<_, _>>()?;
@@ -39,13 +39,12 @@ pub(crate) fn bench_http(seconds: f64) -> Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let port = listener.local_addr()?.port();
-    let app = turnstile::api::router(turnstile::api::Api::new(host.clone(), admin));
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    runtime.spawn(async move { axum::serve(listener, app).await });
+    let api = turnstile::api::Api::new(host.clone(), admin);
+    let (closing, app) = (api.closing(), turnstile::api::router(api));
+    let limits = turnstile::api::HttpLimits::default();
+    runtime.spawn(async move { turnstile::api::serve(listener, app, &limits, closing, std::future::pending()).await });
 
-    let clients = workers;
+    let clients = 32;
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|c| {
