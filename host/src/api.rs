@@ -9,9 +9,11 @@
 
 mod error;
 mod openapi;
+mod server;
 
 pub use error::ApiError;
 pub use openapi::{Auth, ROUTES, openapi_document};
+pub use server::{HttpLimits, serve};
 
 use crate::error::Error;
 use crate::host::{Delivery, Host, SessionEvent, SessionView, TenantInfo};
@@ -31,14 +33,20 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::error::Error as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, watch};
 
 /// Bodies of JSON routes are at most this big.
 const JSON_LIMIT: usize = 64 << 10;
 /// Uploaded modules are at most this big (the deploy limit then applies).
 const MODULE_LIMIT: usize = 32 << 20;
+/// Longer request targets are refused (`uri_too_long`).
+const URI_LIMIT: usize = 8 << 10;
+/// Idempotency keys are at most this long, in visible ASCII.
+const KEY_LIMIT: usize = 128;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -47,6 +55,10 @@ pub struct Api {
     admin_token: Arc<str>,
     ready: Arc<AtomicBool>,
     default_tenant: Arc<TenantConfig>,
+    /// Set when the server shuts down: output streams end (clients resume after the restart).
+    closing: Arc<watch::Sender<bool>>,
+    uploads: Arc<Semaphore>,
+    body_timeout: Duration,
 }
 
 impl Api {
@@ -57,7 +69,22 @@ impl Api {
             admin_token: admin_token.into(),
             ready: Arc::new(AtomicBool::new(true)),
             default_tenant: Arc::new(TenantConfig::default()),
+            closing: Arc::new(watch::Sender::new(false)),
+            uploads: Arc::new(Semaphore::new(HttpLimits::default().max_uploads)),
+            body_timeout: Duration::from_secs(HttpLimits::default().body_timeout_secs),
         }
+    }
+
+    /// Applies the server's limits on uploads and body reads.
+    pub fn with_limits(mut self, limits: &HttpLimits) -> Api {
+        self.uploads = Arc::new(Semaphore::new(limits.max_uploads.max(1)));
+        self.body_timeout = Duration::from_secs(limits.body_timeout_secs.max(1));
+        self
+    }
+
+    /// What tells the API's output streams that the server is shutting down.
+    pub fn closing(&self) -> Arc<watch::Sender<bool>> {
+        self.closing.clone()
     }
 
     /// The quota of tenants created without one.
@@ -97,8 +124,65 @@ pub fn router(api: Api) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(|| async { Json(openapi_document()) }))
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+        .layer(middleware::from_fn_with_state(api.clone(), read_body))
         .layer(middleware::from_fn(request_id))
         .with_state(api)
+}
+
+/// Reads a request's whole body before it is routed, within the route's size limit and the body
+/// timeout (a body that never arrives does not hold its connection), uploads a few at a time
+/// (each may be 32 MiB); refuses a request target over 8 KiB.
+async fn read_body(State(api): State<Api>, request: Request, next: Next) -> Result<Response, ApiError> {
+    if request.uri().to_string().len() > URI_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("request targets are at most {URI_LIMIT} bytes"),
+        ));
+    }
+    let upload = request.method() == axum::http::Method::PUT;
+    let limit = if upload { MODULE_LIMIT } else { JSON_LIMIT };
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("this route takes at most {limit} bytes"),
+        )
+    };
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let _turn = if upload {
+        Some(api.uploads.clone().acquire_owned().await.map_err(|_| ApiError::from(Error::ShuttingDown))?)
+    } else {
+        None
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(api.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) if error.source().is_some_and(|e| e.is::<http_body_util::LengthLimitError>()) => {
+            return Err(too_large());
+        }
+        Ok(Err(error)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body could not be read: {error}"),
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within {} s", api.body_timeout.as_secs()),
+            ));
+        }
+    };
+    Ok(next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await)
 }
 
 /// Gives each request an id (the caller's `x-request-id`, or a new one), logs it with the
@@ -399,11 +483,24 @@ async fn deliver(
         "send the event as text/plain, application/json or application/octet-stream",
     )?;
     let event = body?.to_vec();
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let host = api.host.clone();
-    let delivery = blocking(move || host.deliver(&tenant, id, event, key.as_deref())).await?;
+    let key = idempotency_key(&headers)?;
+    let delivery = api.host.deliver_async(&tenant, id, event, key.as_deref()).await?;
     let body = json!({ "delivery": if delivery == Delivery::Accepted { "accepted" } else { "duplicate" } });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// The `Idempotency-Key` header: 1 to 128 characters of visible ASCII, or absent.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > KEY_LIMIT || !bytes.iter().all(u8::is_ascii_graphic) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_idempotency_key",
+            format!("an Idempotency-Key is 1 to {KEY_LIMIT} characters of visible ASCII (no spaces)"),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// Outputs read from the store per page of an output stream.
@@ -425,6 +522,7 @@ async fn outputs(
     let watched = tenant.clone();
     let (view, events) = blocking(move || host.watch_session(&watched, id)).await?;
     let feed = OutputFeed {
+        closing: api.closing.subscribe(),
         host: api.host.clone(),
         tenant,
         session: id,
@@ -455,7 +553,11 @@ async fn outputs(
                 feed.queue.push_back(Event::default().event("end").data(end.to_string()));
                 continue;
             }
-            let event = feed.events.recv().await?;
+            // At shutdown the stream ends without `end`: the client resumes after the restart.
+            let event = tokio::select! {
+                event = feed.events.recv() => event?,
+                _ = feed.closing.wait_for(|closing| *closing) => return None,
+            };
             feed.push(&event.outputs, event.first_output);
             if event.status.is_finished() {
                 feed.end = Some(event.status);
@@ -467,6 +569,7 @@ async fn outputs(
 
 /// What an output stream has yet to send.
 struct OutputFeed {
+    closing: watch::Receiver<bool>,
     host: Arc<Host>,
     tenant: String,
     session: SessionId,

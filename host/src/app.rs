@@ -117,6 +117,14 @@ pub enum DeployError {
     /// wasmtime refused to compile or link it.
     #[error("compiling failed: {0}")]
     Compile(String),
+    /// Compiling it took longer than the host allows (these bytes are refused from now on).
+    #[error(
+        "compiling took longer than {seconds} s, the host's limit: make its largest functions smaller (fewer locals live across fewer branches)"
+    )]
+    CompileTimeout {
+        /// The limit.
+        seconds: u64,
+    },
 }
 
 impl DeployError {
@@ -136,6 +144,7 @@ impl DeployError {
             DeployError::MemoryTooLarge { .. } => "memory_too_large",
             DeployError::TableTooLarge { .. } => "table_too_large",
             DeployError::Compile(_) => "compile_failed",
+            DeployError::CompileTimeout { .. } => "compile_timeout",
         }
     }
 }
@@ -240,6 +249,8 @@ pub fn inspect(bytes: &[u8], limits: &DeployLimits) -> Result<ModuleInfo, Deploy
     let mut memory = None;
     let mut table = None;
     let mut functions = 0;
+    let mut code_bytes = 0u64;
+    let mut compile_cost_total = 0u64;
     let mut types = None;
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(invalid)?;
@@ -263,6 +274,20 @@ pub fn inspect(bytes: &[u8], limits: &DeployLimits) -> Result<ModuleInfo, Deploy
                     locals += u64::from(local.map_err(invalid)?.0);
                 }
                 too_complex("locals in one function", locals, u64::from(limits.max_locals))?;
+                code_bytes += size;
+                too_complex("bytes of code", code_bytes, u64::try_from(limits.max_code_bytes).unwrap_or(u64::MAX))?;
+                let cost = compile_cost(body, locals).map_err(invalid)?;
+                too_complex(
+                    "units of compile cost (locals × branches) in one function",
+                    cost,
+                    limits.max_function_cost,
+                )?;
+                compile_cost_total = compile_cost_total.saturating_add(cost);
+                too_complex(
+                    "units of compile cost (locals × branches) in all",
+                    compile_cost_total,
+                    limits.max_module_cost,
+                )?;
             }
             Payload::ImportSection(section) => {
                 for import in section.clone().into_imports() {
@@ -381,6 +406,32 @@ pub fn inspect(bytes: &[u8], limits: &DeployLimits) -> Result<ModuleInfo, Deploy
     })
 }
 
+/// An upper bound on how hard a function is to compile: its locals times the places where control
+/// can branch. Register allocation tracks every live value across every block, so a function with
+/// thousands of locals live across thousands of branches takes time quadratic in its size (4 000
+/// locals updated under 4 000 `if`s — 72 KB — took 12 s here); capping this product keeps compile
+/// time linear in the bytes.
+fn compile_cost(body: &wasmparser::FunctionBody<'_>, locals: u64) -> Result<u64, wasmparser::BinaryReaderError> {
+    use wasmparser::Operator;
+    let mut branches = 1u64;
+    let mut operators = body.get_operators_reader()?;
+    while !operators.eof() {
+        match operators.read()? {
+            Operator::Block { .. }
+            | Operator::Loop { .. }
+            | Operator::If { .. }
+            | Operator::Else
+            | Operator::Br { .. }
+            | Operator::BrIf { .. }
+            | Operator::BrTable { .. }
+            | Operator::BrOnNull { .. }
+            | Operator::BrOnNonNull { .. } => branches += 1,
+            _ => {}
+        }
+    }
+    Ok(branches.saturating_mul(locals.max(1)))
+}
+
 /// A deployed app version: validated, compiled, ready to instantiate (linked both for
 /// synchronous runs and for preemptible tasks).
 pub struct App {
@@ -407,7 +458,7 @@ impl App {
         linkers: [&Linker<ActionCtx>; 2],
         bytes: &[u8],
         info: ModuleInfo,
-    ) -> Result<App, Error> {
+    ) -> Result<App, DeployError> {
         let compile_failed = |e: wasmtime::Error| DeployError::Compile(e.to_string());
         let module = Module::new(engine, bytes).map_err(compile_failed)?;
         let pre_sync = linkers[0].instantiate_pre(&module).map_err(compile_failed)?;

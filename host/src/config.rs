@@ -37,6 +37,9 @@ pub struct ServeConfig {
     /// Tenants created at start if they don't exist yet.
     #[serde(default)]
     pub tenants: Vec<SeedTenant>,
+    /// Connection, timeout and upload limits of the HTTP server.
+    #[serde(default)]
+    pub http: crate::api::HttpLimits,
 }
 
 /// The pool's size and the memory ceiling of one instance.

@@ -148,6 +148,8 @@ impl Engine {
             .consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
+            // One thread per compile: the runtime bounds how many run at once.
+            .parallel_compilation(false)
             .wasm_backtrace_max_frames(None)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .cache(cache.clone());
@@ -192,9 +194,9 @@ impl Engine {
         &self.preempt
     }
 
-    /// Compiles seen by the on-disk cache so far: `(hits, misses)`. A miss is a real compile.
-    pub(crate) fn cache_counts(&self) -> Option<(usize, usize)> {
-        self.cache.as_ref().map(|c| (c.cache_hits(), c.cache_misses()))
+    /// The on-disk compile cache, if there is one (its counters tell hits from real compiles).
+    pub(crate) fn cache(&self) -> Option<Cache> {
+        self.cache.clone()
     }
 }
 

@@ -93,6 +93,16 @@ pub enum Error {
         /// How many it has (the limit).
         count: u64,
     },
+    /// The tenant deployed as many modules in the last minute as it may.
+    #[error("tenant `{tenant}` may deploy {per_minute} modules a minute: try again in {retry_after_secs} s")]
+    DeployRate {
+        /// The tenant.
+        tenant: String,
+        /// Its limit (`deploys_per_minute`).
+        per_minute: u32,
+        /// Seconds until it may deploy again.
+        retry_after_secs: u64,
+    },
     /// A pending queue or inbox is full: try again later. Nothing was queued.
     #[error("queue full: {0}; nothing was queued, try again later")]
     QueueFull(QueueFull),
@@ -173,6 +183,7 @@ impl Error {
             Error::Quota { .. } => "quota_exceeded",
             Error::Suspended { .. } => "tenant_suspended",
             Error::QueueFull(_) => "queue_full",
+            Error::DeployRate { .. } => "deploy_rate",
             Error::InvalidConfig { .. } => "invalid_config",
             Error::Store(_) => "store",
             Error::Snapshot(_) => "bad_snapshot",

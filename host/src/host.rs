@@ -36,6 +36,7 @@
 mod bus;
 mod commit;
 mod dispatch;
+mod ingest;
 mod kernel;
 mod lifecycle;
 mod pool;
@@ -54,11 +55,12 @@ use self::kernel::Kernel;
 use crate::error::Error;
 use crate::limits::TenantConfig;
 use crate::metrics::{MetricsSnapshot, TenantMetrics};
-use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime::{CompileSource, Runtime, RuntimeConfig};
 use crate::scheduler::Bounds;
 use crate::session::{SessionId, Status};
 use crate::store::{AppRecord, MemoryStore, Store, TenantRecord, TokenRecord};
-use std::sync::{Arc, mpsc};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -98,6 +100,7 @@ impl Default for HostConfig {
 /// and commits everything queued.
 pub struct Host {
     core: Arc<Kernel>,
+    ingest: Mutex<Option<mpsc::Sender<ingest::Request>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -152,7 +155,9 @@ impl Host {
         }
         let firing = core.clone();
         threads.push(core.timers().spawn(move |due| firing.fire(due))?);
-        Ok(Host { core, threads })
+        let (ingest, thread) = ingest::spawn(core.clone())?;
+        threads.push(thread);
+        Ok(Host { core, ingest: Mutex::new(Some(ingest)), threads })
     }
 
     /// The runtime (engine, deployed modules) this host runs on.
@@ -261,7 +266,12 @@ impl Host {
     pub fn deploy(&self, tenant: &str, app: &str, bytes: &[u8]) -> Result<AppVersion, Error> {
         check_name("app", app)?;
         let owner = self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
-        check_app_quota(&owner, app, &crate::app::module_hash(bytes))?;
+        let hash = crate::app::module_hash(bytes);
+        check_app_quota(&owner, app, &hash)?;
+        let _turn = owner.deploy_turn()?;
+        // Whether these bytes were compiled before is the tenant's to know only if it deployed
+        // them itself: another tenant's modules are none of its business.
+        let seen_before = owner.has_version(&hash);
         // Compiling happens before the admin lock: other tenants' deploys go on meanwhile.
         let deployment = self.runtime().deploy(bytes)?;
         let version = deployment.app;
@@ -274,7 +284,7 @@ impl Host {
             app: app.to_owned(),
             version: version.hash().to_owned(),
             actions: version.info().actions.clone(),
-            source: deployment.source,
+            source: if seen_before { CompileSource::AlreadyDeployed } else { CompileSource::Compiled },
         })
     }
 
@@ -298,6 +308,40 @@ impl Host {
         event: Vec<u8>,
         idempotency_key: Option<&str>,
     ) -> Result<Delivery, Error> {
+        self.check_event(tenant, session, &event)?;
+        self.core.deliver(tenant, session, event, idempotency_key.map(str::to_owned))
+    }
+
+    /// [`Host::deliver`] for async callers: the event is checked and handed to the ingest thread
+    /// without blocking the caller's thread; the future resolves once it is durable (events that
+    /// arrive together are committed together).
+    pub fn deliver_async(
+        &self,
+        tenant: &str,
+        session: SessionId,
+        event: Vec<u8>,
+        idempotency_key: Option<&str>,
+    ) -> impl Future<Output = Result<Delivery, Error>> + Send + 'static {
+        let checked = self.check_event(tenant, session, &event).and_then(|()| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let request = ingest::Request {
+                tenant: tenant.to_owned(),
+                session,
+                event,
+                key: idempotency_key.map(str::to_owned),
+                reply,
+            };
+            let sender = self.ingest.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            match sender.map(|s| s.send(request)) {
+                Some(Ok(())) => Ok(answer),
+                _ => Err(Error::ShuttingDown),
+            }
+        });
+        async move { checked?.await.unwrap_or(Err(Error::ShuttingDown)) }
+    }
+
+    /// What is checked of an event before it goes anywhere: its tenant, suspension and size.
+    fn check_event(&self, tenant: &str, session: SessionId, event: &[u8]) -> Result<(), Error> {
         let owner = self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("session", session))?;
         let policy = owner.policy();
         if policy.suspended {
@@ -306,7 +350,7 @@ impl Host {
         if event.len() > policy.limits.max_input_bytes {
             return Err(Error::EventTooLarge { size: event.len(), limit: policy.limits.max_input_bytes });
         }
-        self.core.deliver(tenant, session, event, idempotency_key.map(str::to_owned))
+        Ok(())
     }
 
     /// Cancels a session of `tenant`: it ends `cancelled` (an action already running completes
@@ -434,6 +478,8 @@ fn tenant_info(tenant: &tenants::Tenant) -> TenantInfo {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // The ingest thread answers what it has taken and ends.
+        drop(self.ingest.lock().unwrap_or_else(PoisonError::into_inner).take());
         self.core.dispatcher().stop();
         self.core.timers().stop();
         self.core.bus().close_watchers();

@@ -32,6 +32,8 @@ pub struct TenantConfig {
     pub max_apps: u32,
     /// Versions one of its apps may have.
     pub max_versions: u32,
+    /// Modules it may deploy a minute (its deploys also run one at a time).
+    pub deploys_per_minute: u32,
     /// What each of its actions may use.
     pub limits: Limits,
     /// A suspended tenant's sessions and events are refused and its queued actions wait.
@@ -49,6 +51,7 @@ impl Default for TenantConfig {
             max_sessions: 100_000,
             max_apps: 100,
             max_versions: 100,
+            deploys_per_minute: 30,
             limits: Limits::default(),
             suspended: false,
         }
@@ -80,6 +83,7 @@ impl TenantConfig {
         within("max_sessions", self.max_sessions, 1..=100_000_000)?;
         within("max_apps", self.max_apps, 1..=10_000)?;
         within("max_versions", self.max_versions, 1..=10_000)?;
+        within("deploys_per_minute", self.deploys_per_minute, 1..=10_000)?;
         self.limits.validate(pool_memory_bytes)
     }
 }
@@ -153,8 +157,9 @@ impl Default for Limits {
     }
 }
 
-/// Caps checked on a module's bytes before it is compiled, so compiling can't be made a denial of
-/// service, and so no instance can ask for more than the pool has.
+/// Caps checked on a module's bytes before it is compiled, and the bounds its compile runs under,
+/// so compiling can't be made a denial of service, and so no instance can ask for more than the
+/// pool has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeployLimits {
     /// Bytes of the module.
@@ -165,6 +170,16 @@ pub struct DeployLimits {
     pub max_function_body_bytes: usize,
     /// Locals of one function.
     pub max_locals: u32,
+    /// Bytes of all function bodies together.
+    pub max_code_bytes: usize,
+    /// Compile cost of one function: its locals times its branch points (see the README).
+    pub max_function_cost: u64,
+    /// Compile cost of all functions together.
+    pub max_module_cost: u64,
+    /// Compiles at once (each on one thread); a tenant compiles one module at a time.
+    pub compile_slots: usize,
+    /// How long one compile may take before its module is refused `compile_timeout`.
+    pub compile_timeout: Duration,
     /// Data segments.
     pub max_data_segments: u32,
     /// The largest memory (declared maximum, or minimum when there is no maximum), in bytes.
@@ -180,6 +195,11 @@ impl Default for DeployLimits {
             max_functions: 50_000,
             max_function_body_bytes: 1 << 20,
             max_locals: 50_000,
+            max_code_bytes: 8 << 20,
+            max_function_cost: 2_000_000,
+            max_module_cost: 10_000_000,
+            compile_slots: 2,
+            compile_timeout: Duration::from_secs(10),
             max_data_segments: 10_000,
             max_memory_bytes: 256 << 20,
             max_table_elements: 100_000,

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use wasmtime::Linker;
 
+mod compiler;
+
 /// How a runtime is set up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -67,8 +69,8 @@ pub struct Runtime {
     /// Apps deployed here, by hash, while anything (an app's version, a session) still holds
     /// them: a module no one uses any more is dropped, compiled code and all.
     apps: Mutex<HashMap<String, Weak<App>>>,
-    /// Serialises compiles, so the cache counters tell which deploy hit the cache.
-    compiling: Mutex<()>,
+    /// Runs compiles: bounded in number and time, one per module hash.
+    compiler: Arc<compiler::Compiler>,
     compiled: AtomicU64,
     disk_cache: AtomicU64,
     already_deployed: AtomicU64,
@@ -88,7 +90,9 @@ impl Runtime {
             deploy_limits.max_memory_bytes.min(u64::try_from(config.engine.max_memory_bytes).unwrap_or(u64::MAX));
         deploy_limits.max_table_elements =
             deploy_limits.max_table_elements.min(u64::try_from(config.engine.max_table_elements).unwrap_or(u64::MAX));
+        let compiler = Arc::new(compiler::Compiler::new(deploy_limits.compile_slots, deploy_limits.compile_timeout));
         Ok(Runtime {
+            compiler,
             engine,
             sync_linker,
             task_linker,
@@ -96,7 +100,6 @@ impl Runtime {
             deploy_limits,
             max_memory_bytes: config.engine.max_memory_bytes,
             apps: Mutex::default(),
-            compiling: Mutex::default(),
             compiled: AtomicU64::new(0),
             disk_cache: AtomicU64::new(0),
             already_deployed: AtomicU64::new(0),
@@ -116,14 +119,18 @@ impl Runtime {
             self.already_deployed.fetch_add(1, Ordering::Relaxed);
             return Ok(Deployment { app, source: CompileSource::AlreadyDeployed });
         }
-        let (app, source) = {
-            let _compiling = self.compiling.lock().unwrap_or_else(PoisonError::into_inner);
-            let before = self.engine.cache_counts();
-            let linkers = [&self.sync_linker, &self.task_linker];
-            let app = App::compile(self.engine.wasmtime(), linkers, bytes, info)?;
-            let hit = matches!((before, self.engine.cache_counts()), (Some((b, _)), Some((a, _))) if a > b);
-            (app, if hit { CompileSource::DiskCache } else { CompileSource::Compiled })
-        };
+        let (engine, cache) = (self.engine.wasmtime().clone(), self.engine.cache());
+        let counts = move || cache.as_ref().map(|c| (c.cache_hits(), c.cache_misses()));
+        let linkers = (self.sync_linker.clone(), self.task_linker.clone());
+        let owned = bytes.to_vec();
+        let hash = info.hash.clone();
+        let (app, source) = self.compiler.compile(&hash, move || {
+            let before = counts();
+            let app = App::compile(&engine, [&linkers.0, &linkers.1], &owned, info)?;
+            // A hit, unless a compile beside this one missed meanwhile (then it is unclear).
+            let hit = matches!((before, counts()), (Some((hb, mb)), Some((ha, ma))) if ha > hb && ma == mb);
+            Ok((app, if hit { CompileSource::DiskCache } else { CompileSource::Compiled }))
+        })?;
         match source {
             CompileSource::DiskCache => &self.disk_cache,
             _ => &self.compiled,
@@ -131,11 +138,10 @@ impl Runtime {
         .fetch_add(1, Ordering::Relaxed);
         let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
         apps.retain(|_, app| app.strong_count() > 0);
-        let app = match apps.get(&app.info().hash).and_then(Weak::upgrade) {
+        let app = match apps.get(&hash).and_then(Weak::upgrade) {
             Some(loaded) => loaded,
             None => {
-                let app = Arc::new(app);
-                apps.insert(app.hash().to_owned(), Arc::downgrade(&app));
+                apps.insert(hash, Arc::downgrade(&app));
                 app
             }
         };

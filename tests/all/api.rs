@@ -295,3 +295,51 @@ fn the_example_configuration_is_a_valid_configuration() {
     let error = turnstile::config::ServeConfig::parse("listen = 5\ncolour = 1").expect_err("refused");
     assert!(error.contains("invalid type") || error.contains("unknown field"), "{error}");
 }
+
+#[tokio::test]
+async fn odd_requests_get_json_answers_with_their_own_codes() {
+    let server = Server::new();
+    let (token, id) = server.tenant("acme").await;
+    let send = |request: Request<Body>| async {
+        let response = server.router.clone().oneshot(request).await.expect("response");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+    };
+    let (status, body) = server.call(Method::PATCH, "/v1/apps/ivr", Some(&token), None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    let long = format!("/v1/apps/{}", "a".repeat(10_000));
+    let (status, body) = server.call(Method::GET, &long, Some(&token), None, Vec::new()).await;
+    assert_eq!((status, code(&body)), (StatusCode::URI_TOO_LONG, "uri_too_long"));
+    let event = |key: axum::http::HeaderValue| {
+        Request::post(format!("/v1/sessions/{id}/events"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "text/plain")
+            .header("idempotency-key", key)
+            .body(Body::from("1"))
+            .expect("request")
+    };
+    for key in
+        [axum::http::HeaderValue::from_bytes("clé".as_bytes()).expect("bytes"), "k".repeat(129).parse().expect("key")]
+    {
+        let (status, body) = send(event(key)).await;
+        assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "bad_idempotency_key"), "{body}");
+    }
+    // A body declared larger than the route takes is refused before it is read.
+    let big = Request::post("/v1/sessions")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("content-length", "10000000")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = send(big).await;
+    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    // The host's own failures never show its paths or queries.
+    let failure = turnstile::Error::Store(Arc::new(turnstile::StoreError::Damaged {
+        report: "page 7 of /secret/data/turnstile.db is corrupt".into(),
+    }));
+    let response = axum::response::IntoResponse::into_response(turnstile::api::ApiError::from(failure));
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("\"code\":\"store\"") && !text.contains("/secret"), "{text}");
+}

@@ -20,7 +20,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn host_on(store: Arc<dyn Store>, cache: &std::path::Path) -> Host {
+pub fn host_on(store: Arc<dyn Store>, cache: &std::path::Path) -> Host {
     let engine = EngineConfig { cache_dir: Some(cache.to_path_buf()), pool_instances: 8, ..EngineConfig::default() };
     let config = HostConfig {
         workers: 2,
@@ -31,7 +31,7 @@ fn host_on(store: Arc<dyn Store>, cache: &std::path::Path) -> Host {
     Host::new(config).expect("host starts")
 }
 
-fn wait_for(events: &Receiver<SessionEvent>, session: SessionId, pred: impl Fn(&Status) -> bool) {
+pub fn wait_for(events: &Receiver<SessionEvent>, session: SessionId, pred: impl Fn(&Status) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -42,12 +42,12 @@ fn wait_for(events: &Receiver<SessionEvent>, session: SessionId, pred: impl Fn(&
     }
 }
 
-fn waiting(status: &Status) -> bool {
+pub fn waiting(status: &Status) -> bool {
     matches!(status, Status::Waiting { .. })
 }
 
 /// A waiting app: `start` waits for `answer` (with a timeout, or for ever), which is done.
-fn wait_app(timeout_ms: Option<u64>) -> Vec<u8> {
+pub fn wait_app(timeout_ms: Option<u64>) -> Vec<u8> {
     let wait = match timeout_ms {
         Some(ms) => format!(r#"{{"wait":{{"action":"answer","timeout_ms":{ms},"on_timeout":"expired"}}}}"#),
         None => r#"{"wait":{"action":"answer"}}"#.to_owned(),

@@ -9,6 +9,7 @@ mod deploy;
 mod durability;
 mod fixtures;
 mod flows;
+mod hardening;
 mod host;
 mod readme;
 mod sandbox;

@@ -144,3 +144,71 @@ fn two_tenants_over_http_with_sse_and_a_clean_shutdown() {
     let exit = server.wait().expect("the server ends");
     assert!(exit.success(), "SIGTERM ends the server with 0, got {exit}");
 }
+
+#[test]
+fn slow_clients_and_open_streams_hold_neither_a_connection_nor_the_shutdown() {
+    let dir = temp_dir("serve-slow");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("turnstile.toml");
+    std::fs::write(&config, "[http]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\nshutdown_grace_secs = 5\n")
+        .expect("config");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_turnstile"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("TURNSTILE_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("the listening line");
+    let port: u16 = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+    let body = json!({ "name": "bank" }).to_string();
+    assert_eq!(request(port, "POST", "/v1/tenants", ADMIN, "application/json", body.as_bytes()).0, 201);
+    let (_, body) = request(port, "POST", "/v1/tenants/bank/tokens", ADMIN, "application/json", b"");
+    let token = json_body(&body)["token"].as_str().expect("token").to_owned();
+    assert_eq!(request(port, "PUT", "/v1/apps/ivr", &token, "application/wasm", &example("ivr_menu")).0, 201);
+
+    // Headers that never end: the connection is closed.
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stalled.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").expect("sends");
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(10), "headers held the connection {:?}", started.elapsed());
+    // A body that never arrives: 408 with a JSON answer.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    slow.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let head = format!(
+        "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).expect("sends");
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the body held the connection {:?}", started.elapsed());
+
+    // An output stream open on a waiting call, then SIGTERM: the stream ends and the server exits 0.
+    let (_, body) = request(port, "POST", "/v1/sessions", &token, "application/json", br#"{"app":"ivr"}"#);
+    let id = json_body(&body)["id"].as_u64().expect("id");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let head = format!("GET /v1/sessions/{id}/outputs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(head.as_bytes()).expect("sends");
+    let mut first = [0u8; 256];
+    let n = stream.read(&mut first).expect("the stream starts");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let exit = server.wait().expect("the server ends");
+    assert!(exit.success(), "SIGTERM with an open stream ends the server with 0, got {exit}");
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,7 +43,7 @@ impl From<Error> for ApiError {
             | Error::SessionState { .. }
             | Error::NotApplied { .. }
             | Error::Fenced { .. } => StatusCode::CONFLICT,
-            Error::QueueFull(_) | Error::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::QueueFull(_) | Error::Quota { .. } | Error::DeployRate { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Suspended { .. } => StatusCode::FORBIDDEN,
             Error::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Deploy(DeployError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -51,7 +51,15 @@ impl From<Error> for ApiError {
             Error::Engine { .. } | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError::new(status, error.code(), error.chain())
+        // The host's own failures are logged in full; their text (paths, SQL) stays out of answers.
+        let message = match &error {
+            Error::Store(_) | Error::Engine { .. } | Error::Io { .. } => {
+                tracing::error!(error = %error.chain(), "a request failed in the host");
+                "the host could not complete this request; its operator's log has the details".to_owned()
+            }
+            _ => error.chain(),
+        };
+        ApiError::new(status, error.code(), message)
     }
 }
 

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, bail};
 use std::process::ExitCode;
 use std::sync::Arc;
-use turnstile::api::{Api, router};
+use turnstile::api::{self, Api, router};
 use turnstile::config::ServeConfig;
 use turnstile::{EngineConfig, Error, Host, HostConfig, RuntimeConfig, open_store};
 
@@ -45,25 +45,21 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
             Err(error) => return Err(error.into()),
         }
     }
-    let api = Api::new(host.clone(), &admin_token).with_default_tenant(config.defaults.clone());
+    let api =
+        Api::new(host.clone(), &admin_token).with_default_tenant(config.defaults.clone()).with_limits(&config.http);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         // The port actually bound (the configuration may ask for port 0): tests read this line.
         println!("listening on http://{}", listener.local_addr()?);
-        // Replies are small: send them at once rather than wait for more (Nagle).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let shutdown_api = api.clone();
-        axum::serve(listener, router(api))
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                shutdown_api.set_unready();
-                tracing::info!("shutting down: no new requests; finishing the actions in flight");
-            })
-            .await?;
+        let (closing, shutdown_api) = (api.closing(), api.clone());
+        let shutdown = async move {
+            shutdown_signal().await;
+            shutdown_api.set_unready();
+            tracing::info!("shutting down: no new requests; finishing the actions in flight");
+        };
+        api::serve(listener, router(api), &config.http, closing, shutdown).await?;
         anyhow::Ok(())
     })?;
     drop(runtime);

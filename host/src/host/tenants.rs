@@ -7,13 +7,15 @@
 
 use crate::abi::KvRead;
 use crate::app::App;
+use crate::error::Error;
 use crate::limits::TenantConfig;
 use crate::scheduler::{AppIx, TenantIx};
 use crate::store::Store;
 use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// One tenant.
 pub(crate) struct Tenant {
@@ -23,7 +25,14 @@ pub(crate) struct Tenant {
     kv: Arc<dyn KvRead>,
     apps: ArcSwap<BTreeMap<String, Arc<AppEntry>>>,
     open_sessions: AtomicU64,
+    /// When its deploys of the last minute began; held while it deploys (one at a time).
+    deploys: Mutex<VecDeque<Instant>>,
 }
+
+/// A tenant's turn to deploy: its other deploys wait until this one is done.
+pub(crate) struct DeployTurn<'a>(
+    #[expect(dead_code, reason = "held for its lock, never read")] MutexGuard<'a, VecDeque<Instant>>,
+);
 
 /// One named app of a tenant.
 pub(crate) struct AppEntry {
@@ -60,6 +69,7 @@ impl Tenant {
             policy: ArcSwap::new(policy),
             apps: ArcSwap::default(),
             open_sessions: AtomicU64::new(0),
+            deploys: Mutex::default(),
         }
     }
 
@@ -112,6 +122,34 @@ impl Tenant {
     /// Counts a session resumed open from the store (not checked against the quota).
     pub(crate) fn resumed_open(&self) {
         self.open_sessions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Waits for its turn to deploy (its deploys run one at a time), unless it has deployed
+    /// `deploys_per_minute` modules in the last minute.
+    pub(crate) fn deploy_turn(&self) -> Result<DeployTurn<'_>, Error> {
+        const MINUTE: Duration = Duration::from_secs(60);
+        let per_minute = self.policy().deploys_per_minute;
+        let mut recent = self.deploys.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        while recent.front().is_some_and(|t| now.duration_since(*t) >= MINUTE) {
+            recent.pop_front();
+        }
+        if recent.len() >= usize::try_from(per_minute).unwrap_or(usize::MAX) {
+            let oldest = recent.front().copied().unwrap_or(now);
+            let wait = MINUTE.saturating_sub(now.duration_since(oldest));
+            return Err(Error::DeployRate {
+                tenant: self.name.to_string(),
+                per_minute,
+                retry_after_secs: wait.as_secs() + 1,
+            });
+        }
+        recent.push_back(now);
+        Ok(DeployTurn(recent))
+    }
+
+    /// Whether one of its apps has (or had) the version `hash`.
+    pub(crate) fn has_version(&self, hash: &str) -> bool {
+        self.apps.load().values().any(|app| app.versions.iter().any(|v| v == hash))
     }
 
     /// One of its sessions ended (or was never created).

@@ -83,6 +83,7 @@ pub struct AppVersion {
     pub version: String,
     /// Its actions.
     pub actions: Vec<String>,
-    /// Whether deploying it compiled anything.
+    /// `AlreadyDeployed` if this tenant had deployed these bytes before, `Compiled` otherwise
+    /// (whether another tenant's compile was reused is none of this tenant's business).
     pub source: CompileSource,
 }

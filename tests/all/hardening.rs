@@ -1,0 +1,273 @@
+//! Attacks on the host as a whole: compile bombs, deploy floods, probing other tenants through
+//! deploy answers, and events racing a session's end.
+
+use crate::fixtures::{abi_module, outputs_of, wat};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use turnstile::{
+    CompileSource, DeployError, DeployLimits, Error, Host, HostConfig, Runtime, RuntimeConfig, Status, TenantConfig,
+};
+
+/// One function whose `locals` i64 locals are each updated under an `if` of their own, all live
+/// across a loop: register allocation's worst case, quadratic in the function's size (2 000
+/// locals, 36 KB, take seconds to compile without the caps).
+fn compile_bomb(locals: u32) -> Vec<u8> {
+    let mut body = String::new();
+    for k in 1..=locals {
+        body.push_str(&format!("local.get 0 if local.get {k} i64.const 1 i64.add local.set {k} end "));
+    }
+    let mut after = String::from("local.get 1 ");
+    for k in 2..=locals {
+        after.push_str(&format!("local.get {k} i64.add "));
+    }
+    wat(&format!(
+        r#"(module (memory (export "memory") 1)
+             (func (export "start") (result i32) (local i32) (local {decl})
+               (loop $l {body} local.get 0 i32.const 1 i32.add local.tee 0 i32.const 10 i32.lt_u br_if $l)
+               {after} drop i32.const 0))"#,
+        decl = "i64 ".repeat(locals as usize)
+    ))
+}
+
+fn host_with(deploy: DeployLimits) -> Host {
+    let mut config = HostConfig { workers: 2, ..HostConfig::default() };
+    config.runtime.engine.pool_instances = 8;
+    config.runtime.deploy = deploy;
+    Host::new(config).expect("host starts")
+}
+
+/// A trivial app: `start` is done at once.
+fn done_app(salt: u32) -> Vec<u8> {
+    abi_module(&format!(
+        r#"(data (i32.const 0) "{{\"done\":{salt}}}")
+           (func (export "start") (result i32) (call $next (i32.const 0) (i32.const {len})) i32.const 0)"#,
+        len = format!(r#"{{"done":{salt}}}"#).len()
+    ))
+}
+
+/// Deploys an app for `tenant` and runs one session of it to its end.
+fn deploy_and_run(host: &Host, tenant: &str, bytes: &[u8]) {
+    let events = host.subscribe();
+    host.deploy(tenant, "app", bytes).expect("the well-behaved tenant deploys");
+    let id = host.start_session(tenant, "app", "start", Vec::new()).expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !host.session(tenant, id).expect("session").status.is_finished() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        events.recv_timeout(left).expect("the well-behaved session runs");
+    }
+}
+
+#[test]
+fn a_compile_bomb_is_refused_in_seconds_while_another_tenant_deploys_and_runs() {
+    let host = host_with(DeployLimits::default());
+    for tenant in ["bomber", "good"] {
+        host.create_tenant(tenant, TenantConfig::default()).expect("tenant");
+    }
+    std::thread::scope(|s| {
+        let bomber = s.spawn(|| {
+            let started = Instant::now();
+            let refused = host.deploy("bomber", "bomb", &compile_bomb(4_000)).expect_err("the bomb is refused");
+            (refused, started.elapsed())
+        });
+        deploy_and_run(&host, "good", &done_app(1));
+        let (refused, took) = bomber.join().expect("bomber");
+        assert_eq!(refused.code(), "module_too_complex", "{refused}");
+        assert!(refused.to_string().contains("compile cost"), "{refused}");
+        assert!(took < Duration::from_secs(5), "refused after {took:?}");
+    });
+}
+
+#[test]
+fn a_compile_over_its_time_is_refused_and_so_are_the_same_bytes_later_while_others_compile() {
+    // Caps this permissive let the bomb reach the compiler; the time limit stops it there.
+    let limits = DeployLimits {
+        max_function_cost: u64::MAX,
+        max_module_cost: u64::MAX,
+        compile_timeout: Duration::from_millis(300),
+        ..DeployLimits::default()
+    };
+    let mut config = RuntimeConfig { deploy: limits, ..RuntimeConfig::default() };
+    config.engine.pool_instances = 2;
+    let runtime = Runtime::new(config).expect("runtime");
+    let bomb = compile_bomb(2_000);
+    let started = Instant::now();
+    let refused = runtime.deploy(&bomb).err().expect("the bomb runs out of time");
+    assert!(matches!(refused, Error::Deploy(DeployError::CompileTimeout { .. })), "{refused}");
+    assert_eq!(refused.code(), "compile_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused after {:?}", started.elapsed());
+    // The same bytes again: refused at once, not compiled again.
+    let again = Instant::now();
+    assert_eq!(runtime.deploy(&bomb).err().expect("refused again").code(), "compile_timeout");
+    assert!(again.elapsed() < Duration::from_millis(100), "took {:?}", again.elapsed());
+    // Another module compiles in the other slot meanwhile.
+    runtime.deploy(&done_app(3)).expect("another module deploys");
+}
+
+#[test]
+fn a_tenant_deploying_too_often_is_told_when_to_try_again() {
+    let host = host_with(DeployLimits::default());
+    host.create_tenant("busy", TenantConfig { deploys_per_minute: 2, ..TenantConfig::default() }).expect("tenant");
+    host.deploy("busy", "a", &done_app(1)).expect("first");
+    host.deploy("busy", "b", &done_app(2)).expect("second");
+    let refused = host.deploy("busy", "c", &done_app(3)).expect_err("third in the minute");
+    assert_eq!(refused.code(), "deploy_rate");
+    assert!(refused.to_string().contains("2 modules a minute"), "{refused}");
+    let refused = host.create_tenant("wrong", TenantConfig { deploys_per_minute: 0, ..TenantConfig::default() });
+    assert!(refused.expect_err("zero refused").to_string().contains("deploys_per_minute"));
+}
+
+#[test]
+fn a_deploy_answer_says_nothing_about_other_tenants_modules() {
+    let host = host_with(DeployLimits::default());
+    for tenant in ["first", "second"] {
+        host.create_tenant(tenant, TenantConfig::default()).expect("tenant");
+    }
+    let bytes = done_app(7);
+    assert_eq!(host.deploy("first", "app", &bytes).expect("deploys").source, CompileSource::Compiled);
+    // The second tenant deploys the same bytes: it is not told someone else had them.
+    assert_eq!(host.deploy("second", "app", &bytes).expect("deploys").source, CompileSource::Compiled);
+    // Its own redeploy is its own business.
+    assert_eq!(host.deploy("second", "other", &bytes).expect("deploys").source, CompileSource::AlreadyDeployed);
+}
+
+/// An app whose `start` waits for `answer`, which emits the event it got and is done.
+fn echo_once_app() -> Vec<u8> {
+    abi_module(
+        r#"(data (i32.const 0) "{\"wait\":{\"action\":\"answer\"}}")
+           (data (i32.const 100) "{\"done\":null}")
+           (func (export "start") (result i32) (call $next (i32.const 0) (i32.const 28)) i32.const 0)
+           (func (export "answer") (result i32) (local $n i32)
+             (local.set $n (call $input_len))
+             (call $input_read (i32.const 1000))
+             (call $emit (i32.const 1000) (local.get $n))
+             (call $next (i32.const 100) (i32.const 13))
+             i32.const 0)"#,
+    )
+}
+
+/// The customer event `name` of round `round` (a JSON string: the app emits it as it came).
+fn event(name: &str, round: u32) -> String {
+    format!(r#""{name}{round}""#)
+}
+
+#[test]
+fn events_racing_a_sessions_end_are_applied_or_reported_never_dropped() {
+    let host = host_with(DeployLimits::default());
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "echo", &echo_once_app()).expect("deploys");
+    let events = host.subscribe();
+    for round in 0..40 {
+        let id = host.start_session("t", "echo", "start", Vec::new()).expect("starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(host.session("t", id).expect("s").status, Status::Waiting { .. }) {
+            events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it waits");
+        }
+        // Two customer events at once: one ends the session, the other races that end.
+        let answers: Vec<_> = std::thread::scope(|s| {
+            let sends: Vec<_> = ["a", "b"]
+                .into_iter()
+                .map(|name| {
+                    let host = &host;
+                    s.spawn(move || (name, host.deliver("t", id, event(name, round).into_bytes(), Some(name))))
+                })
+                .collect();
+            sends.into_iter().map(|h| h.join().expect("sender")).collect()
+        });
+        while !host.session("t", id).expect("s").status.is_finished() {
+            events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it ends");
+        }
+        let view = host.session("t", id).expect("s");
+        let applied: HashSet<String> = outputs_of(&host, "t", id).into_iter().collect();
+        let unapplied: HashSet<String> = view.unapplied.iter().filter_map(|u| u.key.clone()).collect();
+        assert_eq!(applied.len(), 1, "round {round}: exactly one event is applied: {applied:?}");
+        for (name, answer) in answers {
+            let was_applied = applied.contains(&event(name, round));
+            match answer {
+                Ok(_) => assert!(
+                    was_applied ^ unapplied.contains(name),
+                    "round {round}: acknowledged `{name}` must be applied or reported unapplied, once: applied {applied:?}, unapplied {unapplied:?}"
+                ),
+                // Stored, but the session ended first: the sender is told, and so is the tenant.
+                Err(error) if error.code() == "not_applied" => {
+                    assert!(
+                        !was_applied && unapplied.contains(name),
+                        "round {round}: `{name}` not applied but {view:?}"
+                    );
+                }
+                Err(error) => {
+                    assert_eq!(error.code(), "session_state", "round {round}: `{name}`: {error}");
+                    assert!(!was_applied && !unapplied.contains(name), "round {round}: a refused event left a trace");
+                }
+            }
+        }
+    }
+}
+
+/// An app whose `start` ends with a `done` value nested `depth` arrays deep.
+fn deep_done_app(depth: usize) -> Vec<u8> {
+    let done = format!(r#"{{"done":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+    abi_module(&format!(
+        r#"(data (i32.const 0) "{escaped}")
+           (func (export "start") (result i32) (call $next (i32.const 0) (i32.const {len})) i32.const 0)"#,
+        escaped = done.replace('"', "\\\""),
+        len = done.len()
+    ))
+}
+
+#[test]
+fn nothing_a_guest_commits_or_a_damaged_row_holds_stops_a_restart() {
+    use crate::durability::{host_on, temp_dir, wait_app, wait_for, waiting};
+    use std::sync::Arc;
+    use turnstile::{FailureKind, SqliteStore, Store};
+    let dir = temp_dir("poison");
+    let db = dir.join("turnstile.db");
+    let open = || -> Host {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).expect("opens"));
+        host_on(store, &dir.join("modules"))
+    };
+    let (deep, damaged, healthy) = {
+        let host = open();
+        let events = host.subscribe();
+        host.create_tenant("t", TenantConfig::default()).expect("tenant");
+        host.deploy("t", "deep", &deep_done_app(125)).expect("deploys");
+        host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+        let deep = host.start_session("t", "deep", "start", Vec::new()).expect("starts");
+        wait_for(&events, deep, Status::is_finished);
+        let damaged = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+        wait_for(&events, damaged, waiting);
+        let healthy = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+        wait_for(&events, healthy, waiting);
+        host.deliver("t", damaged, br#""lost""#.to_vec(), Some("k1")).expect("queued in its inbox");
+        (deep, damaged, healthy)
+    };
+    // The deep value was refused where the guest gave it, with a reason its author can read.
+    // A row damaged on disk (by a bug, a bad restore or a hand edit): its checkpoint no longer parses.
+    let connection = rusqlite::Connection::open(&db).expect("opens");
+    let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    connection
+        .execute("UPDATE sessions SET snapshot = ?1 WHERE id = ?2", (nested, i64::try_from(damaged.0).expect("id")))
+        .expect("damaged");
+    drop(connection);
+
+    let host = open();
+    let view = host.session("t", deep).expect("the deep session is kept");
+    let Status::Failed { failure } = &view.status else { panic!("deep: {:?}", view.status) };
+    assert!(failure.message.contains("nests"), "{}", failure.message);
+    let view = host.session("t", damaged).expect("the damaged session is reported");
+    let Status::Failed { failure } = &view.status else { panic!("damaged: {:?}", view.status) };
+    assert_eq!(failure.kind, FailureKind::Quarantined);
+    assert!(failure.message.contains("does not decode"), "{}", failure.message);
+    assert_eq!(view.unapplied.iter().filter_map(|u| u.key.as_deref()).collect::<Vec<_>>(), ["k1"]);
+    assert_eq!(host.metrics().quarantined, 1);
+    // Everyone else goes on.
+    let events = host.subscribe();
+    host.deliver("t", healthy, br#""x""#.to_vec(), None).expect("delivered");
+    wait_for(&events, healthy, Status::is_finished);
+    assert!(matches!(host.session("t", healthy).expect("s").status, Status::Done { .. }));
+    drop(host);
+    // And the restart after that one is clean too.
+    let host = open();
+    assert!(matches!(host.session("t", damaged).expect("s").status, Status::Failed { .. }));
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
