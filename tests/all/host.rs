@@ -113,11 +113,11 @@ fn saturating_tenants_share_the_pool_by_weight_in_real_cost() {
     // Let both saturate, then measure a window of several thousand actions.
     await_events(&events, 1_000, |_| true);
     let before = (cost_of(&host, "light"), cost_of(&host, "heavy"));
-    await_events(&events, 6_000, |_| true);
+    // A long window: a busy machine skews short ones.
+    await_events(&events, 15_000, |_| true);
     let after = (cost_of(&host, "light"), cost_of(&host, "heavy"));
     let ratio = (after.1 - before.1) as f64 / (after.0 - before.0) as f64;
-    // Within 20% of the weights (a busy machine skews short windows); ignoring weights gives 1.
-    assert!((2.4..=3.6).contains(&ratio), "heavy/light cost ratio {ratio}");
+    assert!((2.7..=3.3).contains(&ratio), "heavy/light cost ratio {ratio}");
 }
 
 #[test]
