@@ -143,7 +143,12 @@ async fn read_body(State(api): State<Api>, request: Request, next: Next) -> Resu
             format!("request targets are at most {URI_LIMIT} bytes"),
         ));
     }
-    let upload = request.method() == axum::http::Method::PUT;
+    // Only a tenant's upload to the deploy route is read with the large limit and takes an upload
+    // turn: anyone else's PUT is answered before its body is read.
+    let upload = request.method() == axum::http::Method::PUT && request.uri().path().starts_with("/v1/apps/");
+    if upload && bearer(request.headers()).and_then(|token| api.host.authenticate(token)).is_none() {
+        return Err(ApiError::unauthorized());
+    }
     let limit = if upload { MODULE_LIMIT } else { JSON_LIMIT };
     let too_large = || {
         ApiError::new(
@@ -157,7 +162,15 @@ async fn read_body(State(api): State<Api>, request: Request, next: Next) -> Resu
         return Err(too_large());
     }
     let _turn = if upload {
-        Some(api.uploads.clone().acquire_owned().await.map_err(|_| ApiError::from(Error::ShuttingDown))?)
+        let busy = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "uploads_busy",
+                "too many uploads at once: try again shortly",
+            )
+        };
+        let turn = tokio::time::timeout(api.body_timeout, api.uploads.clone().acquire_owned()).await;
+        Some(turn.map_err(|_| busy())?.map_err(|_| busy())?)
     } else {
         None
     };
@@ -206,8 +219,8 @@ async fn request_id(request: Request, next: Next) -> Response {
 }
 
 /// The bearer token of a request.
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 /// The operator.
@@ -217,7 +230,7 @@ impl FromRequestParts<Api> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Admin, ApiError> {
-        match bearer(parts) {
+        match bearer(&parts.headers) {
             Some(token) if constant_time_eq(token.as_bytes(), api.admin_token.as_bytes()) => Ok(Admin),
             _ => Err(ApiError::unauthorized()),
         }
@@ -231,7 +244,10 @@ impl FromRequestParts<Api> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Tenant, ApiError> {
-        bearer(parts).and_then(|token| api.host.authenticate(token)).map(Tenant).ok_or_else(ApiError::unauthorized)
+        bearer(&parts.headers)
+            .and_then(|token| api.host.authenticate(token))
+            .map(Tenant)
+            .ok_or_else(ApiError::unauthorized)
     }
 }
 

@@ -292,7 +292,7 @@ impl Host {
     pub fn start_session(&self, tenant: &str, app: &str, entry: &str, input: Vec<u8>) -> Result<SessionId, Error> {
         let owner = self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
         let (session, record) = self.core.new_entry(&owner, app, entry, input)?;
-        self.core.create(&owner, session, record)
+        self.core.create(session, record)
     }
 
     /// Delivers a customer event. It is acknowledged (this returns `Ok`) once it is durable in

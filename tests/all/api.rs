@@ -343,3 +343,35 @@ async fn odd_requests_get_json_answers_with_their_own_codes() {
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("\"code\":\"store\"") && !text.contains("/secret"), "{text}");
 }
+
+#[tokio::test]
+async fn stalled_uploads_neither_hold_the_deploy_route_nor_hang_a_deploy() {
+    let server = Server::new();
+    let (token, _) = server.tenant("acme").await;
+    let limits = turnstile::api::HttpLimits { max_uploads: 1, body_timeout_secs: 1, ..Default::default() };
+    let router = router(Api::new(server._host.clone(), ADMIN).with_limits(&limits));
+    let stalled = |token: Option<&str>| {
+        let mut request = Request::put("/v1/apps/ivr").header("content-type", "application/wasm");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = Body::from_stream(futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+        router.clone().oneshot(request.body(body).expect("request"))
+    };
+    // Without a token, a PUT is answered before its body is read: it takes no upload turn.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), stalled(None)).await.expect("answered");
+    assert_eq!(answer.expect("response").status(), StatusCode::UNAUTHORIZED);
+    // A tenant's stalled upload holds the only turn until its body times out; a deploy behind it
+    // is told the uploads are busy rather than left hanging.
+    let first = tokio::spawn(stalled(Some(&token)));
+    tokio::task::yield_now().await;
+    let started = std::time::Instant::now();
+    let second = stalled(Some(&token)).await.expect("response");
+    assert!(
+        [StatusCode::SERVICE_UNAVAILABLE, StatusCode::REQUEST_TIMEOUT].contains(&second.status()),
+        "{}",
+        second.status()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(first.await.expect("joined").expect("response").status(), StatusCode::REQUEST_TIMEOUT);
+}

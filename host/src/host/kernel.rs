@@ -272,12 +272,7 @@ impl Kernel {
     }
 
     /// Starts a session whose record is built; answers once it is durable.
-    pub(crate) fn create(
-        &self,
-        tenant: &Arc<Tenant>,
-        entry: SessionEntry,
-        record: SessionRecord,
-    ) -> Result<SessionId, Error> {
+    pub(crate) fn create(&self, entry: SessionEntry, record: SessionRecord) -> Result<SessionId, Error> {
         let id = record.id;
         let ticket = Arc::new(Ticket::default());
         {
@@ -285,13 +280,8 @@ impl Kernel {
             shard.insert(id, entry);
             self.commits.enqueue(Write::Create(record), Some(ticket.clone()));
         }
-        match self.wait_for(&ticket) {
-            Ok(_) => Ok(id),
-            Err(error) => {
-                tenant.close_session();
-                Err(error)
-            }
-        }
+        // A create that failed was closed where its commit failed (`apply_write`), once.
+        self.wait_for(&ticket).map(|_| id)
     }
 
     /// Delivers an event: acknowledged once durable in the inbox of a session that had not ended.
