@@ -6,9 +6,10 @@
 use crate::durability::temp_dir;
 use crate::fixtures::example;
 use serde_json::{Value, json};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
@@ -44,12 +45,11 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn two_tenants_over_http_with_sse_and_a_clean_shutdown() {
-    let dir = temp_dir("serve");
+/// `turnstile serve` on an ephemeral port with these extra arguments, and the port it bound.
+fn start_server(args: &[&OsStr]) -> (Child, u16) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_turnstile"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .env("TURNSTILE_ADMIN_TOKEN", ADMIN)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -58,6 +58,13 @@ fn two_tenants_over_http_with_sse_and_a_clean_shutdown() {
     let mut line = String::new();
     BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("the listening line");
     let port: u16 = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+    (server, port)
+}
+
+#[test]
+fn two_tenants_over_http_with_sse_and_a_clean_shutdown() {
+    let dir = temp_dir("serve");
+    let (mut server, port) = start_server(&[OsStr::new("--data-dir"), dir.as_os_str()]);
 
     let (status, body) = request(port, "GET", "/healthz", "", "text/plain", b"");
     assert_eq!((status, body.trim()), (200, "ok"));
@@ -152,19 +159,8 @@ fn slow_clients_and_open_streams_hold_neither_a_connection_nor_the_shutdown() {
     let config = dir.join("turnstile.toml");
     std::fs::write(&config, "[http]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\nshutdown_grace_secs = 5\n")
         .expect("config");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_turnstile"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("TURNSTILE_ADMIN_TOKEN", ADMIN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("the listening line");
-    let port: u16 = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+    let (mut server, port) =
+        start_server(&[OsStr::new("--config"), config.as_os_str(), OsStr::new("--data-dir"), dir.as_os_str()]);
     let body = json!({ "name": "bank" }).to_string();
     assert_eq!(request(port, "POST", "/v1/tenants", ADMIN, "application/json", body.as_bytes()).0, 201);
     let (_, body) = request(port, "POST", "/v1/tenants/bank/tokens", ADMIN, "application/json", b"");
