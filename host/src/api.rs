@@ -589,7 +589,7 @@ struct OutputFeed {
     host: Arc<Host>,
     tenant: String,
     session: SessionId,
-    events: tokio::sync::mpsc::UnboundedReceiver<SessionEvent>,
+    events: tokio::sync::mpsc::Receiver<SessionEvent>,
     queue: VecDeque<Event>,
     /// The number of the last output sent (or skipped by `Last-Event-ID`).
     sent: u64,

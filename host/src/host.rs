@@ -396,7 +396,7 @@ impl Host {
         &self,
         tenant: &str,
         session: SessionId,
-    ) -> Result<(SessionView, tokio::sync::mpsc::UnboundedReceiver<SessionEvent>), Error> {
+    ) -> Result<(SessionView, tokio::sync::mpsc::Receiver<SessionEvent>), Error> {
         self.core.watch(tenant, session)
     }
 
@@ -423,7 +423,14 @@ impl Host {
             sessions += 1;
             waiting += u64::from(matches!(entry.life.visible(), Status::Waiting { .. }));
         });
-        MetricsSnapshot { tenants: rows, queue_depth, sessions, waiting, quarantined: self.core.quarantined() }
+        MetricsSnapshot {
+            tenants: rows,
+            queue_depth,
+            sessions,
+            waiting,
+            quarantined: self.core.quarantined(),
+            output_streams: self.core.bus().watcher_count(),
+        }
     }
 
     /// The most actions of `tenant`'s `app` that were ever in the action list at once.

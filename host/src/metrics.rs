@@ -176,6 +176,8 @@ pub struct MetricsSnapshot {
     pub waiting: u64,
     /// Sessions set aside when the host started because their stored rows did not decode.
     pub quarantined: u64,
+    /// Output streams open (watchers of one session each).
+    pub output_streams: u64,
 }
 
 impl TenantMetrics {
@@ -275,6 +277,11 @@ impl MetricsSnapshot {
             "# HELP turnstile_sessions_quarantined Stored sessions set aside at start because they did not decode.\n# TYPE turnstile_sessions_quarantined gauge"
         );
         let _ = writeln!(out, "turnstile_sessions_quarantined {}", self.quarantined);
+        let _ = writeln!(
+            out,
+            "# HELP turnstile_output_streams Output streams open.\n# TYPE turnstile_output_streams gauge\nturnstile_output_streams {}",
+            self.output_streams
+        );
         out
     }
 

@@ -136,16 +136,45 @@ impl Runtime {
             _ => &self.compiled,
         }
         .fetch_add(1, Ordering::Relaxed);
+        Ok(Deployment { app: self.keep(hash, app), source })
+    }
+
+    /// Compiles a module this host accepted before (a stored version, at start) without the
+    /// complexity caps or the compile time limit: what was deployed stays loadable when an
+    /// operator tightens the caps or a cold cache makes compiling slow. The memory and table
+    /// maxima still hold (the pool can't go over them), and so does everything the ABI requires.
+    pub(crate) fn reload(&self, bytes: &[u8]) -> Result<Arc<App>, Error> {
+        let hash = app::module_hash(bytes);
+        if let Some(app) = self.loaded(&hash) {
+            return Ok(app);
+        }
+        let lifted = DeployLimits {
+            max_module_bytes: usize::MAX,
+            max_functions: u32::MAX,
+            max_function_body_bytes: usize::MAX,
+            max_locals: u32::MAX,
+            max_data_segments: u32::MAX,
+            max_code_bytes: usize::MAX,
+            max_function_cost: u64::MAX,
+            max_module_cost: u64::MAX,
+            ..self.deploy_limits.clone()
+        };
+        let info = app::inspect(bytes, &lifted)?;
+        let app = App::compile(self.engine.wasmtime(), [&self.sync_linker, &self.task_linker], bytes, info)?;
+        Ok(self.keep(hash, Arc::new(app)))
+    }
+
+    /// Keeps `app` as the loaded app of its hash, unless one is loaded already (then that one).
+    fn keep(&self, hash: String, app: Arc<App>) -> Arc<App> {
         let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
         apps.retain(|_, app| app.strong_count() > 0);
-        let app = match apps.get(&hash).and_then(Weak::upgrade) {
+        match apps.get(&hash).and_then(Weak::upgrade) {
             Some(loaded) => loaded,
             None => {
                 apps.insert(hash, Arc::downgrade(&app));
                 app
             }
-        };
-        Ok(Deployment { app, source })
+        }
     }
 
     /// An app of these bytes' hash, if one is loaded here.

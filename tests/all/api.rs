@@ -375,3 +375,24 @@ async fn stalled_uploads_neither_hold_the_deploy_route_nor_hang_a_deploy() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert_eq!(first.await.expect("joined").expect("response").status(), StatusCode::REQUEST_TIMEOUT);
 }
+
+#[tokio::test]
+async fn output_streams_opened_and_dropped_leave_nothing_behind() {
+    let server = Server::new();
+    let (token, id) = server.tenant("acme").await;
+    for _ in 0..50 {
+        let request = Request::get(format!("/v1/sessions/{id}/outputs"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request");
+        let response = server.router.clone().oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        drop(response);
+    }
+    let request = Request::get(format!("/v1/sessions/{id}/outputs"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request");
+    let _open = server.router.clone().oneshot(request).await.expect("response");
+    assert_eq!(server._host.metrics().output_streams, 1, "only the stream still open is watched");
+}

@@ -269,3 +269,45 @@ fn nothing_a_guest_commits_or_a_damaged_row_holds_stops_a_restart() {
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_version_deployed_once_loads_at_restart_under_tighter_caps_and_a_cold_cache() {
+    use crate::durability::{temp_dir, wait_app, wait_for, waiting};
+    use std::sync::Arc;
+    use turnstile::{SqliteStore, Store};
+    let dir = temp_dir("tighter-caps");
+    let open = |deploy: DeployLimits| -> Host {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+        let mut config = HostConfig { workers: 2, store, ..HostConfig::default() };
+        config.runtime.engine.pool_instances = 8;
+        config.runtime.deploy = deploy;
+        Host::new(config).expect("host starts")
+    };
+    let id = {
+        let host = open(DeployLimits::default());
+        let events = host.subscribe();
+        host.create_tenant("t", TenantConfig::default()).expect("tenant");
+        host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+        let id = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+        wait_for(&events, id, waiting);
+        id
+    };
+    // The operator tightens every cap and the time limit; no compile cache is configured.
+    let strict = DeployLimits {
+        max_functions: 0,
+        max_locals: 0,
+        max_function_cost: 1,
+        max_module_cost: 1,
+        compile_timeout: Duration::from_nanos(1),
+        ..DeployLimits::default()
+    };
+    let host = open(strict);
+    let events = host.subscribe();
+    host.deliver("t", id, br#""x""#.to_vec(), None).expect("delivered");
+    wait_for(&events, id, Status::is_finished);
+    assert!(matches!(host.session("t", id).expect("s").status, Status::Done { .. }));
+    // New deploys do meet the new caps.
+    assert_eq!(host.deploy("t", "other", &done_app(9)).expect_err("refused").code(), "module_too_complex");
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,7 +24,12 @@ pub struct SessionEvent {
 }
 
 /// A watcher of one session: an async channel, so a stream needs no thread of its own.
-pub(crate) type Watcher = tokio::sync::mpsc::UnboundedSender<SessionEvent>;
+pub(crate) type Watcher = tokio::sync::mpsc::Sender<SessionEvent>;
+
+/// Events a watcher may leave unread. One that falls further behind (a client that stopped
+/// reading) is dropped: its stream ends and the client resumes from the stored outputs with
+/// `Last-Event-ID`, so host memory never holds more than this per stream.
+pub(crate) const WATCH_BUFFER: usize = 64;
 
 #[derive(Default)]
 struct Listeners {
@@ -70,9 +75,14 @@ impl Bus {
         receive
     }
 
-    /// Events of one session from now on.
+    /// Events of one session from now on. Watchers whose streams have ended are dropped here
+    /// too, so streams opened and closed on a session that never publishes leave nothing behind.
     pub(crate) fn watch(&self, session: SessionId, watcher: Watcher) {
         let mut listeners = self.lock();
+        listeners.watchers.retain(|_, watchers| {
+            watchers.retain(|w| !w.is_closed());
+            !watchers.is_empty()
+        });
         listeners.watchers.entry(session).or_default().push(watcher);
         self.recount(&listeners);
     }
@@ -92,18 +102,25 @@ impl Bus {
             self.recount(&listeners);
             (subscribers, watchers)
         };
-        let gone_watchers = watchers.iter().any(|w| w.send(event.clone()).is_err());
+        // A watcher that is gone or too far behind is dropped (its stream ends; see WATCH_BUFFER).
+        let dropped: Vec<Watcher> = watchers.into_iter().filter(|w| w.try_send(event.clone()).is_err()).collect();
         let gone: Vec<u64> =
             subscribers.iter().filter(|(_, s)| s.send(event.clone()).is_err()).map(|(number, _)| *number).collect();
-        if gone_watchers || !gone.is_empty() {
+        if !dropped.is_empty() || !gone.is_empty() {
             let mut listeners = self.lock();
             listeners.subscribers.retain(|(number, _)| !gone.contains(number));
             if let Some(watchers) = listeners.watchers.get_mut(&event.session) {
-                watchers.retain(|w| !w.is_closed());
+                watchers.retain(|w| !dropped.iter().any(|d| d.same_channel(w)));
             }
             listeners.watchers.retain(|_, w| !w.is_empty());
             self.recount(&listeners);
         }
+    }
+
+    /// Watchers registered (streams that ended are counted until the next `watch` or publish).
+    pub(crate) fn watcher_count(&self) -> u64 {
+        let count: usize = self.lock().watchers.values().map(Vec::len).sum();
+        u64::try_from(count).unwrap_or(u64::MAX)
     }
 
     /// Ends every watcher's stream (the host is shutting down: clients resume after it).
@@ -111,5 +128,50 @@ impl Bus {
         let mut listeners = self.lock();
         listeners.watchers.clear();
         self.recount(&listeners);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(session: SessionId) -> SessionEvent {
+        SessionEvent {
+            session,
+            tenant: "t".into(),
+            status: Status::Ready { action: "a".into(), input: Vec::new() },
+            outputs: vec!["x".into()],
+            first_output: 0,
+        }
+    }
+
+    #[test]
+    fn a_watcher_that_stops_reading_is_dropped_once_its_buffer_is_full() {
+        let bus = Bus::default();
+        let (send, mut receive) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        bus.watch(SessionId(1), send);
+        for _ in 0..=WATCH_BUFFER {
+            bus.publish(event(SessionId(1)));
+        }
+        assert_eq!(bus.watcher_count(), 0);
+        let mut read = 0;
+        while receive.try_recv().is_ok() {
+            read += 1;
+        }
+        assert_eq!(read, WATCH_BUFFER, "what was buffered is still read, then the stream ends");
+        assert!(receive.is_closed() || receive.try_recv().is_err());
+    }
+
+    #[test]
+    fn streams_closed_on_a_quiet_session_leave_nothing_behind() {
+        let bus = Bus::default();
+        for _ in 0..100 {
+            let (send, receive) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+            bus.watch(SessionId(7), send);
+            drop(receive);
+        }
+        let (send, _receive) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        bus.watch(SessionId(8), send);
+        assert_eq!(bus.watcher_count(), 1);
     }
 }

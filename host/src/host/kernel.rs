@@ -361,8 +361,8 @@ impl Kernel {
         &self,
         tenant: &str,
         id: SessionId,
-    ) -> Result<(SessionView, tokio::sync::mpsc::UnboundedReceiver<SessionEvent>), Error> {
-        let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+    ) -> Result<(SessionView, tokio::sync::mpsc::Receiver<SessionEvent>), Error> {
+        let (send, receive) = tokio::sync::mpsc::channel(super::bus::WATCH_BUFFER);
         let mut shard = self.sessions.shard(id);
         let entry = Self::own(&mut shard, tenant, id)?;
         if entry.life.is_open() || entry.life.phase() == super::lifecycle::Phase::Committing {

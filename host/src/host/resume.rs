@@ -21,7 +21,8 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
             return Ok(app.clone());
         }
         let bytes = image.modules.get(hash).ok_or_else(|| StoreError::MissingModule(hash.to_owned()))?;
-        let app = core.runtime().deploy(bytes)?.app;
+        // Loaded without the deploy caps and time limit: a version accepted once stays loadable.
+        let app = core.runtime().reload(bytes)?;
         loaded.insert(hash.to_owned(), app.clone());
         Ok(app)
     };
