@@ -311,3 +311,128 @@ fn a_version_deployed_once_loads_at_restart_under_tighter_caps_and_a_cold_cache(
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A store that refuses any commit holding the event `"poison"`, or a new session while
+/// `refuse_creates` is set (a full disk, a quota, a value the database can't take), and records
+/// how many writes each commit it refused held.
+#[derive(Default)]
+struct Faulty {
+    inner: turnstile::MemoryStore,
+    refuse_creates: std::sync::atomic::AtomicBool,
+    refused_groups: std::sync::Mutex<Vec<usize>>,
+}
+
+impl turnstile::Store for Faulty {
+    fn load(&self) -> Result<turnstile::Image, turnstile::StoreError> {
+        self.inner.load()
+    }
+    fn put_tenant(&self, tenant: &turnstile::TenantRecord) -> Result<(), turnstile::StoreError> {
+        self.inner.put_tenant(tenant)
+    }
+    fn delete_tenant(&self, name: &str) -> Result<(), turnstile::StoreError> {
+        self.inner.delete_tenant(name)
+    }
+    fn put_token(&self, token: &turnstile::TokenRecord) -> Result<(), turnstile::StoreError> {
+        self.inner.put_token(token)
+    }
+    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, turnstile::StoreError> {
+        self.inner.delete_token(tenant, id)
+    }
+    fn put_app(&self, app: &turnstile::AppRecord, module: &[u8]) -> Result<(), turnstile::StoreError> {
+        self.inner.put_app(app, module)
+    }
+    fn commit(&self, batch: &[turnstile::Write]) -> Result<Vec<turnstile::Written>, turnstile::StoreError> {
+        let refused = batch.iter().any(|write| match write {
+            turnstile::Write::Append { event, .. } => event == br#""poison""#,
+            turnstile::Write::Create(_) => self.refuse_creates.load(std::sync::atomic::Ordering::SeqCst),
+            _ => false,
+        });
+        if refused {
+            self.refused_groups.lock().expect("lock").push(batch.len());
+            return Err(turnstile::StoreError::Damaged { report: "this write can't be taken".into() });
+        }
+        self.inner.commit(batch)
+    }
+    fn outputs(
+        &self,
+        session: turnstile::SessionId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, turnstile::StoreError> {
+        self.inner.outputs(session, after, limit)
+    }
+    fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, turnstile::StoreError> {
+        self.inner.kv_get(tenant, key)
+    }
+    fn kv_put(
+        &self,
+        tenant: &str,
+        writes: std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), turnstile::StoreError> {
+        self.inner.kv_put(tenant, writes)
+    }
+}
+
+fn faulty_host() -> (Host, std::sync::Arc<Faulty>) {
+    let store = std::sync::Arc::new(Faulty::default());
+    let mut config = HostConfig { workers: 2, store: store.clone(), ..HostConfig::default() };
+    config.runtime.engine.pool_instances = 8;
+    (Host::new(config).expect("host starts"), store)
+}
+
+#[test]
+fn a_write_the_store_refuses_fails_only_its_own_session_not_its_group() {
+    let (host, store) = faulty_host();
+    for tenant in ["good", "bad"] {
+        host.create_tenant(tenant, TenantConfig::default()).expect("tenant");
+        host.deploy(tenant, "echo", &echo_once_app()).expect("deploys");
+    }
+    let events = host.subscribe();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    // Until the poison shared a group with other writes (events handed over together are
+    // committed together), up to 20 rounds.
+    for round in 0..20 {
+        let start = |tenant: &str| host.start_session(tenant, "echo", "start", Vec::new()).expect("starts");
+        let good: Vec<_> = (0..8).map(|_| start("good")).collect();
+        let bad = start("bad");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for &id in good.iter().chain([&bad]) {
+            while !matches!(
+                host.session(if id == bad { "bad" } else { "good" }, id).expect("s").status,
+                Status::Waiting { .. }
+            ) {
+                events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it waits");
+            }
+        }
+        let mut pending = vec![host.deliver_async("bad", bad, br#""poison""#.to_vec(), None)];
+        pending.extend(good.iter().map(|&id| host.deliver_async("good", id, br#""fine""#.to_vec(), None)));
+        let answers: Vec<_> = runtime.block_on(futures_util::future::join_all(pending));
+        assert_eq!(answers[0].as_ref().expect_err("the poison is refused").code(), "store", "round {round}");
+        for answer in &answers[1..] {
+            answer.as_ref().expect("every other event in its group is acknowledged");
+        }
+        for &id in &good {
+            while !host.session("good", id).expect("s").status.is_finished() {
+                events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it ends");
+            }
+            assert!(matches!(host.session("good", id).expect("s").status, Status::Done { .. }));
+        }
+        if store.refused_groups.lock().expect("lock").iter().any(|&n| n > 1) {
+            return;
+        }
+    }
+    panic!("the poison never shared a group: {:?}", store.refused_groups.lock().expect("lock"));
+}
+
+#[test]
+fn a_session_whose_creation_failed_is_not_counted_open() {
+    let (host, store) = faulty_host();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "echo", &echo_once_app()).expect("deploys");
+    host.start_session("t", "echo", "start", Vec::new()).expect("starts");
+    store.refuse_creates.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = host.start_session("t", "echo", "start", Vec::new()).expect_err("refused");
+    assert_eq!(refused.code(), "store");
+    assert_eq!(host.tenant("t").expect("tenant").open_sessions, 1, "one session is open");
+    assert_eq!(host.delete_tenant("t").expect_err("it has an open session").code(), "conflict");
+}

@@ -86,7 +86,31 @@ pub(crate) struct CommitQueue {
 }
 
 /// What carries out a committed group's results: every write's effects, every ticket settled.
-pub(crate) type Apply<'a> = &'a dyn Fn(Vec<Write>, Vec<Option<Arc<Ticket>>>, Result<Vec<Written>, StoreError>);
+pub(crate) type Apply<'a> = &'a dyn Fn(Vec<Write>, Vec<Option<Arc<Ticket>>>, Vec<Result<Written, StoreError>>);
+
+/// Commits a group as one transaction; if that fails, each write on its own, so that one write
+/// the store refuses (a full quota, a value it can't take) fails only its own session, not every
+/// tenant's whose writes happened to share its group.
+fn commit_group(store: &dyn Store, writes: &[Write]) -> Vec<Result<Written, StoreError>> {
+    match store.commit(writes) {
+        Ok(written) => written.into_iter().map(Ok).collect(),
+        Err(error) if writes.len() == 1 => vec![Err(error)],
+        Err(error) => {
+            tracing::warn!(writes = writes.len(), error = %error, "a group commit failed: committing its writes one by one");
+            writes
+                .iter()
+                .map(|write| {
+                    store.commit(std::slice::from_ref(write)).and_then(|written| {
+                        written
+                            .into_iter()
+                            .next()
+                            .ok_or_else(|| StoreError::Damaged { report: "a commit answered nothing".into() })
+                    })
+                })
+                .collect()
+        }
+    }
+}
 
 impl CommitQueue {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -157,8 +181,8 @@ impl CommitQueue {
             drop(state);
             let (writes, tickets): (Vec<Write>, Vec<Option<Arc<Ticket>>>) =
                 group.into_iter().map(|q| (q.write, q.ticket)).unzip();
-            let result = store.commit(&writes);
-            apply(writes, tickets, result);
+            let results = commit_group(store, &writes);
+            apply(writes, tickets, results);
             state = self.lock();
             if !state.queue.is_empty() && mine.is_none_or(Ticket::is_settled) {
                 while let Some(waiter) = state.waiters.pop_front() {

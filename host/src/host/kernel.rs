@@ -191,22 +191,28 @@ impl Kernel {
         &self,
         writes: Vec<Write>,
         tickets: Vec<Option<Arc<Ticket>>>,
-        result: Result<Vec<Written>, StoreError>,
+        results: Vec<Result<Written, StoreError>>,
     ) {
-        let result = result.map_err(Error::from);
-        if let Err(error) = &result {
-            tracing::error!(writes = writes.len(), error = %error.chain(), "a group commit failed");
-        }
-        for (n, (write, ticket)) in writes.into_iter().zip(tickets).enumerate() {
-            let written = match &result {
-                Ok(written) => written.get(n).copied().ok_or_else(|| Error::ShuttingDown),
-                Err(Error::Store(error)) => Err(Error::Store(error.clone())),
-                Err(_) => Err(Error::ShuttingDown),
+        let mut results = results.into_iter();
+        let mut failed = None;
+        let count = writes.len();
+        for (write, ticket) in writes.into_iter().zip(tickets) {
+            let written = match results.next() {
+                Some(Ok(written)) => Ok(written),
+                Some(Err(error)) => {
+                    let error = Error::from(error);
+                    failed.get_or_insert_with(|| (0usize, error.chain())).0 += 1;
+                    Err(error)
+                }
+                None => Err(Error::ShuttingDown),
             };
             let answer = self.apply_write(write, written);
             if let Some(ticket) = ticket {
                 ticket.settle(answer);
             }
+        }
+        if let Some((failed, first)) = failed {
+            tracing::error!(writes = count, failed, error = %first, "writes failed to commit");
         }
     }
 
