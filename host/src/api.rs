@@ -31,7 +31,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::error::Error as _;
 use std::sync::Arc;
@@ -58,6 +58,8 @@ pub struct Api {
     /// Set when the server shuts down: output streams end (clients resume after the restart).
     closing: Arc<watch::Sender<bool>>,
     uploads: Arc<Semaphore>,
+    /// Tenants with an upload under way (one each).
+    uploading: Arc<std::sync::Mutex<HashSet<String>>>,
     body_timeout: Duration,
 }
 
@@ -71,6 +73,7 @@ impl Api {
             default_tenant: Arc::new(TenantConfig::default()),
             closing: Arc::new(watch::Sender::new(false)),
             uploads: Arc::new(Semaphore::new(HttpLimits::default().max_uploads)),
+            uploading: Arc::default(),
             body_timeout: Duration::from_secs(HttpLimits::default().body_timeout_secs),
         }
     }
@@ -146,9 +149,15 @@ async fn read_body(State(api): State<Api>, request: Request, next: Next) -> Resu
     // Only a tenant's upload to the deploy route is read with the large limit and takes an upload
     // turn: anyone else's PUT is answered before its body is read.
     let upload = request.method() == axum::http::Method::PUT && request.uri().path().starts_with("/v1/apps/");
-    if upload && bearer(request.headers()).and_then(|token| api.host.authenticate(token)).is_none() {
-        return Err(ApiError::unauthorized());
-    }
+    let uploader = if upload {
+        Some(
+            bearer(request.headers())
+                .and_then(|token| api.host.authenticate(token))
+                .ok_or_else(ApiError::unauthorized)?,
+        )
+    } else {
+        None
+    };
     let limit = if upload { MODULE_LIMIT } else { JSON_LIMIT };
     let too_large = || {
         ApiError::new(
@@ -161,18 +170,9 @@ async fn read_body(State(api): State<Api>, request: Request, next: Next) -> Resu
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let _turn = if upload {
-        let busy = || {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "uploads_busy",
-                "too many uploads at once: try again shortly",
-            )
-        };
-        let turn = tokio::time::timeout(api.body_timeout, api.uploads.clone().acquire_owned()).await;
-        Some(turn.map_err(|_| busy())?.map_err(|_| busy())?)
-    } else {
-        None
+    let _turn = match uploader {
+        Some(tenant) => Some(UploadTurn::take(&api, tenant).await?),
+        None => None,
     };
     let (parts, body) = request.into_parts();
     let bytes = match tokio::time::timeout(api.body_timeout, axum::body::to_bytes(body, limit)).await {
@@ -503,6 +503,49 @@ async fn deliver(
     let delivery = api.host.deliver_async(&tenant, id, event, key.as_deref()).await?;
     let body = json!({ "delivery": if delivery == Delivery::Accepted { "accepted" } else { "duplicate" } });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// An upload's turn: one of the server's `max_uploads`, and its tenant's only one (a tenant that
+/// stalls its uploads holds one turn, not all of them).
+struct UploadTurn {
+    _place: Uploading,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A tenant marked as uploading; unmarked when dropped.
+struct Uploading {
+    tenant: String,
+    uploading: Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+impl Drop for Uploading {
+    fn drop(&mut self) {
+        self.uploading.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.tenant);
+    }
+}
+
+impl UploadTurn {
+    /// Waits for a turn (at most the body timeout), unless the tenant is uploading already.
+    async fn take(api: &Api, tenant: String) -> Result<UploadTurn, ApiError> {
+        let uploading = api.uploading.clone();
+        if !uploading.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(tenant.clone()) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "upload_in_progress",
+                "this tenant is already uploading a module: its uploads go one at a time",
+            ));
+        }
+        let place = Uploading { tenant, uploading };
+        let busy = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "uploads_busy",
+                "too many uploads at once: try again shortly",
+            )
+        };
+        let permit = tokio::time::timeout(api.body_timeout, api.uploads.clone().acquire_owned()).await;
+        Ok(UploadTurn { _place: place, _permit: permit.map_err(|_| busy())?.map_err(|_| busy())? })
+    }
 }
 
 /// The `Idempotency-Key` header: 1 to 128 characters of visible ASCII, or absent.

@@ -361,19 +361,26 @@ async fn stalled_uploads_neither_hold_the_deploy_route_nor_hang_a_deploy() {
     // Without a token, a PUT is answered before its body is read: it takes no upload turn.
     let answer = tokio::time::timeout(std::time::Duration::from_secs(5), stalled(None)).await.expect("answered");
     assert_eq!(answer.expect("response").status(), StatusCode::UNAUTHORIZED);
-    // A tenant's stalled upload holds the only turn until its body times out; a deploy behind it
-    // is told the uploads are busy rather than left hanging.
-    let first = tokio::spawn(stalled(Some(&token)));
-    tokio::task::yield_now().await;
+    // A tenant's stalled upload holds one turn (here the only one) until its body times out: the
+    // same tenant's next upload is refused at once, another tenant's is told the uploads are busy
+    // rather than left hanging.
+    let (other, _) = server.tenant("other").await;
+    let mut first = Box::pin(stalled(Some(&token)));
+    // Polled until it waits for its body, holding its turn.
+    tokio::select! {
+        biased;
+        _ = &mut first => panic!("a stalled upload ended early"),
+        () = tokio::task::yield_now() => {}
+    }
     let started = std::time::Instant::now();
-    let second = stalled(Some(&token)).await.expect("response");
-    assert!(
-        [StatusCode::SERVICE_UNAVAILABLE, StatusCode::REQUEST_TIMEOUT].contains(&second.status()),
-        "{}",
-        second.status()
-    );
+    let again = stalled(Some(&token)).await.expect("response");
+    let body = again.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(code(&serde_json::from_slice(&body).expect("json")), "upload_in_progress");
+    let theirs = stalled(Some(&other)).await.expect("response");
+    let body = theirs.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(code(&serde_json::from_slice(&body).expect("json")), "uploads_busy");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    assert_eq!(first.await.expect("joined").expect("response").status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(first.await.expect("response").status(), StatusCode::REQUEST_TIMEOUT);
 }
 
 #[tokio::test]
