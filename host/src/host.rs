@@ -48,7 +48,6 @@ mod tokens;
 mod views;
 
 pub use bus::SessionEvent;
-pub(crate) use dispatch::Preemption;
 pub use views::{AppInfo, AppVersion, Delivery, Output, SessionView, TenantInfo};
 
 use self::kernel::Kernel;

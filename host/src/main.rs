@@ -14,7 +14,7 @@ mod cli {
     pub(crate) mod serve;
 }
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +86,15 @@ enum Command {
         #[arg(long, default_value = "turnstile-data")]
         data_dir: PathBuf,
     },
+    /// Copy a data directory's database while a host uses it, consistent as of one moment.
+    Backup {
+        /// The data directory.
+        #[arg(long, default_value = "turnstile-data")]
+        data_dir: PathBuf,
+        /// Where to write the copy (must not exist yet).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Move a session between hosts: export its snapshot, import it elsewhere.
     #[command(subcommand)]
     Session(SessionCommand),
@@ -153,6 +162,12 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Run { app, entry, input, kv } => cli::run::run(&runtime()?, &app, &entry, input, &kv),
         Command::Demo { sessions, workers } => cli::demo::demo(engine, sessions, workers),
         Command::Drive { data_dir } => cli::drive::drive(&data_dir),
+        Command::Backup { data_dir, out } => {
+            turnstile::SqliteStore::backup(&data_dir.join("turnstile.db"), &out)
+                .with_context(|| format!("backing up {}", data_dir.display()))?;
+            eprintln!("backed up to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { config, listen, data_dir } => {
             cli::serve::serve(turnstile::config::ServeConfig::load(config.as_deref(), listen, data_dir)?)
         }

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::limits::{DeployLimits, Limits};
 use crate::sandbox::{self, ActionCall, ActionOutcome, ActionTask, Attempt, Usage};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use wasmtime::Linker;
 
@@ -56,6 +56,24 @@ pub struct CompileStats {
     pub disk_cache: u64,
     /// Deploys of bytes already deployed here.
     pub already_deployed: u64,
+}
+
+/// How running tasks are told that work waits: a flag they read at every epoch check, and a
+/// poke that makes them check now.
+pub(crate) struct Preemption {
+    pub(crate) flag: Arc<AtomicBool>,
+    pub(crate) poke: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Preemption {
+    /// Publishes how many actions wait: running tasks are poked when some start waiting.
+    pub(crate) fn publish(&self, waiting: usize, count: &AtomicUsize) {
+        let before = count.swap(waiting, Ordering::AcqRel);
+        self.flag.store(waiting > 0, Ordering::Release);
+        if before == 0 && waiting > 0 {
+            (self.poke)();
+        }
+    }
 }
 
 /// The shared engine, linkers and deployed apps.
@@ -242,12 +260,9 @@ impl Runtime {
     }
 
     /// How the host tells running tasks that work waits for a worker.
-    pub(crate) fn preemption(&self) -> crate::host::Preemption {
+    pub(crate) fn preemption(&self) -> Preemption {
         let engine = self.engine.wasmtime().clone();
-        crate::host::Preemption {
-            flag: self.engine.preempting().clone(),
-            poke: Box::new(move || engine.increment_epoch()),
-        }
+        Preemption { flag: self.engine.preempting().clone(), poke: Box::new(move || engine.increment_epoch()) }
     }
 
     /// Fuel of an action's first, synchronous attempt.

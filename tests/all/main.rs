@@ -11,6 +11,7 @@ mod fixtures;
 mod flows;
 mod hardening;
 mod host;
+mod operations;
 mod readme;
 mod sandbox;
 mod serve;

@@ -4,12 +4,13 @@
 //! while it is held.
 
 use crate::error::QueueFull;
+use crate::runtime::Preemption;
 use crate::sandbox::{ActionTask, Usage};
 use crate::scheduler::AppIx;
 use crate::scheduler::{Bounds, Dispatch, Pick, Scheduler};
 use crate::session::SessionId;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 /// What a worker is given to do.
@@ -29,24 +30,6 @@ pub(crate) struct Dispatcher {
     /// deciding whether its preempted task should hand over or simply go on.
     waiting: AtomicUsize,
     preemption: Preemption,
-}
-
-/// How running tasks are told that work waits: a flag they read at every epoch check, and a
-/// poke that makes them check now.
-pub(crate) struct Preemption {
-    pub(crate) flag: Arc<AtomicBool>,
-    pub(crate) poke: Box<dyn Fn() + Send + Sync>,
-}
-
-impl Preemption {
-    /// Publishes how many actions wait: running tasks are poked when some start waiting.
-    fn publish(&self, waiting: usize, count: &AtomicUsize) {
-        let before = count.swap(waiting, Ordering::AcqRel);
-        self.flag.store(waiting > 0, Ordering::Release);
-        if before == 0 && waiting > 0 {
-            (self.poke)();
-        }
-    }
 }
 
 /// The dispatcher's lock, which publishes the waiting count when it is let go.

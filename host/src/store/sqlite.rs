@@ -130,6 +130,33 @@ impl SqliteStore {
         Ok(SqliteStore { conn: Mutex::new(conn), readers: Mutex::new(Vec::new()), path: path.to_path_buf() })
     }
 
+    /// Copies the database at `path` to `out`, consistent as of one moment, while hosts keep
+    /// using it (SQLite's `VACUUM INTO`: one read transaction, so writers go on meanwhile). `out`
+    /// must not exist yet; a host started on the copy resumes every session as it was then.
+    pub fn backup(path: &Path, out: &Path) -> Result<(), StoreError> {
+        if out.exists() {
+            return Err(StoreError::Io {
+                context: "writing the backup",
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the output file exists already"),
+            });
+        }
+        if !path.is_file() {
+            return Err(StoreError::Io {
+                context: "opening the database to back up",
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "there is no database there"),
+            });
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|source| StoreError::NotADatabase { source })?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite("setting the busy timeout"))?;
+        let out = out.to_str().ok_or_else(|| StoreError::Io {
+            context: "writing the backup",
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the output path is not UTF-8"),
+        })?;
+        conn.execute("VACUUM INTO ?1", [out]).map_err(sqlite("copying the database"))?;
+        Ok(())
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

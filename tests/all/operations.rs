@@ -1,0 +1,87 @@
+//! Operating a host: an online backup taken while sessions move on.
+
+use crate::durability::{host_on, temp_dir, wait_app, wait_for, waiting};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use turnstile::{SqliteStore, Status, Store, TenantConfig};
+
+#[test]
+fn a_backup_taken_under_load_resumes_every_session_of_its_moment() {
+    let dir = temp_dir("backup");
+    let live = dir.join("live");
+    let open = |data: &std::path::Path| {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.join("turnstile.db")).expect("opens"));
+        host_on(store, &dir.join("modules"))
+    };
+    let host = Arc::new(open(&live));
+    let events = host.subscribe();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+    let before: Vec<_> = (0..100)
+        .map(|_| {
+            let id = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+            wait_for(&events, id, waiting);
+            id
+        })
+        .collect();
+    // Load while the backup runs: sessions start and events end them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (host, stop, before) = (host.clone(), stop.clone(), before.clone());
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            while !stop.load(Ordering::Relaxed) {
+                host.start_session("t", "patient", "start", Vec::new()).expect("starts under load");
+                if let Some(&id) = before.get(answered) {
+                    host.deliver("t", id, br#""x""#.to_vec(), None).expect("delivered under load");
+                    answered += 1;
+                }
+            }
+        })
+    };
+    let out = dir.join("copy").join("turnstile.db");
+    std::fs::create_dir_all(out.parent().expect("parent")).expect("dir");
+    let backup = |out: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_turnstile"))
+            .args(["backup", "--data-dir"])
+            .arg(&live)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("turnstile runs")
+    };
+    let made = backup(&out);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load");
+    // A second backup onto the same file is refused, and the copy left as it was.
+    let again = backup(&out);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    drop(events);
+    drop(host);
+
+    // A host on the copy has every session of that moment, each where it was, and they go on.
+    let copy = open(out.parent().expect("parent"));
+    let events = copy.subscribe();
+    for &id in &before {
+        let view = copy.session("t", id).expect("every session of the moment is in the copy");
+        match view.status {
+            // Waiting, or about to take the event acknowledged before the backup (its inbox).
+            Status::Waiting { .. } | Status::Ready { .. } => {
+                if let Err(error) = copy.deliver("t", id, br#""y""#.to_vec(), None) {
+                    // It took its inbox event first: refused, or stored and reported not applied.
+                    assert!(["session_state", "not_applied"].contains(&error.code()), "{error}");
+                }
+                if !copy.session("t", id).expect("s").status.is_finished() {
+                    wait_for(&events, id, Status::is_finished);
+                }
+            }
+            Status::Done { .. } => {}
+            other => panic!("session {id} is {other:?} in the copy"),
+        }
+        assert!(matches!(copy.session("t", id).expect("s").status, Status::Done { .. }));
+    }
+    drop(copy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
