@@ -61,6 +61,7 @@ pub struct Api {
     /// Tenants with an upload under way (one each).
     uploading: Arc<std::sync::Mutex<HashSet<String>>>,
     body_timeout: Duration,
+    protect_metrics: bool,
 }
 
 impl Api {
@@ -74,6 +75,7 @@ impl Api {
             closing: Arc::new(watch::Sender::new(false)),
             uploads: Arc::new(Semaphore::new(HttpLimits::default().max_uploads)),
             uploading: Arc::default(),
+            protect_metrics: false,
             body_timeout: Duration::from_secs(HttpLimits::default().body_timeout_secs),
         }
     }
@@ -82,6 +84,7 @@ impl Api {
     pub fn with_limits(mut self, limits: &HttpLimits) -> Api {
         self.uploads = Arc::new(Semaphore::new(limits.max_uploads.max(1)));
         self.body_timeout = Duration::from_secs(limits.body_timeout_secs.max(1));
+        self.protect_metrics = limits.protect_metrics;
         self
     }
 
@@ -675,7 +678,11 @@ impl OutputFeed {
     }
 }
 
-async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let operator = bearer(&headers).is_some_and(|token| constant_time_eq(token.as_bytes(), api.admin_token.as_bytes()));
+    if api.protect_metrics && !operator {
+        return Err(ApiError::unauthorized());
+    }
     let host = api.host.clone();
     let text = blocking(move || Ok(host.metrics().prometheus())).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

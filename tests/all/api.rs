@@ -403,3 +403,24 @@ async fn output_streams_opened_and_dropped_leave_nothing_behind() {
     let _open = server.router.clone().oneshot(request).await.expect("response");
     assert_eq!(server._host.metrics().output_streams, 1, "only the stream still open is watched");
 }
+
+#[tokio::test]
+async fn metrics_can_be_kept_to_the_operator() {
+    let server = Server::new();
+    let (token, _) = server.tenant("acme").await;
+    let limits = turnstile::api::HttpLimits { protect_metrics: true, ..Default::default() };
+    let router = router(Api::new(server._host.clone(), ADMIN).with_limits(&limits));
+    let get = |token: Option<&str>| {
+        let mut request = Request::get("/metrics");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        router.clone().oneshot(request.body(Body::empty()).expect("request"))
+    };
+    assert_eq!(get(None).await.expect("response").status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(get(Some(&token)).await.expect("response").status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(get(Some(ADMIN)).await.expect("response").status(), StatusCode::OK);
+    // Unprotected (the default), anyone may scrape.
+    let (status, _) = server.call(Method::GET, "/metrics", None, None, Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+}

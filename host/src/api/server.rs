@@ -31,6 +31,8 @@ pub struct HttpLimits {
     pub max_uploads: usize,
     /// Time connections get to finish at shutdown, in seconds.
     pub shutdown_grace_secs: u64,
+    /// `/metrics` answers only the operator (admin token): the metrics name every tenant.
+    pub protect_metrics: bool,
 }
 
 impl Default for HttpLimits {
@@ -41,6 +43,7 @@ impl Default for HttpLimits {
             body_timeout_secs: 30,
             max_uploads: 4,
             shutdown_grace_secs: 10,
+            protect_metrics: false,
         }
     }
 }
