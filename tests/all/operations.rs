@@ -85,3 +85,70 @@ fn a_backup_taken_under_load_resumes_every_session_of_its_moment() {
     drop(copy);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A database written by this release (schema 3), kept so that every later schema is tested to
+/// open it: `tests/fixtures/schema-3.db`, with the token it holds beside it.
+fn upgrade_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/schema-3.db")
+}
+
+/// Writes the upgrade fixture again. Run it only when this release's schema is the one to keep:
+/// `cargo test -- --ignored write_the_upgrade_fixture`.
+#[test]
+#[ignore = "writes a committed fixture"]
+fn write_the_upgrade_fixture() {
+    let path = upgrade_fixture();
+    let _ = std::fs::remove_file(&path);
+    let dir = temp_dir("fixture");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("opens"));
+    let host = host_on(store, &dir.join("modules"));
+    let events = host.subscribe();
+    host.create_tenant("shop", TenantConfig { weight: 3, ..TenantConfig::default() }).expect("tenant");
+    let (_, token) = host.issue_token("shop").expect("token");
+    std::fs::write(path.with_extension("token"), &token).expect("token written");
+    host.kv_put("shop", [("greeting".to_owned(), b"hello".to_vec())]).expect("kv");
+    host.deploy("shop", "patient", &wait_app(None)).expect("deploys");
+    host.deploy("shop", "timed", &wait_app(Some(86_400_000))).expect("deploys");
+    let waiting_forever = host.start_session("shop", "patient", "start", Vec::new()).expect("starts");
+    wait_for(&events, waiting_forever, waiting);
+    let timed = host.start_session("shop", "timed", "start", Vec::new()).expect("starts");
+    wait_for(&events, timed, waiting);
+    let done = host.start_session("shop", "patient", "start", Vec::new()).expect("starts");
+    wait_for(&events, done, waiting);
+    host.deliver("shop", done, br#""x""#.to_vec(), Some("key-1")).expect("delivered");
+    wait_for(&events, done, Status::is_finished);
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_database_of_an_earlier_release_opens_and_every_session_resumes() {
+    let dir = temp_dir("upgrade");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = dir.join("turnstile.db");
+    std::fs::copy(upgrade_fixture(), &db).expect("the fixture is there");
+    let token = std::fs::read_to_string(upgrade_fixture().with_extension("token")).expect("its token");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).expect("the old database opens"));
+    let host = host_on(store.clone(), &dir.join("modules"));
+    assert_eq!(host.authenticate(&token).as_deref(), Some("shop"), "its token still works");
+    assert_eq!(store.kv_get("shop", "greeting").expect("kv"), Some(b"hello".to_vec()));
+    assert_eq!(host.tenant("shop").expect("tenant").config.weight, 3);
+    let sessions: Vec<_> =
+        host.sessions().into_iter().map(|(tenant, view)| (assert_eq!(tenant, "shop"), view).1).collect();
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    let events = host.subscribe();
+    let mut finished = 0;
+    for view in sessions {
+        match view.status {
+            Status::Waiting { .. } => {
+                host.deliver("shop", view.id, br#""y""#.to_vec(), None).expect("delivered");
+                wait_for(&events, view.id, Status::is_finished);
+            }
+            Status::Done { .. } => finished += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(finished, 1);
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
