@@ -49,6 +49,7 @@ pub struct PoolConfig {
     /// Instances the pooling allocator holds at once.
     pub instances: u32,
     /// The memory ceiling of one instance, in bytes.
+    #[serde(deserialize_with = "crate::human::bytes")]
     pub max_memory_bytes: usize,
 }
 

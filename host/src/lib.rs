@@ -29,6 +29,7 @@
 //!   session lifecycle, the dispatcher, group commit, timers, the event bus, resume, the pool.
 //! - `scheduler`: fair share (stride, in real cost), buckets, the action list; `metrics`.
 //! - `json`: depth bounds on what guests hand the host.
+//! - `human`: durations and sizes in a configuration as people write them (`"250ms"`, `"64MiB"`).
 //! - `store`: the [`Store`] trait, [`MemoryStore`] and [`SqliteStore`]; `snapshot`: portable
 //!   session snapshots.
 //! - [`api`]: the HTTP API (axum) over a [`Host`]; [`config`]: `turnstile serve`'s configuration.
@@ -61,6 +62,7 @@ mod error;
 pub mod examples;
 mod failure;
 mod host;
+mod human;
 mod json;
 mod limits;
 mod local;

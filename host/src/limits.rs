@@ -96,24 +96,32 @@ pub struct Limits {
     /// Fuel (roughly, wasm instructions) one action may burn.
     pub fuel_per_action: u64,
     /// Bytes of linear memory one instance may grow to.
+    #[serde(deserialize_with = "crate::human::bytes")]
     pub memory_bytes: usize,
     /// Elements one table may grow to.
     pub table_elements: usize,
     /// Wall-clock time one action may run: the backstop for what fuel does not meter.
+    #[serde(with = "crate::human::duration")]
     pub wall_time: Duration,
     /// Bytes of session state.
+    #[serde(deserialize_with = "crate::human::bytes")]
     pub max_state_bytes: usize,
     /// Output events one action may emit.
     pub max_outputs: usize,
     /// Bytes of output events one action may emit, all together.
+    #[serde(deserialize_with = "crate::human::bytes")]
     pub max_output_bytes: usize,
     /// Bytes of one key.
+    #[serde(deserialize_with = "crate::human::bytes")]
     pub max_kv_key_bytes: usize,
     /// Bytes of key-value writes (keys and values) one action may make.
+    #[serde(deserialize_with = "crate::human::bytes")]
     pub max_kv_write_bytes: usize,
     /// Bytes of one customer event (the input of an action).
+    #[serde(deserialize_with = "crate::human::bytes")]
     pub max_input_bytes: usize,
     /// Bytes of guest log (and captured stdout/stderr) kept per action; past it lines are dropped.
+    #[serde(deserialize_with = "crate::human::bytes")]
     pub max_log_bytes: usize,
     /// Actions one session may run in all: the loop guard.
     pub max_actions_per_session: u64,

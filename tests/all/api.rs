@@ -424,3 +424,22 @@ async fn metrics_can_be_kept_to_the_operator() {
     let (status, _) = server.call(Method::GET, "/metrics", None, None, Vec::new()).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn quotas_take_durations_and_sizes_as_people_write_them() {
+    let server = Server::new();
+    let config = json!({ "limits": { "wall_time": "250ms", "memory_bytes": "16MiB", "max_state_bytes": 4096 } });
+    let (status, body) =
+        server.json(Method::POST, "/v1/tenants", ADMIN, json!({ "name": "acme", "config": config })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["config"]["limits"]["wall_time"], "250ms");
+    assert_eq!(body["config"]["limits"]["memory_bytes"], 16 << 20);
+    // The form written before is still read.
+    let legacy = json!({ "limits": { "wall_time": { "secs": 2, "nanos": 0 } } });
+    let (status, body) = server.json(Method::PUT, "/v1/tenants/acme", ADMIN, legacy).await;
+    assert_eq!((status, body["config"]["limits"]["wall_time"].clone()), (StatusCode::OK, json!("2s")), "{body}");
+    let (status, body) =
+        server.json(Method::PUT, "/v1/tenants/acme", ADMIN, json!({ "limits": { "wall_time": "5" } })).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"), "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("limits.wall_time: `5`: give a unit"), "{body}");
+}
