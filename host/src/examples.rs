@@ -35,6 +35,15 @@ fn built(target: &str) -> Result<PathBuf, Error> {
     let root = repository_root();
     // A target directory of their own, so this never waits on the lock of a build in progress.
     let target_dir = root.join("target").join("guest");
+    // rustup does not add rust-toolchain.toml's targets to a toolchain already installed: ask
+    // for the target (a no-op when it is there; skipped where there is no rustup).
+    let _ = Command::new("rustup")
+        .current_dir(&root)
+        .args(["target", "add", target])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    eprintln!("building the example apps for {target} (the first run takes a few minutes)...");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)

@@ -5,11 +5,13 @@
 //!   stdin (`/timeout` fires the pending wait's timeout at once); exits non-zero when it fails.
 //! - `turnstile demo` — several tenants, one of them hostile, thousands of simulated customers.
 //! - `turnstile bench` — throughput, fairness and isolation figures against raw wasmtime.
+//! - `turnstile new NAME` — a script project to start from.
 
 mod cli {
     pub(crate) mod bench;
     pub(crate) mod demo;
     pub(crate) mod drive;
+    pub(crate) mod new;
     pub(crate) mod run;
     pub(crate) mod serve;
 }
@@ -85,6 +87,14 @@ enum Command {
         /// The data directory (SQLite database and compile cache).
         #[arg(long, default_value = "turnstile-data")]
         data_dir: PathBuf,
+    },
+    /// Create a script project to start from: the SDK, a phone-line skeleton, a test, a README.
+    New {
+        /// The project's name (a-z, 0-9, `-`, `_`).
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Copy a data directory's database while a host uses it, consistent as of one moment.
     Backup {
@@ -162,6 +172,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Run { app, entry, input, kv } => cli::run::run(&runtime()?, &app, &entry, input, &kv),
         Command::Demo { sessions, workers } => cli::demo::demo(engine, sessions, workers),
         Command::Drive { data_dir } => cli::drive::drive(&data_dir),
+        Command::New { name, dir } => cli::new::new(&dir, &name).map(|()| ExitCode::SUCCESS),
         Command::Backup { data_dir, out } => {
             turnstile::SqliteStore::backup(&data_dir.join("turnstile.db"), &out)
                 .with_context(|| format!("backing up {}", data_dir.display()))?;

@@ -85,3 +85,39 @@ fn run_exits_non_zero_with_the_reason_when_the_session_fails() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("no action `nope`"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn new_makes_a_script_whose_test_passes_and_whose_module_answers_a_call() {
+    let dir = crate::durability::temp_dir("new");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let dir_text = dir.to_str().expect("utf-8 path");
+    let made = turnstile(&["new", "hello-line", "--dir", dir_text], "", None);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let again = turnstile(&["new", "hello-line", "--dir", dir_text], "", None);
+    assert!(!again.status.success() && text(&again.stderr).contains("exists already"));
+    let bad = turnstile(&["new", "Hello Line", "--dir", dir_text], "", None);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("can't name a script"));
+
+    // Its own test passes, and it builds to Wasm (a target directory shared across runs).
+    let project = dir.join("hello-line");
+    let target_dir = turnstile::examples::repository_root().join("target").join("guest-new");
+    let cargo = |args: &[&str]| {
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&project)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .args(args)
+            .output()
+            .expect("cargo runs")
+    };
+    let tested = cargo(&["test", "--quiet"]);
+    assert!(tested.status.success(), "{}{}", text(&tested.stdout), text(&tested.stderr));
+    assert!(text(&tested.stdout).contains("1 passed"), "{}", text(&tested.stdout));
+    let built = cargo(&["build", "--quiet", "--release", "--target", "wasm32-unknown-unknown"]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let wasm = target_dir.join("wasm32-unknown-unknown/release/hello_line.wasm");
+    // A call: press 1, and the caller is transferred.
+    let call = turnstile(&["run", wasm.to_str().expect("utf-8 path")], "1\n", None);
+    assert!(call.status.success(), "{}", text(&call.stderr));
+    assert!(text(&call.stdout).contains("Transferring you to an agent."), "{}", text(&call.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
+}
