@@ -6,9 +6,12 @@
 //! - `turnstile demo` — several tenants, one of them hostile, thousands of simulated customers.
 //! - `turnstile bench` — throughput, fairness and isolation figures against raw wasmtime.
 //! - `turnstile new NAME` — a script project to start from.
+//! - `turnstile deploy|apps|start|send|status|tail|tenants|token|suspend|resume` — a client of
+//!   `turnstile serve` (`--server`/`TURNSTILE_URL`, `--token`/`TURNSTILE_TOKEN`).
 
 mod cli {
     pub(crate) mod bench;
+    pub(crate) mod client;
     pub(crate) mod demo;
     pub(crate) mod drive;
     pub(crate) mod new;
@@ -33,6 +36,23 @@ struct Cli {
     no_cache: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the server is and who asks, for the client commands.
+#[derive(clap::Args)]
+struct Remote {
+    /// The server's address.
+    #[arg(long, env = "TURNSTILE_URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// A tenant's token (or the admin token, for operator commands).
+    #[arg(long, env = "TURNSTILE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(self) -> Result<cli::client::Client> {
+        cli::client::Client::new(&self.server, self.token)
+    }
 }
 
 #[derive(Subcommand)]
@@ -87,6 +107,88 @@ enum Command {
         /// The data directory (SQLite database and compile cache).
         #[arg(long, default_value = "turnstile-data")]
         data_dir: PathBuf,
+    },
+    /// Deploy a module as a version of an app (tenant).
+    Deploy {
+        /// The app's name.
+        app: String,
+        /// The module.
+        module: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the tenant's apps and their versions (tenant).
+    Apps {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Start a session; prints its id (tenant).
+    Start {
+        /// The app.
+        app: String,
+        /// The entry action.
+        #[arg(long, default_value = "start")]
+        entry: String,
+        /// The entry action's input.
+        #[arg(long, default_value = "")]
+        input: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Send a customer event to a session (tenant).
+    Send {
+        /// The session's id.
+        session: u64,
+        /// The event.
+        event: String,
+        /// An idempotency key: a retry with the same key is applied once.
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A session's status, step, counters and last failure (tenant).
+    Status {
+        /// The session's id.
+        session: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follow a session's outputs until it ends; exits 0 if it ended done (tenant).
+    Tail {
+        /// The session's id.
+        session: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List tenants, or create one with --create NAME (operator).
+    Tenants {
+        /// Create this tenant (with the server's default quota).
+        #[arg(long)]
+        create: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Issue a token for a tenant; prints it, shown this once (operator).
+    Token {
+        /// The tenant.
+        tenant: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Suspend a tenant: its new sessions and events are refused (operator).
+    Suspend {
+        /// The tenant.
+        tenant: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Resume a suspended tenant (operator).
+    Resume {
+        /// The tenant.
+        tenant: String,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Create a script project to start from: the SDK, a phone-line skeleton, a test, a README.
     New {
@@ -172,6 +274,18 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Run { app, entry, input, kv } => cli::run::run(&runtime()?, &app, &entry, input, &kv),
         Command::Demo { sessions, workers } => cli::demo::demo(engine, sessions, workers),
         Command::Drive { data_dir } => cli::drive::drive(&data_dir),
+        Command::Deploy { app, module, remote } => cli::client::deploy(&remote.client()?, &app, &module),
+        Command::Apps { remote } => cli::client::apps(&remote.client()?),
+        Command::Start { app, entry, input, remote } => cli::client::start(&remote.client()?, &app, &entry, &input),
+        Command::Send { session, event, key, remote } => {
+            cli::client::send(&remote.client()?, session, &event, key.as_deref())
+        }
+        Command::Status { session, remote } => cli::client::session(&remote.client()?, session),
+        Command::Tail { session, remote } => cli::client::tail(&remote.client()?, session),
+        Command::Tenants { create, remote } => cli::client::tenants(&remote.client()?, create.as_deref()),
+        Command::Token { tenant, remote } => cli::client::token(&remote.client()?, &tenant),
+        Command::Suspend { tenant, remote } => cli::client::suspend(&remote.client()?, &tenant, true),
+        Command::Resume { tenant, remote } => cli::client::suspend(&remote.client()?, &tenant, false),
         Command::New { name, dir } => cli::new::new(&dir, &name).map(|()| ExitCode::SUCCESS),
         Command::Backup { data_dir, out } => {
             turnstile::SqliteStore::backup(&data_dir.join("turnstile.db"), &out)

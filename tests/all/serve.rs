@@ -208,3 +208,51 @@ fn slow_clients_and_open_streams_hold_neither_a_connection_nor_the_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_client_takes_a_script_from_nothing_to_an_answered_call() {
+    let dir = temp_dir("client");
+    let (mut server, port) = start_server(&[OsStr::new("--data-dir"), dir.as_os_str()]);
+    let url = format!("http://127.0.0.1:{port}");
+    let module = dir.join("ivr.wasm");
+    std::fs::write(&module, example("ivr_menu")).expect("module written");
+    let client = |token: &str, args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_turnstile"))
+            .args(args)
+            .env("TURNSTILE_URL", &url)
+            .env("TURNSTILE_TOKEN", token)
+            .output()
+            .expect("the client runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stdout, stderr)
+    };
+    let (ok, _, err) = client(ADMIN, &["tenants", "--create", "bank"]);
+    assert!(ok, "{err}");
+    let (ok, token, err) = client(ADMIN, &["token", "bank"]);
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    let (ok, out, err) = client(&token, &["deploy", "ivr", module.to_str().expect("utf-8")]);
+    assert!(ok && out.contains("\"actions\""), "{out}{err}");
+    let (ok, id, err) = client(&token, &["start", "ivr"]);
+    assert!(ok, "{err}");
+    let id = id.trim().to_owned();
+    // The menu waits for a key: 9 hangs up, and the tail shows the call to its end.
+    let (ok, _, err) = client(&token, &["send", &id, "9", "--key", "press-1"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = client(&token, &["tail", &id]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Goodbye.") && out.trim_end().ends_with("end: done"), "{out}");
+    // A refusal is the server's code and message, and exit status 1.
+    let (ok, _, err) = client(&token, &["deploy", "bad", "Cargo.toml"]);
+    assert!(!ok && err.contains("not_wasm:"), "{err}");
+    let (ok, _, err) = client("wrong-token", &["apps"]);
+    assert!(!ok && err.contains("unauthorized"), "{err}");
+    let (ok, out, err) = client(ADMIN, &["suspend", "bank"]);
+    assert!(ok && out.contains("bank: suspended"), "{out}{err}");
+    let (ok, _, err) = client(&token, &["start", "ivr"]);
+    assert!(!ok && err.contains("tenant_suspended"), "{err}");
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
+    assert!(server.wait().expect("ends").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
