@@ -37,9 +37,16 @@ pub struct ServeConfig {
     /// Tenants created at start if they don't exist yet.
     #[serde(default)]
     pub tenants: Vec<SeedTenant>,
+    /// How long finished sessions are kept (with their outputs) before they are purged.
+    #[serde(default = "default_retention", with = "crate::human::duration")]
+    pub retention: std::time::Duration,
     /// Connection, timeout and upload limits of the HTTP server.
     #[serde(default)]
     pub http: crate::api::HttpLimits,
+}
+
+fn default_retention() -> std::time::Duration {
+    HostConfig::default().retention
 }
 
 /// The pool's size and the memory ceiling of one instance.

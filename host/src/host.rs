@@ -41,6 +41,7 @@ mod kernel;
 mod lifecycle;
 mod pool;
 mod resume;
+mod retention;
 mod sessions;
 mod tenants;
 mod timers;
@@ -76,6 +77,8 @@ pub struct HostConfig {
     pub max_pending_total: usize,
     /// Customer events one session may hold while it is busy.
     pub max_inbox: usize,
+    /// How long a finished session (with its outputs, inbox and keys) is kept before it is purged.
+    pub retention: Duration,
     /// Where tenants, apps, checkpoints, inboxes and key-value spaces are kept; a store that
     /// already holds data is resumed from.
     pub store: Arc<dyn Store>,
@@ -90,6 +93,7 @@ impl Default for HostConfig {
             max_pending_per_app: 10_000,
             max_pending_total: 200_000,
             max_inbox: 16,
+            retention: Duration::from_secs(7 * 86_400),
             store: Arc::new(MemoryStore::default()),
         }
     }
@@ -145,7 +149,7 @@ impl Host {
             slack: 20 * millisecond,
             long_action: millisecond,
         };
-        let core = Arc::new(Kernel::new(runtime, config.store, bounds, config.max_inbox));
+        let core = Arc::new(Kernel::new(runtime, config.store, bounds, config.max_inbox, config.retention));
         let image = core.store().load()?;
         resume::resume(&core, image)?;
         let mut threads = Vec::new();
@@ -156,6 +160,7 @@ impl Host {
         threads.push(core.timers().spawn(move |due| firing.fire(due))?);
         let (ingest, thread) = ingest::spawn(core.clone())?;
         threads.push(thread);
+        threads.push(retention::spawn(core.clone())?);
         Ok(Host { core, ingest: Mutex::new(Some(ingest)), threads })
     }
 
@@ -488,6 +493,7 @@ impl Drop for Host {
         drop(self.ingest.lock().unwrap_or_else(PoisonError::into_inner).take());
         self.core.dispatcher().stop();
         self.core.timers().stop();
+        self.core.retention().stop();
         self.core.bus().close_watchers();
         for thread in self.threads.drain(..) {
             let _ = thread.join();

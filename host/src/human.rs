@@ -33,14 +33,14 @@ pub(crate) mod duration {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         match Written::deserialize(deserializer)
-            .map_err(|_| de::Error::custom("a duration is written like \"250ms\", \"1s\", \"2m\" or \"1h\""))?
+            .map_err(|_| de::Error::custom("a duration is written like \"250ms\", \"1s\", \"2m\", \"1h\" or \"7d\""))?
         {
             Written::Legacy { secs, nanos } => Ok(Duration::new(secs, 0) + Duration::from_nanos(u64::from(nanos))),
             Written::Text(text) => parse(&text).map_err(de::Error::custom),
         }
     }
 
-    /// `"250ms"`, `"1s"`, `"1.5s"`, `"2m"`, `"1h"`, `"100us"`, `"10ns"`.
+    /// `"250ms"`, `"1s"`, `"1.5s"`, `"2m"`, `"1h"`, `"7d"`, `"100us"`, `"10ns"`.
     pub(crate) fn parse(text: &str) -> Result<Duration, String> {
         let text = text.trim();
         let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
@@ -52,7 +52,8 @@ pub(crate) mod duration {
             "s" => 1e9,
             "m" | "min" => 60e9,
             "h" => 3600e9,
-            _ => return Err(format!("`{text}`: give a unit: ns, us, ms, s, m or h (like \"250ms\")")),
+            "d" => 86_400e9,
+            _ => return Err(format!("`{text}`: give a unit: ns, us, ms, s, m, h or d (like \"250ms\")")),
         };
         let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (like \"250ms\")"))?;
         let nanos = number * nanos_per;

@@ -141,7 +141,7 @@ pub fn import_session(store: &dyn Store, snapshot: &Snapshot) -> Result<SessionI
         .iter()
         .map(|e| STANDARD.decode(e).map_err(SnapshotError::BadInbox))
         .collect::<Result<Vec<_>, _>>()?;
-    let id = SessionId(image.sessions.iter().map(|s| s.record.id.0).max().unwrap_or(0) + 1);
+    let id = SessionId(image.last_session_id + 1);
     let record = SessionRecord {
         id,
         tenant: snapshot.tenant.clone(),

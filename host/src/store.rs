@@ -200,6 +200,8 @@ pub struct Image {
     pub tokens: Vec<TokenRecord>,
     /// Sessions set aside by this load because their stored rows do not decode.
     pub quarantined: Vec<Quarantined>,
+    /// The highest session id ever used, purged sessions included: ids are never used twice.
+    pub last_session_id: u64,
 }
 
 /// What appending a customer event did.
@@ -305,6 +307,9 @@ pub trait Store: Send + Sync {
     fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
     /// The value under `key` in `tenant`'s key-value space.
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Deletes finished sessions past their retention with everything kept for them (inbox,
+    /// keys, outputs); sessions that are not finished are left alone. Their ids stay used.
+    fn purge(&self, sessions: &[SessionId]) -> Result<(), StoreError>;
     /// Sets keys in `tenant`'s key-value space outside any action (an operator seeding data).
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError>;
 }

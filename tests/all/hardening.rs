@@ -364,6 +364,9 @@ impl turnstile::Store for Faulty {
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, turnstile::StoreError> {
         self.inner.kv_get(tenant, key)
     }
+    fn purge(&self, sessions: &[turnstile::SessionId]) -> Result<(), turnstile::StoreError> {
+        self.inner.purge(sessions)
+    }
     fn kv_put(
         &self,
         tenant: &str,

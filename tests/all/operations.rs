@@ -152,3 +152,51 @@ fn a_database_of_an_earlier_release_opens_and_every_session_resumes() {
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn finished_sessions_are_purged_after_their_retention_and_their_ids_never_come_back() {
+    let dir = temp_dir("retention");
+    let open = || {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+        let mut config = turnstile::HostConfig {
+            workers: 2,
+            store,
+            retention: std::time::Duration::from_millis(50),
+            ..turnstile::HostConfig::default()
+        };
+        config.runtime.engine.pool_instances = 8;
+        config.runtime.engine.cache_dir = Some(dir.join("modules"));
+        turnstile::Host::new(config).expect("host starts")
+    };
+    let host = open();
+    let events = host.subscribe();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+    let open_one = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+    wait_for(&events, open_one, waiting);
+    // The newest session is the one that finishes: its id is the highest ever used.
+    let finished = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+    wait_for(&events, finished, waiting);
+    host.deliver("t", finished, br#""x""#.to_vec(), Some("k")).expect("delivered");
+    wait_for(&events, finished, Status::is_finished);
+    // The purge has no event to wait for: poll, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while host.session("t", finished).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the finished session was never purged");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(host.session("t", finished).expect_err("purged").code(), "not_found");
+    assert!(host.outputs("t", finished, 0, 10).is_err());
+    // A session still open is never purged.
+    assert!(matches!(host.session("t", open_one).expect("kept").status, Status::Waiting { .. }));
+    drop(events);
+    drop(host);
+    // After a restart the purged session stays gone, and its id is not given to another.
+    let host = open();
+    assert_eq!(host.session("t", finished).expect_err("still purged").code(), "not_found");
+    assert!(matches!(host.session("t", open_one).expect("kept").status, Status::Waiting { .. }));
+    let newest = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+    assert!(newest.0 > finished.0, "id {} was used again", newest.0);
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}

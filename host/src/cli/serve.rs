@@ -33,6 +33,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
         max_pending_per_app: config.queues.per_app,
         max_pending_total: config.queues.total,
         max_inbox: config.queues.inbox,
+        retention: config.retention,
         ..HostConfig::default()
     };
     if let Some(workers) = config.workers {

@@ -8,6 +8,7 @@ use super::bus::{Bus, SessionEvent};
 use super::commit::{CommitQueue, Ticket};
 use super::dispatch::{Dispatcher, Work};
 use super::lifecycle::{Effects, Lifecycle};
+use super::retention::Retention;
 use super::sessions::{SessionEntry, Sessions};
 use super::tenants::{Admin, AppEntry, Tenant, Tenants};
 use super::timers::{Due, Timers};
@@ -38,10 +39,17 @@ pub(crate) struct Kernel {
     bus: Bus,
     max_inbox: usize,
     quarantined: AtomicU64,
+    retention: Retention,
 }
 
 impl Kernel {
-    pub(crate) fn new(runtime: Runtime, store: Arc<dyn Store>, bounds: Bounds, max_inbox: usize) -> Kernel {
+    pub(crate) fn new(
+        runtime: Runtime,
+        store: Arc<dyn Store>,
+        bounds: Bounds,
+        max_inbox: usize,
+        retention: Duration,
+    ) -> Kernel {
         let preemption = runtime.preemption();
         Kernel {
             runtime,
@@ -55,6 +63,21 @@ impl Kernel {
             bus: Bus::default(),
             max_inbox,
             quarantined: AtomicU64::new(0),
+            retention: Retention::new(retention),
+        }
+    }
+
+    pub(crate) fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    /// Drops purged sessions from memory (only finished ones: nothing else is ever purged).
+    pub(crate) fn forget_finished(&self, sessions: &[SessionId]) {
+        for &id in sessions {
+            let mut shard = self.sessions.shard(id);
+            if shard.get(&id).is_some_and(|entry| entry.life.session().status.is_finished()) {
+                shard.remove(&id);
+            }
         }
     }
 
@@ -145,6 +168,7 @@ impl Kernel {
         }
         // Counted before it is told, so whoever sees the end also sees it counted.
         if effects.finished {
+            self.retention.finished(id);
             tenant.close_session();
             self.dispatcher.with(|s| s.counters_mut(tenant.ix()).sessions_finished += 1);
         }

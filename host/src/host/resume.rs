@@ -9,6 +9,7 @@ use super::lifecycle::Lifecycle;
 use super::sessions::SessionEntry;
 use crate::app::App;
 use crate::error::Error;
+use crate::session::SessionId;
 use crate::store::{Image, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
             core.tokens().insert(token.hash.clone(), token.id.clone(), tenant.name().clone());
         }
     }
+    // Ids of purged sessions are never used again.
+    core.sessions().observe_id(SessionId(image.last_session_id));
     for stored in image.sessions {
         let record = &stored.record;
         let id = record.id;
@@ -59,6 +62,9 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
         });
         if open {
             tenant.resumed_open();
+        } else {
+            // When it finished is not stored: its retention counts from this start.
+            core.retention().finished(id);
         }
         let entry = SessionEntry { tenant: tenant.clone(), app: app.name.clone(), app_ix: app.ix, version, code, life };
         core.sessions().shard(id).insert(id, entry);

@@ -24,6 +24,8 @@ struct Inner {
     sessions: BTreeMap<SessionId, Stored>,
     kv: HashMap<String, BTreeMap<String, Vec<u8>>>,
     tokens: BTreeMap<String, TokenRecord>,
+    /// The highest session id purged (ids are never used twice).
+    purged_up_to: u64,
 }
 
 /// One session's rows.
@@ -105,6 +107,7 @@ impl Store for MemoryStore {
                 .collect(),
             tokens: inner.tokens.values().cloned().collect(),
             quarantined: Vec::new(),
+            last_session_id: inner.sessions.keys().last().map_or(0, |id| id.0).max(inner.purged_up_to),
         })
     }
 
@@ -182,6 +185,17 @@ impl Store for MemoryStore {
 
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().kv.get(tenant).and_then(|space| space.get(key)).cloned())
+    }
+
+    fn purge(&self, sessions: &[SessionId]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for id in sessions {
+            if inner.sessions.get(id).is_some_and(|s| s.record.snapshot.status.is_finished()) {
+                inner.sessions.remove(id);
+                inner.purged_up_to = inner.purged_up_to.max(id.0);
+            }
+        }
+        Ok(())
     }
 
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {

@@ -66,6 +66,12 @@ const MIGRATIONS: &[&str] = &[
         session INTEGER PRIMARY KEY, tenant TEXT NOT NULL, app TEXT NOT NULL, snapshot TEXT NOT NULL,
         reason TEXT NOT NULL);
 "#,
+    // Retention: finished sessions are purged; the highest id purged is kept so that no id is
+    // ever used twice.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('purged_up_to', 0);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -288,6 +294,11 @@ impl Store for SqliteStore {
                 unapplied: unapplied.remove(&row.id).unwrap_or_default(),
             });
         }
+        let purged: i64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'purged_up_to'", [], |r| r.get(0))
+            .map_err(sqlite("loading"))?;
+        let last = image.sessions.iter().map(|s| s.record.id.0).max().unwrap_or(0);
+        image.last_session_id = last.max(u64::try_from(purged).unwrap_or(0));
         tx.commit().map_err(sqlite("loading"))?;
         Ok(image)
     }
@@ -404,6 +415,29 @@ impl Store for SqliteStore {
             },
             "reading the key-value space",
         )
+    }
+
+    fn purge(&self, sessions: &[SessionId]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let fail = sqlite("purging finished sessions");
+        let tx = conn.transaction().map_err(&fail)?;
+        for id in sessions {
+            let id = i64::try_from(id.0).unwrap_or(i64::MAX);
+            let finished: Option<i64> = tx
+                .query_row("SELECT finished FROM sessions WHERE id = ?1", params![id], |r| r.get(0))
+                .optional()
+                .map_err(&fail)?;
+            if finished != Some(1) {
+                continue;
+            }
+            for table in ["inbox", "event_keys", "outputs"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE session = ?1"), params![id]).map_err(&fail)?;
+            }
+            tx.execute("DELETE FROM sessions WHERE id = ?1", params![id]).map_err(&fail)?;
+            tx.execute("UPDATE meta SET value = max(value, ?1) WHERE key = 'purged_up_to'", params![id])
+                .map_err(&fail)?;
+        }
+        tx.commit().map_err(&fail)
     }
 
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {

@@ -1,0 +1,116 @@
+//! Retention: a finished session (done, failed, cancelled) is kept, with its outputs, inbox and
+//! idempotency keys, for the host's retention period, then purged from memory and from the store
+//! by one thread of its own, in batches, off the path of actions. A purged session answers
+//! `not_found` like one that never existed, and its id is never used again.
+
+use super::kernel::Kernel;
+use crate::error::Error;
+use crate::session::SessionId;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Sessions purged in one store transaction, at most.
+const BATCH: usize = 256;
+/// How long a batch the store could not purge waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Queue {
+    /// Sessions by the time they are due (the period is one for all, so this stays in order).
+    due: VecDeque<(Instant, SessionId)>,
+    stopping: bool,
+}
+
+/// The finished sessions waiting out their retention.
+pub(crate) struct Retention {
+    period: Duration,
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
+impl Retention {
+    pub(crate) fn new(period: Duration) -> Retention {
+        Retention { period, queue: Mutex::default(), changed: Condvar::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Session `id` has finished (or was found finished at start): purge it after the period.
+    pub(crate) fn finished(&self, id: SessionId) {
+        let due = Instant::now().checked_add(self.period);
+        // A period too long to represent: kept for ever.
+        if let Some(due) = due {
+            self.lock().due.push_back((due, id));
+            self.changed.notify_one();
+        }
+    }
+
+    /// Ends the purging thread.
+    pub(crate) fn stop(&self) {
+        self.lock().stopping = true;
+        self.changed.notify_all();
+    }
+
+    /// The next batch that is due, waiting for it; `None` once stopping.
+    fn next_batch(&self) -> Option<Vec<SessionId>> {
+        let mut queue = self.lock();
+        loop {
+            if queue.stopping {
+                return None;
+            }
+            let now = Instant::now();
+            match queue.due.front() {
+                Some((due, _)) if *due <= now => {
+                    let mut batch = Vec::new();
+                    while batch.len() < BATCH
+                        && let Some(&(due, id)) = queue.due.front()
+                        && due <= now
+                    {
+                        queue.due.pop_front();
+                        batch.push(id);
+                    }
+                    return Some(batch);
+                }
+                Some((due, _)) => {
+                    let wait = due.saturating_duration_since(now);
+                    queue = self.changed.wait_timeout(queue, wait).unwrap_or_else(PoisonError::into_inner).0;
+                }
+                None => queue = self.changed.wait(queue).unwrap_or_else(PoisonError::into_inner),
+            }
+        }
+    }
+
+    /// Puts a batch back to be tried again later (the store failed).
+    fn retry(&self, batch: Vec<SessionId>) {
+        let Some(due) = Instant::now().checked_add(RETRY) else { return };
+        let mut queue = self.lock();
+        // Behind everything due sooner, so the queue stays in order.
+        let at = queue.due.partition_point(|(d, _)| *d <= due);
+        for (n, id) in batch.into_iter().enumerate() {
+            queue.due.insert(at + n, (due, id));
+        }
+    }
+}
+
+/// Starts the thread that purges what is due.
+pub(crate) fn spawn(kernel: Arc<Kernel>) -> Result<JoinHandle<()>, Error> {
+    thread::Builder::new()
+        .name("turnstile-retention".into())
+        .spawn(move || {
+            while let Some(batch) = kernel.retention().next_batch() {
+                // The store first: a session leaves memory only once it is gone for good.
+                match kernel.store().purge(&batch) {
+                    Ok(()) => kernel.forget_finished(&batch),
+                    Err(error) => {
+                        tracing::warn!(sessions = batch.len(), %error, "purging finished sessions failed: will retry");
+                        kernel.retention().retry(batch);
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the retention thread", e))
+}
