@@ -7,33 +7,31 @@
 //! - No blocking lock is taken on the async threads: token and tenant look-ups take no lock,
 //!   and every other host call (sessions, commits, compiles, metrics) runs on the blocking pool.
 
+mod body;
 mod error;
 mod openapi;
 mod server;
+mod stream;
 
 pub use error::ApiError;
 pub use openapi::{Auth, ROUTES, openapi_document};
 pub use server::{HttpLimits, serve};
 
 use crate::error::Error;
-use crate::host::{Delivery, Host, SessionEvent, SessionView, TenantInfo};
+use crate::host::{Delivery, Host, SessionView, TenantInfo};
 use crate::limits::TenantConfig;
-use crate::session::{SessionId, Status};
+use crate::session::SessionId;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use futures_util::Stream;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::collections::{HashSet, VecDeque};
-use std::convert::Infallible;
-use std::error::Error as _;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,10 +39,6 @@ use tokio::sync::{Semaphore, watch};
 
 /// Bodies of JSON routes are at most this big.
 const JSON_LIMIT: usize = 64 << 10;
-/// Uploaded modules are at most this big (the deploy limit then applies).
-const MODULE_LIMIT: usize = 32 << 20;
-/// Longer request targets are refused (`uri_too_long`).
-const URI_LIMIT: usize = 8 << 10;
 /// Idempotency keys are at most this long, in visible ASCII.
 const KEY_LIMIT: usize = 128;
 
@@ -119,9 +113,9 @@ pub fn router(api: Api) -> Router {
         .route("/v1/sessions", post(start_session))
         .route("/v1/sessions/{session}", get(get_session).delete(cancel_session))
         .route("/v1/sessions/{session}/events", post(deliver))
-        .route("/v1/sessions/{session}/outputs", get(outputs))
+        .route("/v1/sessions/{session}/outputs", get(stream::outputs))
         .layer(DefaultBodyLimit::max(JSON_LIMIT));
-    let upload = Router::new().route("/v1/apps/{app}", put(deploy)).layer(DefaultBodyLimit::max(MODULE_LIMIT));
+    let upload = Router::new().route("/v1/apps/{app}", put(deploy)).layer(DefaultBodyLimit::max(body::MODULE_LIMIT));
     Router::new()
         .merge(json_routes)
         .merge(upload)
@@ -133,72 +127,9 @@ pub fn router(api: Api) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
-        .layer(middleware::from_fn_with_state(api.clone(), read_body))
+        .layer(middleware::from_fn_with_state(api.clone(), body::read_body))
         .layer(middleware::from_fn(request_id))
         .with_state(api)
-}
-
-/// Reads a request's whole body before it is routed, within the route's size limit and the body
-/// timeout (a body that never arrives does not hold its connection), uploads a few at a time
-/// (each may be 32 MiB); refuses a request target over 8 KiB.
-async fn read_body(State(api): State<Api>, request: Request, next: Next) -> Result<Response, ApiError> {
-    if request.uri().to_string().len() > URI_LIMIT {
-        return Err(ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("request targets are at most {URI_LIMIT} bytes"),
-        ));
-    }
-    // Only a tenant's upload to the deploy route is read with the large limit and takes an upload
-    // turn: anyone else's PUT is answered before its body is read.
-    let upload = request.method() == axum::http::Method::PUT && request.uri().path().starts_with("/v1/apps/");
-    let uploader = if upload {
-        Some(
-            bearer(request.headers())
-                .and_then(|token| api.host.authenticate(token))
-                .ok_or_else(ApiError::unauthorized)?,
-        )
-    } else {
-        None
-    };
-    let limit = if upload { MODULE_LIMIT } else { JSON_LIMIT };
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("this route takes at most {limit} bytes"),
-        )
-    };
-    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let _turn = match uploader {
-        Some(tenant) => Some(UploadTurn::take(&api, tenant).await?),
-        None => None,
-    };
-    let (parts, body) = request.into_parts();
-    let bytes = match tokio::time::timeout(api.body_timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(error)) if error.source().is_some_and(|e| e.is::<http_body_util::LengthLimitError>()) => {
-            return Err(too_large());
-        }
-        Ok(Err(error)) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!("the body could not be read: {error}"),
-            ));
-        }
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!("the body did not arrive within {} s", api.body_timeout.as_secs()),
-            ));
-        }
-    };
-    Ok(next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await)
 }
 
 /// Gives each request an id (the caller's `x-request-id`, or a new one), logs it with the
@@ -508,49 +439,6 @@ async fn deliver(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// An upload's turn: one of the server's `max_uploads`, and its tenant's only one (a tenant that
-/// stalls its uploads holds one turn, not all of them).
-struct UploadTurn {
-    _place: Uploading,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// A tenant marked as uploading; unmarked when dropped.
-struct Uploading {
-    tenant: String,
-    uploading: Arc<std::sync::Mutex<HashSet<String>>>,
-}
-
-impl Drop for Uploading {
-    fn drop(&mut self) {
-        self.uploading.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.tenant);
-    }
-}
-
-impl UploadTurn {
-    /// Waits for a turn (at most the body timeout), unless the tenant is uploading already.
-    async fn take(api: &Api, tenant: String) -> Result<UploadTurn, ApiError> {
-        let uploading = api.uploading.clone();
-        if !uploading.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(tenant.clone()) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "upload_in_progress",
-                "this tenant is already uploading a module: its uploads go one at a time",
-            ));
-        }
-        let place = Uploading { tenant, uploading };
-        let busy = || {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "uploads_busy",
-                "too many uploads at once: try again shortly",
-            )
-        };
-        let permit = tokio::time::timeout(api.body_timeout, api.uploads.clone().acquire_owned()).await;
-        Ok(UploadTurn { _place: place, _permit: permit.map_err(|_| busy())?.map_err(|_| busy())? })
-    }
-}
-
 /// The `Idempotency-Key` header: 1 to 128 characters of visible ASCII, or absent.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
@@ -563,119 +451,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         ));
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
-}
-
-/// Outputs read from the store per page of an output stream.
-const OUTPUT_PAGE: usize = 256;
-
-/// The session's outputs as Server-Sent Events (`id` = the output's number, from 1), from the one
-/// after `Last-Event-ID`: the stored ones first (read a page at a time), then live ones as their
-/// checkpoints commit; an `end` event with the final status closes a finished session's stream.
-async fn outputs(
-    Tenant(tenant): Tenant,
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = session_id(&id)?;
-    let after: u64 =
-        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-    let host = api.host.clone();
-    let watched = tenant.clone();
-    let (view, events) = blocking(move || host.watch_session(&watched, id)).await?;
-    let feed = OutputFeed {
-        closing: api.closing.subscribe(),
-        host: api.host.clone(),
-        tenant,
-        session: id,
-        events,
-        queue: VecDeque::new(),
-        sent: after,
-        stored: view.outputs,
-        end: view.status.is_finished().then_some(view.status),
-        ended: false,
-    };
-    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
-        loop {
-            if let Some(event) = feed.queue.pop_front() {
-                return Some((Ok(event), feed));
-            }
-            if feed.ended {
-                return None;
-            }
-            if feed.sent < feed.stored {
-                if !feed.read_stored().await {
-                    return None;
-                }
-                continue;
-            }
-            if let Some(status) = feed.end.take() {
-                feed.ended = true;
-                let end = json!({ "status": status.name(), "step": status });
-                feed.queue.push_back(Event::default().event("end").data(end.to_string()));
-                continue;
-            }
-            // At shutdown the stream ends without `end`: the client resumes after the restart.
-            let event = tokio::select! {
-                event = feed.events.recv() => event?,
-                _ = feed.closing.wait_for(|closing| *closing) => return None,
-            };
-            feed.push(&event.outputs, event.first_output);
-            if event.status.is_finished() {
-                feed.end = Some(event.status);
-            }
-        }
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-/// What an output stream has yet to send.
-struct OutputFeed {
-    closing: watch::Receiver<bool>,
-    host: Arc<Host>,
-    tenant: String,
-    session: SessionId,
-    events: tokio::sync::mpsc::Receiver<SessionEvent>,
-    queue: VecDeque<Event>,
-    /// The number of the last output sent (or skipped by `Last-Event-ID`).
-    sent: u64,
-    /// Outputs released when the stream started: these are read from the store.
-    stored: u64,
-    /// The final status, once the session has ended.
-    end: Option<Status>,
-    ended: bool,
-}
-
-impl OutputFeed {
-    /// Queues `outputs`, numbered from `first + 1`, past the last one sent.
-    fn push(&mut self, outputs: &[String], first: u64) {
-        for (number, output) in (first + 1..).zip(outputs) {
-            if number > self.sent {
-                self.sent = number;
-                self.queue.push_back(Event::default().id(number.to_string()).event("output").data(output));
-            }
-        }
-    }
-
-    /// Queues the next page of stored outputs; false when the store can't be read (the stream
-    /// ends and the client resumes with `Last-Event-ID`).
-    async fn read_stored(&mut self) -> bool {
-        let (host, tenant, session, after) = (self.host.clone(), self.tenant.clone(), self.session, self.sent);
-        match blocking(move || host.outputs(&tenant, session, after, OUTPUT_PAGE)).await {
-            Ok(page) if !page.is_empty() => {
-                for output in page {
-                    self.push(std::slice::from_ref(&output.body), output.number - 1);
-                }
-                true
-            }
-            // Fewer stored than counted: the rest comes live.
-            Ok(_) => {
-                self.stored = self.sent;
-                true
-            }
-            Err(_) => false,
-        }
-    }
 }
 
 async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {

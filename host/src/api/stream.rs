@@ -1,0 +1,129 @@
+//! A session's outputs as a stream of Server-Sent Events: the stored ones first, a page at a
+//! time, then live ones as their checkpoints commit, until the session ends or the server shuts
+//! down.
+
+use super::{Api, ApiError, Tenant, blocking, session_id};
+use crate::host::{Host, SessionEvent};
+use crate::session::{SessionId, Status};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Outputs read from the store per page of an output stream.
+const OUTPUT_PAGE: usize = 256;
+
+/// The session's outputs as Server-Sent Events (`id` = the output's number, from 1), from the one
+/// after `Last-Event-ID`: the stored ones first (read a page at a time), then live ones as their
+/// checkpoints commit; an `end` event with the final status closes a finished session's stream.
+pub(super) async fn outputs(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = session_id(&id)?;
+    let after: u64 =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let host = api.host.clone();
+    let watched = tenant.clone();
+    let (view, events) = blocking(move || host.watch_session(&watched, id)).await?;
+    let feed = OutputFeed {
+        closing: api.closing.subscribe(),
+        host: api.host.clone(),
+        tenant,
+        session: id,
+        events,
+        queue: VecDeque::new(),
+        sent: after,
+        stored: view.outputs,
+        end: view.status.is_finished().then_some(view.status),
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(event) = feed.queue.pop_front() {
+                return Some((Ok(event), feed));
+            }
+            if feed.ended {
+                return None;
+            }
+            if feed.sent < feed.stored {
+                if !feed.read_stored().await {
+                    return None;
+                }
+                continue;
+            }
+            if let Some(status) = feed.end.take() {
+                feed.ended = true;
+                let end = json!({ "status": status.name(), "step": status });
+                feed.queue.push_back(Event::default().event("end").data(end.to_string()));
+                continue;
+            }
+            // At shutdown the stream ends without `end`: the client resumes after the restart.
+            let event = tokio::select! {
+                event = feed.events.recv() => event?,
+                _ = feed.closing.wait_for(|closing| *closing) => return None,
+            };
+            feed.push(&event.outputs, event.first_output);
+            if event.status.is_finished() {
+                feed.end = Some(event.status);
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// What an output stream has yet to send.
+struct OutputFeed {
+    closing: watch::Receiver<bool>,
+    host: Arc<Host>,
+    tenant: String,
+    session: SessionId,
+    events: tokio::sync::mpsc::Receiver<SessionEvent>,
+    queue: VecDeque<Event>,
+    /// The number of the last output sent (or skipped by `Last-Event-ID`).
+    sent: u64,
+    /// Outputs released when the stream started: these are read from the store.
+    stored: u64,
+    /// The final status, once the session has ended.
+    end: Option<Status>,
+    ended: bool,
+}
+
+impl OutputFeed {
+    /// Queues `outputs`, numbered from `first + 1`, past the last one sent.
+    fn push(&mut self, outputs: &[String], first: u64) {
+        for (number, output) in (first + 1..).zip(outputs) {
+            if number > self.sent {
+                self.sent = number;
+                self.queue.push_back(Event::default().id(number.to_string()).event("output").data(output));
+            }
+        }
+    }
+
+    /// Queues the next page of stored outputs; false when the store can't be read (the stream
+    /// ends and the client resumes with `Last-Event-ID`).
+    async fn read_stored(&mut self) -> bool {
+        let (host, tenant, session, after) = (self.host.clone(), self.tenant.clone(), self.session, self.sent);
+        match blocking(move || host.outputs(&tenant, session, after, OUTPUT_PAGE)).await {
+            Ok(page) if !page.is_empty() => {
+                for output in page {
+                    self.push(std::slice::from_ref(&output.body), output.number - 1);
+                }
+                true
+            }
+            // Fewer stored than counted: the rest comes live.
+            Ok(_) => {
+                self.stored = self.sent;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
