@@ -125,6 +125,9 @@ pub enum DeployError {
         /// The limit.
         seconds: u64,
     },
+    /// Every compile slot stayed busy for as long as a compile may take.
+    #[error("every compile slot is busy: try again shortly")]
+    CompileBusy,
 }
 
 impl DeployError {
@@ -145,6 +148,7 @@ impl DeployError {
             DeployError::TableTooLarge { .. } => "table_too_large",
             DeployError::Compile(_) => "compile_failed",
             DeployError::CompileTimeout { .. } => "compile_timeout",
+            DeployError::CompileBusy => "compile_busy",
         }
     }
 }

@@ -256,6 +256,17 @@ pub enum Write {
     Checkpoint(Checkpoint),
 }
 
+impl Write {
+    /// The session it writes.
+    pub fn session(&self) -> SessionId {
+        match self {
+            Write::Create(record) => record.id,
+            Write::Append { session, .. } => *session,
+            Write::Checkpoint(checkpoint) => checkpoint.session,
+        }
+    }
+}
+
 /// What one write of a batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -308,8 +319,9 @@ pub trait Store: Send + Sync {
     /// The value under `key` in `tenant`'s key-value space.
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Deletes finished sessions past their retention with everything kept for them (inbox,
-    /// keys, outputs); sessions that are not finished are left alone. Their ids stay used.
-    fn purge(&self, sessions: &[SessionId]) -> Result<(), StoreError>;
+    /// keys, outputs); sessions that are not finished in the store are left alone. Returns the
+    /// ones it deleted. Their ids stay used.
+    fn purge(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError>;
     /// Sets keys in `tenant`'s key-value space outside any action (an operator seeding data).
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError>;
 }

@@ -319,6 +319,7 @@ fn a_version_deployed_once_loads_at_restart_under_tighter_caps_and_a_cold_cache(
 struct Faulty {
     inner: turnstile::MemoryStore,
     refuse_creates: std::sync::atomic::AtomicBool,
+    refuse_checkpoints: std::sync::atomic::AtomicBool,
     refused_groups: std::sync::Mutex<Vec<usize>>,
 }
 
@@ -345,7 +346,7 @@ impl turnstile::Store for Faulty {
         let refused = batch.iter().any(|write| match write {
             turnstile::Write::Append { event, .. } => event == br#""poison""#,
             turnstile::Write::Create(_) => self.refuse_creates.load(std::sync::atomic::Ordering::SeqCst),
-            _ => false,
+            turnstile::Write::Checkpoint(_) => self.refuse_checkpoints.load(std::sync::atomic::Ordering::SeqCst),
         });
         if refused {
             self.refused_groups.lock().expect("lock").push(batch.len());
@@ -364,7 +365,7 @@ impl turnstile::Store for Faulty {
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, turnstile::StoreError> {
         self.inner.kv_get(tenant, key)
     }
-    fn purge(&self, sessions: &[turnstile::SessionId]) -> Result<(), turnstile::StoreError> {
+    fn purge(&self, sessions: &[turnstile::SessionId]) -> Result<Vec<turnstile::SessionId>, turnstile::StoreError> {
         self.inner.purge(sessions)
     }
     fn kv_put(
@@ -377,7 +378,10 @@ impl turnstile::Store for Faulty {
 }
 
 fn faulty_host() -> (Host, std::sync::Arc<Faulty>) {
-    let store = std::sync::Arc::new(Faulty::default());
+    faulty_host_on(std::sync::Arc::new(Faulty::default()))
+}
+
+fn faulty_host_on(store: std::sync::Arc<Faulty>) -> (Host, std::sync::Arc<Faulty>) {
     let mut config = HostConfig { workers: 2, store: store.clone(), ..HostConfig::default() };
     config.runtime.engine.pool_instances = 8;
     (Host::new(config).expect("host starts"), store)
@@ -438,4 +442,67 @@ fn a_session_whose_creation_failed_is_not_counted_open() {
     assert_eq!(refused.code(), "store");
     assert_eq!(host.tenant("t").expect("tenant").open_sessions, 1, "one session is open");
     assert_eq!(host.delete_tenant("t").expect_err("it has an open session").code(), "conflict");
+}
+
+#[test]
+fn a_session_stopped_by_a_failed_commit_takes_no_more_events_here_or_after_a_restart() {
+    let (host, store) = faulty_host();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "echo", &echo_once_app()).expect("deploys");
+    let events = host.subscribe();
+    let id = host.start_session("t", "echo", "start", Vec::new()).expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(host.session("t", id).expect("s").status, Status::Waiting { .. }) {
+        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it waits");
+    }
+    // The event is stored, its action runs, and the checkpoint after it is refused: stopped.
+    store.refuse_checkpoints.store(true, std::sync::atomic::Ordering::SeqCst);
+    host.deliver("t", id, br#""first""#.to_vec(), Some("1")).expect("acknowledged");
+    while !host.session("t", id).expect("s").status.is_finished() {
+        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it stops");
+    }
+    for key in [Some("2"), None] {
+        let refused = host.deliver("t", id, br#""second""#.to_vec(), key).expect_err("stopped");
+        assert_eq!(refused.code(), "session_state", "{refused}");
+    }
+    drop(events);
+    drop(host);
+    // On a restart the acknowledged event is applied, once; the refused one never.
+    store.refuse_checkpoints.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (host, _) = faulty_host_on(store);
+    let events = host.subscribe();
+    while !host.session("t", id).expect("s").status.is_finished() {
+        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it ends");
+    }
+    assert_eq!(outputs_of(&host, "t", id), [r#""first""#]);
+}
+
+#[test]
+fn a_deploy_behind_compiles_that_ran_out_of_time_is_told_the_compiler_is_busy() {
+    let limits = DeployLimits {
+        max_function_cost: u64::MAX,
+        max_module_cost: u64::MAX,
+        compile_slots: 1,
+        compile_timeout: Duration::from_millis(300),
+        ..DeployLimits::default()
+    };
+    let mut config = RuntimeConfig { deploy: limits, ..RuntimeConfig::default() };
+    config.engine.pool_instances = 2;
+    let runtime = Runtime::new(config).expect("runtime");
+    assert_eq!(runtime.deploy(&compile_bomb(2_000)).err().expect("out of time").code(), "compile_timeout");
+    // The bomb's compile still holds the only slot: the next deploy is refused, not left waiting.
+    let started = Instant::now();
+    assert_eq!(runtime.deploy(&done_app(4)).err().expect("busy").code(), "compile_busy");
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+}
+
+#[test]
+fn a_number_in_a_checkpoint_reads_back_exactly() {
+    // Found by fuzzing (checkpoint_decode): without exact float parsing this came back one unit
+    // off after a store round trip, so a restart changed a session's result.
+    let stored = r#"{"app":"a","status":{"done":{"result":[5,{"x":8888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888888810}]}},"state":"","counters":{"actions":0,"failures":0,"fuel":0,"outputs":0},"last_failure":null}"#;
+    let session: turnstile::Session = serde_json::from_str(stored).expect("decodes");
+    let again: turnstile::Session =
+        serde_json::from_str(&serde_json::to_string(&session).expect("encodes")).expect("decodes again");
+    assert_eq!(session, again);
 }

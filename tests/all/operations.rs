@@ -200,3 +200,32 @@ fn finished_sessions_are_purged_after_their_retention_and_their_ids_never_come_b
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_deleted_tenants_session_ids_are_not_given_again_after_a_restart() {
+    let dir = temp_dir("deleted-ids");
+    let open = || {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+        host_on(store, &dir.join("modules"))
+    };
+    let host = open();
+    let events = host.subscribe();
+    for tenant in ["kept", "gone"] {
+        host.create_tenant(tenant, TenantConfig::default()).expect("tenant");
+        host.deploy(tenant, "patient", &wait_app(None)).expect("deploys");
+    }
+    let kept = host.start_session("kept", "patient", "start", Vec::new()).expect("starts");
+    wait_for(&events, kept, waiting);
+    let gone = host.start_session("gone", "patient", "start", Vec::new()).expect("starts");
+    wait_for(&events, gone, waiting);
+    host.cancel_session("gone", gone).expect("cancelled");
+    wait_for(&events, gone, Status::is_finished);
+    host.delete_tenant("gone").expect("deleted");
+    drop(events);
+    drop(host);
+    let host = open();
+    let newest = host.start_session("kept", "patient", "start", Vec::new()).expect("starts");
+    assert!(newest.0 > gone.0, "id {} was used again", newest.0);
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}

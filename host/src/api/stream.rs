@@ -118,6 +118,9 @@ impl OutputFeed {
                 }
                 true
             }
+            // Fewer stored than counted on a finished session: it is being purged. The stream
+            // ends without `end`, so the client never takes the missing outputs for none.
+            Ok(_) if self.end.is_some() => false,
             // Fewer stored than counted: the rest comes live.
             Ok(_) => {
                 self.stored = self.sent;

@@ -16,7 +16,7 @@
 
 use crate::error::Error;
 use crate::store::{Store, StoreError, Write, Written};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// Where a caller waiting for its write learns the outcome (or that it is to lead).
@@ -97,15 +97,26 @@ fn commit_group(store: &dyn Store, writes: &[Write]) -> Vec<Result<Written, Stor
         Err(error) if writes.len() == 1 => vec![Err(error)],
         Err(error) => {
             tracing::warn!(writes = writes.len(), error = %error, "a group commit failed: committing its writes one by one");
+            // Once one of a session's writes fails, its later writes in the group are not sent:
+            // they followed from it (an event after a refused checkpoint would otherwise land in
+            // the inbox of a session the store still thinks open).
+            let mut failed = HashSet::new();
             writes
                 .iter()
                 .map(|write| {
-                    store.commit(std::slice::from_ref(write)).and_then(|written| {
+                    if failed.contains(&write.session()) {
+                        return Err(StoreError::Damaged { report: "an earlier write of this session failed".into() });
+                    }
+                    let result = store.commit(std::slice::from_ref(write)).and_then(|written| {
                         written
                             .into_iter()
                             .next()
                             .ok_or_else(|| StoreError::Damaged { report: "a commit answered nothing".into() })
-                    })
+                    });
+                    if result.is_err() {
+                        failed.insert(write.session());
+                    }
+                    result
                 })
                 .collect()
         }

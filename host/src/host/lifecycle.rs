@@ -180,6 +180,11 @@ impl Lifecycle {
     /// idempotency key for a session that is over goes to the store anyway, which knows whether
     /// it is a retry of one acknowledged before.
     pub(crate) fn accept_event(&mut self, max_inbox: usize, has_key: bool) -> Result<bool, Error> {
+        // A session stopped here by a failed commit is not finished in the store: an event stored
+        // for it now would be taken when it resumes elsewhere, after being reported not applied.
+        if matches!(self.phase, Phase::Stopped) {
+            return Err(Error::SessionState { status: "stopped", request: "take a customer event" });
+        }
         if has_key && (!self.is_open() || self.cancel) {
             return Ok(false);
         }

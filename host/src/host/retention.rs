@@ -104,7 +104,9 @@ pub(crate) fn spawn(kernel: Arc<Kernel>) -> Result<JoinHandle<()>, Error> {
             while let Some(batch) = kernel.retention().next_batch() {
                 // The store first: a session leaves memory only once it is gone for good.
                 match kernel.store().purge(&batch) {
-                    Ok(()) => kernel.forget_finished(&batch),
+                    // Only what the store deleted: a session stopped by a failed commit is not
+                    // finished there, and stays (it comes back at the next start).
+                    Ok(purged) => kernel.forget_finished(&purged),
                     Err(error) => {
                         tracing::warn!(sessions = batch.len(), %error, "purging finished sessions failed: will retry");
                         kernel.retention().retry(batch);

@@ -144,9 +144,18 @@ impl Compiler {
         job: impl FnOnce() -> Result<(App, CompileSource), DeployError> + Send + 'static,
     ) {
         {
+            // A slot within the time one compile may take, or a refusal: a deploy never waits
+            // without end behind compiles that ran out of time and still hold their slots.
+            let deadline = Instant::now() + self.timeout;
             let mut free = lock(&self.free);
             while *free == 0 {
-                free = self.freed.wait(free).unwrap_or_else(PoisonError::into_inner);
+                let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                    drop(free);
+                    flight.finish(Err(DeployError::CompileBusy));
+                    lock(&self.flights).remove(hash);
+                    return;
+                };
+                free = self.freed.wait_timeout(free, left).unwrap_or_else(PoisonError::into_inner).0;
             }
             *free -= 1;
         }

@@ -121,6 +121,9 @@ impl Store for MemoryStore {
         inner.tenants.remove(name);
         inner.apps.retain(|(tenant, _), _| tenant != name);
         inner.app_versions.retain(|a| a.tenant != name);
+        // Its sessions' ids stay used.
+        let last = inner.sessions.values().filter(|s| s.record.tenant == name).map(|s| s.record.id.0).max();
+        inner.purged_up_to = inner.purged_up_to.max(last.unwrap_or(0));
         inner.sessions.retain(|_, s| s.record.tenant != name);
         inner.kv.remove(name);
         inner.tokens.retain(|_, t| t.tenant != name);
@@ -187,15 +190,17 @@ impl Store for MemoryStore {
         Ok(self.lock().kv.get(tenant).and_then(|space| space.get(key)).cloned())
     }
 
-    fn purge(&self, sessions: &[SessionId]) -> Result<(), StoreError> {
+    fn purge(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
         let mut inner = self.lock();
+        let mut purged = Vec::new();
         for id in sessions {
             if inner.sessions.get(id).is_some_and(|s| s.record.snapshot.status.is_finished()) {
                 inner.sessions.remove(id);
                 inner.purged_up_to = inner.purged_up_to.max(id.0);
+                purged.push(*id);
             }
         }
-        Ok(())
+        Ok(purged)
     }
 
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {

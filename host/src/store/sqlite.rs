@@ -44,6 +44,9 @@ fn sqlite(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 /// Readers and the writer wait for each other's locks this long before reporting the file busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Outputs deleted per transaction when a session is purged.
+const PURGE_CHUNK: i64 = 4096;
+
 impl SqliteStore {
     /// Opens (creating if need be) the database at `path` and migrates it to the current schema.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -263,6 +266,13 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let fail = sqlite("deleting a tenant");
         let tx = conn.transaction().map_err(&fail)?;
+        // Its sessions' ids stay used.
+        tx.execute(
+            "UPDATE meta SET value = max(value, (SELECT coalesce(max(id), 0) FROM sessions WHERE tenant = ?1)) \
+             WHERE key = 'purged_up_to'",
+            params![name],
+        )
+        .map_err(&fail)?;
         for table in ["inbox", "event_keys", "outputs"] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE session IN (SELECT id FROM sessions WHERE tenant = ?1)"),
@@ -363,27 +373,47 @@ impl Store for SqliteStore {
         )
     }
 
-    fn purge(&self, sessions: &[SessionId]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
+    fn purge(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
         let fail = sqlite("purging finished sessions");
-        let tx = conn.transaction().map_err(&fail)?;
-        for id in sessions {
-            let id = i64::try_from(id.0).unwrap_or(i64::MAX);
-            let finished: Option<i64> = tx
-                .query_row("SELECT finished FROM sessions WHERE id = ?1", params![id], |r| r.get(0))
-                .optional()
-                .map_err(&fail)?;
-            if finished != Some(1) {
+        let mut purged = Vec::new();
+        for &session in sessions {
+            let id = i64::try_from(session.0).unwrap_or(i64::MAX);
+            let finished = |conn: &Connection| -> Result<bool, StoreError> {
+                let finished: Option<i64> = conn
+                    .query_row("SELECT finished FROM sessions WHERE id = ?1", params![id], |r| r.get(0))
+                    .optional()
+                    .map_err(&fail)?;
+                Ok(finished == Some(1))
+            };
+            if !finished(&self.conn())? {
                 continue;
             }
+            // Outputs a chunk per transaction, the writer lock let go between chunks: a session
+            // with hundreds of thousands of outputs does not hold every other commit up.
+            loop {
+                let deleted = self
+                    .conn()
+                    .execute(
+                        "DELETE FROM outputs WHERE rowid IN (SELECT rowid FROM outputs WHERE session = ?1 LIMIT ?2)",
+                        params![id, PURGE_CHUNK],
+                    )
+                    .map_err(&fail)?;
+                if deleted == 0 {
+                    break;
+                }
+            }
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(&fail)?;
             for table in ["inbox", "event_keys", "outputs"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE session = ?1"), params![id]).map_err(&fail)?;
             }
-            tx.execute("DELETE FROM sessions WHERE id = ?1", params![id]).map_err(&fail)?;
+            tx.execute("DELETE FROM sessions WHERE id = ?1 AND finished = 1", params![id]).map_err(&fail)?;
             tx.execute("UPDATE meta SET value = max(value, ?1) WHERE key = 'purged_up_to'", params![id])
                 .map_err(&fail)?;
+            tx.commit().map_err(&fail)?;
+            purged.push(session);
         }
-        tx.commit().map_err(&fail)
+        Ok(purged)
     }
 
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
