@@ -19,7 +19,8 @@ pub struct ServeConfig {
     /// The data directory: `turnstile.db` and the compile cache `modules/`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// The store, as a URL (`sqlite://PATH` or `memory:`); default: `sqlite://DATA_DIR/turnstile.db`.
+    /// The store, as a URL (`sqlite://PATH`, `postgres://USER@HOST/DB[?schema=NAME&shards=N]` or
+    /// `memory:`); default: `sqlite://DATA_DIR/turnstile.db`.
     pub store: Option<String>,
     /// The quota of tenants created without one.
     #[serde(default)]
@@ -116,11 +117,13 @@ impl ServeConfig {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Reads the configuration file, if any, then applies the flags and `TURNSTILE_ADMIN_TOKEN`.
+    /// Reads the configuration file, if any, then applies the flags (`--store` also comes from
+    /// `TURNSTILE_STORE`) and `TURNSTILE_ADMIN_TOKEN`.
     pub fn load(
         file: Option<&Path>,
         listen: Option<SocketAddr>,
         data_dir: Option<PathBuf>,
+        store: Option<String>,
     ) -> Result<ServeConfig, Error> {
         let mut config: ServeConfig = match file {
             Some(path) => {
@@ -137,6 +140,9 @@ impl ServeConfig {
         }
         if let Some(dir) = data_dir {
             config.data_dir = dir;
+        }
+        if let Some(store) = store {
+            config.store = Some(store);
         }
         if let Ok(token) = std::env::var("TURNSTILE_ADMIN_TOKEN") {
             config.admin_token = Some(token);

@@ -30,8 +30,8 @@
 //! - `scheduler`: fair share (stride, in real cost), buckets, the action list; `metrics`.
 //! - `json`: depth bounds on what guests hand the host.
 //! - `human`: durations and sizes in a configuration as people write them (`"250ms"`, `"64MiB"`).
-//! - `store`: the [`Store`] trait, [`MemoryStore`] and [`SqliteStore`]; `snapshot`: portable
-//!   session snapshots.
+//! - `store`: the [`Store`] trait, [`MemoryStore`], [`SqliteStore`] and [`PgStore`] (with its shard
+//!   [`Lease`]s); `snapshot`: portable session snapshots.
 //! - [`api`]: the HTTP API (axum) over a [`Host`]; [`config`]: `turnstile serve`'s configuration.
 //! - [`examples`]: the repository's example apps, built on demand (demo, bench, tests).
 //!
@@ -88,7 +88,8 @@ pub use runtime::{CompileSource, CompileStats, Deployment, Runtime, RuntimeConfi
 pub use sandbox::{ActionOutcome, Effects, Usage};
 pub use session::{Counters, MAX_RESULT_DEPTH, MAX_WAIT_MS, Next, Released, Session, SessionId, Status, Wait};
 pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Snapshot, SnapshotError, export_session, import_session};
+pub use store::postgres::leases::{Lease, LeaseRow};
 pub use store::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, Quarantined, SessionRecord, SqliteStore, Store,
-    StoreError, StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, open_store,
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, PgStore, Quarantined, SessionRecord, SqliteStore,
+    Store, StoreError, StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, open_store,
 };

@@ -100,6 +100,10 @@ enum Command {
         /// The data directory (overrides the file).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The store's URL (overrides the file): `sqlite://PATH`, or `postgres://USER@HOST/DB`
+        /// for a cluster of hosts sharing one database.
+        #[arg(long, env = "TURNSTILE_STORE")]
+        store: Option<String>,
     },
     /// A host on a data directory driven by JSON commands on stdin (one reply line each, written
     /// once the command's effect is durable): for scripts and the crash test.
@@ -293,8 +297,8 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             eprintln!("backed up to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { config, listen, data_dir } => {
-            cli::serve::serve(turnstile::config::ServeConfig::load(config.as_deref(), listen, data_dir)?)
+        Command::Serve { config, listen, data_dir, store } => {
+            cli::serve::serve(turnstile::config::ServeConfig::load(config.as_deref(), listen, data_dir, store)?)
         }
         Command::Session(SessionCommand::Export { data_dir, session, out }) => {
             cli::drive::export(&data_dir, session, out.as_deref())

@@ -5,6 +5,8 @@
 //! - [`MemoryStore`]: maps in memory (tests, benchmarks, the demo). Survives a host being dropped
 //!   and rebuilt on it, not the process.
 //! - [`SqliteStore`]: the embedded default, one file in WAL mode; a single node survives `kill -9`.
+//! - [`PgStore`]: one PostgreSQL database that several hosts share (cluster mode): sessions in
+//!   fixed shards, each owned through a lease whose epoch fences every write.
 //!
 //! Everything a session does is written through [`Store::commit`]: a batch of creations, event
 //! appends and checkpoints in one transaction (one fsync for the whole group), in order, with a
@@ -16,9 +18,11 @@
 //! saying why, instead of failing the load.
 
 mod memory;
+pub mod postgres;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::error::Error;
@@ -62,6 +66,22 @@ pub enum StoreError {
         /// The cause.
         #[source]
         source: rusqlite::Error,
+    },
+    /// A PostgreSQL operation failed (the server is down or unreachable, a lost connection, a
+    /// full disk on the server).
+    #[error("{op} failed")]
+    Postgres {
+        /// What the store was doing.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: ::postgres::Error,
+    },
+    /// A store URL that cannot be used.
+    #[error("{problem}")]
+    InvalidUrl {
+        /// What is wrong with it.
+        problem: String,
     },
     /// A record could not be encoded.
     #[error("encoding a {what}")]
@@ -281,7 +301,7 @@ pub enum Written {
     Fenced,
 }
 
-/// Opens the store a URL names: `memory:` or `sqlite://PATH`.
+/// Opens the store a URL names: `memory:`, `sqlite://PATH` or `postgres://…` (see [`PgStore`]).
 pub fn open_store(url: &str) -> Result<std::sync::Arc<dyn Store>, Error> {
     if url == "memory:" {
         return Ok(std::sync::Arc::new(MemoryStore::default()));
@@ -289,9 +309,12 @@ pub fn open_store(url: &str) -> Result<std::sync::Arc<dyn Store>, Error> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(PgStore::open(url)?));
+    }
     Err(Error::InvalidConfig {
         field: "store",
-        problem: format!("unknown store URL `{url}`: use `memory:` or `sqlite://PATH`"),
+        problem: format!("unknown store URL `{url}`: use `memory:`, `sqlite://PATH` or `postgres://USER@HOST/DB`"),
     })
 }
 
@@ -327,15 +350,20 @@ pub trait Store: Send + Sync {
 }
 
 /// The session a quarantined row comes back as: failed, saying why, so that its tenant sees it
-/// and no restart trips over it again.
-pub(crate) fn quarantined_session(app_version: &str, reason: &str) -> Session {
+/// and no restart trips over it again. `stored` is the row's text, from which the app version is
+/// taken if that much can be read.
+pub(crate) fn quarantined_session(stored: &str, reason: &str) -> Session {
+    let app_version = serde_json::from_str::<serde_json::Value>(stored)
+        .ok()
+        .and_then(|v| v.get("app").and_then(serde_json::Value::as_str).map(str::to_owned))
+        .unwrap_or_default();
     let failure = Failure::new(
         FailureKind::Quarantined,
         "",
         format!("its stored checkpoint could not be read and was set aside: {reason}"),
     );
     Session {
-        app: app_version.to_owned(),
+        app: app_version,
         status: Status::Failed { failure: failure.clone() },
         state: Vec::new(),
         counters: Counters::default(),

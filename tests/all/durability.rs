@@ -133,6 +133,12 @@ fn a_host_on_sqlite_resumes_every_session() {
 }
 
 #[test]
+fn a_host_on_postgres_resumes_every_session() {
+    let schema = crate::store::PgSchema::new("host_resume");
+    resumes_every_session(|| Arc::new(turnstile::PgStore::open(&schema.url).expect("opens")), "postgres");
+}
+
+#[test]
 fn a_retried_event_with_the_same_key_is_acknowledged_and_applied_once() {
     let dir = temp_dir("idempotent");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));

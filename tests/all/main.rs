@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod cluster;
 mod containment;
 mod crash;
 mod deploy;
@@ -15,3 +16,4 @@ mod operations;
 mod readme;
 mod sandbox;
 mod serve;
+mod store;

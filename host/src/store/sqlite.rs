@@ -469,12 +469,7 @@ fn quarantine(tx: &Transaction<'_>, row: &Row, reason: &str) -> Result<crate::se
         params![row.id, row.tenant, row.app, row.snapshot, reason],
     )
     .map_err(&fail)?;
-    // What the row says of its app version, if that much can be read.
-    let version = serde_json::from_str::<serde_json::Value>(&row.snapshot)
-        .ok()
-        .and_then(|v| v.get("app").and_then(serde_json::Value::as_str).map(str::to_owned))
-        .unwrap_or_default();
-    let snapshot = quarantined_session(&version, reason);
+    let snapshot = quarantined_session(&row.snapshot, reason);
     tx.execute(
         "UPDATE sessions SET snapshot = ?2, finished = 1 WHERE id = ?1",
         params![row.id, json("checkpoint", &snapshot)?],

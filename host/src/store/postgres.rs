@@ -1,0 +1,522 @@
+//! The shared store: one PostgreSQL database (or one schema of it) that several hosts can use at
+//! once, selected with `--store postgres://…`. It keeps what [`super::SqliteStore`] keeps, with
+//! the same answers, and adds the cluster's shape: every session belongs to one of a fixed number
+//! of shards (fixed when the schema is created), and a shard is owned through a lease whose epoch
+//! is the fencing token every checkpoint is written under (see [`leases`]).
+//!
+//! A URL may name a schema and the shard count with two parameters of Turnstile's own, which are
+//! taken out before the rest goes to the PostgreSQL client:
+//! `postgres://user@host/db?schema=turnstile&shards=64`. Commits run on one connection, in
+//! one transaction per group with `synchronous_commit` as the server has it (on by default: a
+//! committed group survives the server's crash); reads (outputs, key-value look-ups) on a small
+//! pool of other connections, so a slow reader never holds a commit up.
+
+use super::{
+    AppRecord, Image, InboxEvent, Quarantined, SessionRecord, Store, StoreError, StoredSession, TenantRecord,
+    TokenRecord, Unapplied, Write, Written, quarantined_session,
+};
+use crate::session::SessionId;
+use postgres::{Client, NoTls, Transaction};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+mod commit;
+pub mod leases;
+mod migrations;
+
+pub use migrations::SCHEMA_VERSION;
+
+/// The shard count of a new schema when its URL names none.
+pub const DEFAULT_SHARDS: u32 = 64;
+
+/// Idle read connections kept for reuse.
+const READERS_KEPT: usize = 4;
+
+/// A PostgreSQL database (one schema of it).
+pub struct PgStore {
+    writer: Mutex<Client>,
+    readers: Mutex<Vec<Client>>,
+    /// The connection lease statements run on (see [`leases`]).
+    control: Mutex<Option<Client>>,
+    target: Target,
+    shards: u32,
+}
+
+/// Where to connect: the client's own URL, and the schema to use.
+#[derive(Clone)]
+struct Target {
+    url: String,
+    schema: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("schema", &self.target.schema).field("shards", &self.shards).finish()
+    }
+}
+
+pub(super) fn pg(op: &'static str) -> impl Fn(postgres::Error) -> StoreError {
+    move |source| StoreError::Postgres { op, source }
+}
+
+fn invalid(problem: String) -> StoreError {
+    StoreError::InvalidUrl { problem }
+}
+
+/// Splits Turnstile's own parameters (`schema`, `shards`) off a `postgres://` URL.
+fn parse_url(url: &str) -> Result<(Target, Option<u32>), StoreError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut schema = "public".to_owned();
+    let mut shards = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("schema", name)) => {
+                let valid = !name.is_empty()
+                    && name.len() <= 63
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && !name.as_bytes()[0].is_ascii_digit();
+                if !valid {
+                    return Err(invalid(format!(
+                        "schema `{name}`: use 1 to 63 lowercase letters, digits and `_`, not starting with a digit"
+                    )));
+                }
+                name.clone_into(&mut schema);
+            }
+            Some(("shards", n)) => {
+                let n: u32 = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=4096).contains(n))
+                    .ok_or_else(|| invalid(format!("shards `{n}`: give a whole number from 1 to 4096")))?;
+                shards = Some(n);
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    Ok((Target { url, schema }, shards))
+}
+
+impl Target {
+    fn connect(&self) -> Result<Client, StoreError> {
+        let mut client = Client::connect(&self.url, NoTls).map_err(pg("connecting to PostgreSQL"))?;
+        client.batch_execute(&format!("SET search_path TO \"{}\"", self.schema)).map_err(pg("choosing the schema"))?;
+        Ok(client)
+    }
+}
+
+impl PgStore {
+    /// Connects to the database a `postgres://` URL names, creates or migrates its schema, and
+    /// checks that its shard count is the one asked for (a cluster's shard count never changes).
+    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+        let (target, shards) = parse_url(url)?;
+        let mut writer = target.connect()?;
+        let shards = migrate(&mut writer, &target.schema, shards)?;
+        Ok(PgStore {
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            control: Mutex::new(None),
+            target,
+            shards,
+        })
+    }
+
+    /// Drops the schema a URL names with everything in it (tests clean up with this).
+    pub fn drop_schema(url: &str) -> Result<(), StoreError> {
+        let (target, _) = parse_url(url)?;
+        let mut client = Client::connect(&target.url, NoTls).map_err(pg("connecting to PostgreSQL"))?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", target.schema))
+            .map_err(pg("dropping the schema"))
+    }
+
+    /// The number of shards sessions are spread over.
+    pub fn shard_count(&self) -> u32 {
+        self.shards
+    }
+
+    /// The shard a session belongs to (fixed for its life).
+    pub fn shard_of(&self, session: SessionId) -> u32 {
+        shard_of(session, self.shards)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Client> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `read` on a connection of the read pool (opening one if none is free).
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        op: &'static str,
+    ) -> Result<T, StoreError> {
+        let taken = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let mut client = match taken {
+            Some(client) if !client.is_closed() => client,
+            _ => self.target.connect()?,
+        };
+        let result = read(&mut client).map_err(pg(op));
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if result.is_ok() && readers.len() < READERS_KEPT {
+            readers.push(client);
+        }
+        result
+    }
+}
+
+/// The shard of a session: its id mixed (splitmix64's finaliser) and taken modulo the count, so
+/// that consecutive ids land on different shards.
+pub fn shard_of(session: SessionId, shards: u32) -> u32 {
+    let mut x = session.0;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    u32::try_from(x % u64::from(shards.max(1))).unwrap_or(0)
+}
+
+/// Creates or migrates the schema (one node at a time: an advisory lock), fills in the lease
+/// rows of a new one, and returns its shard count.
+fn migrate(client: &mut Client, schema: &str, asked: Option<u32>) -> Result<u32, StoreError> {
+    let fail = pg("migrating the schema");
+    let mut tx = client.transaction().map_err(&fail)?;
+    tx.execute("SELECT pg_advisory_xact_lock(7461732001)", &[]).map_err(&fail)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);"
+    ))
+    .map_err(&fail)?;
+    let meta = |tx: &mut Transaction<'_>, key: &str| -> Result<Option<i64>, StoreError> {
+        Ok(tx.query_opt("SELECT value FROM meta WHERE key = $1", &[&key]).map_err(&fail)?.map(|r| r.get(0)))
+    };
+    let version = usize::try_from(meta(&mut tx, "schema_version")?.unwrap_or(0)).unwrap_or(usize::MAX);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema { found: version, supported: SCHEMA_VERSION });
+    }
+    for migration in migrations::MIGRATIONS.iter().skip(version) {
+        tx.batch_execute(migration).map_err(&fail)?;
+    }
+    let current = i64::try_from(SCHEMA_VERSION).unwrap_or(i64::MAX);
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO UPDATE SET value = $1",
+        &[&current],
+    )
+    .map_err(&fail)?;
+    let shards = match meta(&mut tx, "shards")? {
+        Some(stored) => {
+            let stored = u32::try_from(stored).unwrap_or(0);
+            if let Some(asked) = asked.filter(|asked| *asked != stored) {
+                return Err(invalid(format!(
+                    "shards {asked}: this database's cluster has {stored} shards, which never changes"
+                )));
+            }
+            stored
+        }
+        None => {
+            let shards = asked.unwrap_or(DEFAULT_SHARDS);
+            tx.execute("INSERT INTO meta (key, value) VALUES ('shards', $1)", &[&i64::from(shards)]).map_err(&fail)?;
+            let count = i32::try_from(shards).unwrap_or(i32::MAX);
+            tx.execute("INSERT INTO leases (shard) SELECT generate_series(0, $1 - 1)", &[&count]).map_err(&fail)?;
+            shards
+        }
+    };
+    tx.commit().map_err(&fail)?;
+    Ok(shards)
+}
+
+pub(super) fn json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+pub(super) fn sql_id(id: SessionId) -> i64 {
+    i64::try_from(id.0).unwrap_or(i64::MAX)
+}
+
+pub(super) fn sql_u64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(super) fn u64_of(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+impl Store for PgStore {
+    fn load(&self) -> Result<Image, StoreError> {
+        let mut writer = self.writer();
+        let fail = pg("loading");
+        let mut tx = writer.transaction().map_err(&fail)?;
+        let mut image = Image::default();
+        load_catalogue(&mut tx, &mut image)?;
+        image.sessions = load_sessions(&mut tx, None, &mut image.quarantined)?;
+        let purged: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'purged_up_to'", &[]).map_err(&fail)?.get(0);
+        let last = image.sessions.iter().map(|s| s.record.id.0).max().unwrap_or(0);
+        image.last_session_id = last.max(u64_of(purged));
+        tx.commit().map_err(&fail)?;
+        Ok(image)
+    }
+
+    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        self.writer()
+            .execute(
+                "INSERT INTO tenants (name, config) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET config = excluded.config",
+                &[&tenant.name, &json("tenant", &tenant.config)?],
+            )
+            .map_err(pg("storing a tenant"))?;
+        Ok(())
+    }
+
+    fn delete_tenant(&self, name: &str) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        let fail = pg("deleting a tenant");
+        let mut tx = writer.transaction().map_err(&fail)?;
+        // Its sessions' ids stay used.
+        tx.execute(
+            "UPDATE meta SET value = greatest(value, (SELECT coalesce(max(id), 0) FROM sessions WHERE tenant = $1)) \
+             WHERE key = 'purged_up_to'",
+            &[&name],
+        )
+        .map_err(&fail)?;
+        for table in ["inbox", "event_keys", "outputs"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE session IN (SELECT id FROM sessions WHERE tenant = $1)"),
+                &[&name],
+            )
+            .map_err(&fail)?;
+        }
+        for table in ["sessions", "apps", "app_versions", "kv", "tokens", "quarantine"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE tenant = $1"), &[&name]).map_err(&fail)?;
+        }
+        tx.execute("DELETE FROM tenants WHERE name = $1", &[&name]).map_err(&fail)?;
+        tx.commit().map_err(&fail)
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.writer()
+            .execute(
+                "INSERT INTO tokens (id, tenant, hash) VALUES ($1, $2, $3)",
+                &[&token.id, &token.tenant, &token.hash],
+            )
+            .map_err(pg("storing a token"))?;
+        Ok(())
+    }
+
+    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let deleted = self
+            .writer()
+            .execute("DELETE FROM tokens WHERE id = $1 AND tenant = $2", &[&id, &tenant])
+            .map_err(pg("revoking a token"))?;
+        Ok(deleted > 0)
+    }
+
+    fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        let fail = pg("storing an app version");
+        let mut tx = writer.transaction().map_err(&fail)?;
+        tx.execute(
+            "INSERT INTO modules (hash, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&app.version, &module],
+        )
+        .map_err(&fail)?;
+        tx.execute(
+            "INSERT INTO apps (tenant, name, version) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant, name) DO UPDATE SET version = excluded.version",
+            &[&app.tenant, &app.app, &app.version],
+        )
+        .map_err(&fail)?;
+        tx.execute(
+            "INSERT INTO app_versions (tenant, app, version) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&app.tenant, &app.app, &app.version],
+        )
+        .map_err(&fail)?;
+        tx.commit().map_err(&fail)
+    }
+
+    fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
+        let mut writer = self.writer();
+        commit::commit(&mut writer, self.shards, batch)
+    }
+
+    fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(
+            |client| {
+                let rows = client.query(
+                    "SELECT seq, body FROM outputs WHERE session = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    &[&sql_id(session), &sql_u64(after), &limit],
+                )?;
+                Ok(rows.iter().map(|r| (u64_of(r.get(0)), r.get(1))).collect())
+            },
+            "reading outputs",
+        )
+    }
+
+    fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(
+            |client| {
+                Ok(client
+                    .query_opt("SELECT value FROM kv WHERE tenant = $1 AND key = $2", &[&tenant, &key])?
+                    .map(|r| r.get(0)))
+            },
+            "reading the key-value space",
+        )
+    }
+
+    fn purge(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+        let fail = pg("purging finished sessions");
+        let ids: Vec<i64> = sessions.iter().map(|s| sql_id(*s)).collect();
+        let mut writer = self.writer();
+        let mut tx = writer.transaction().map_err(&fail)?;
+        // Only rows finished in the store, locked so that nothing writes them meanwhile.
+        let finished: Vec<i64> = tx
+            .query("SELECT id FROM sessions WHERE id = ANY($1) AND finished FOR UPDATE", &[&ids])
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for table in ["inbox", "event_keys", "outputs"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE session = ANY($1)"), &[&finished]).map_err(&fail)?;
+        }
+        tx.execute("DELETE FROM sessions WHERE id = ANY($1)", &[&finished]).map_err(&fail)?;
+        tx.execute(
+            "UPDATE meta SET value = greatest(value, (SELECT coalesce(max(id), 0) FROM unnest($1::bigint[]) AS t(id))) \
+             WHERE key = 'purged_up_to'",
+            &[&finished],
+        )
+        .map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(finished.into_iter().map(|id| SessionId(u64_of(id))).collect())
+    }
+
+    fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
+        let (keys, values): (Vec<String>, Vec<Vec<u8>>) = writes.into_iter().unzip();
+        self.writer()
+            .execute(
+                "INSERT INTO kv (tenant, key, value) SELECT $1, * FROM unnest($2::text[], $3::bytea[])
+                 ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value",
+                &[&tenant, &keys, &values],
+            )
+            .map_err(pg("writing the key-value space"))?;
+        Ok(())
+    }
+}
+
+/// Tenants, apps, modules and tokens.
+fn load_catalogue(tx: &mut Transaction<'_>, image: &mut Image) -> Result<(), StoreError> {
+    let fail = pg("loading");
+    for row in tx.query("SELECT name, config FROM tenants ORDER BY name", &[]).map_err(&fail)? {
+        let config: String = row.get(1);
+        let config = serde_json::from_str(&config).map_err(|source| StoreError::Decode { what: "tenant", source })?;
+        image.tenants.push(TenantRecord { name: row.get(0), config });
+    }
+    let app = |r: &postgres::Row| AppRecord { tenant: r.get(0), app: r.get(1), version: r.get(2) };
+    image.apps = tx
+        .query("SELECT tenant, name, version FROM apps ORDER BY tenant, name", &[])
+        .map_err(&fail)?
+        .iter()
+        .map(app)
+        .collect();
+    image.app_versions = tx
+        .query("SELECT tenant, app, version FROM app_versions ORDER BY deployed", &[])
+        .map_err(&fail)?
+        .iter()
+        .map(app)
+        .collect();
+    for row in tx.query("SELECT hash, bytes FROM modules", &[]).map_err(&fail)? {
+        image.modules.insert(row.get(0), row.get(1));
+    }
+    image.tokens = tx
+        .query("SELECT id, tenant, hash FROM tokens ORDER BY id", &[])
+        .map_err(&fail)?
+        .iter()
+        .map(|r| TokenRecord { id: r.get(0), tenant: r.get(1), hash: r.get(2) })
+        .collect();
+    Ok(())
+}
+
+/// The sessions of the given shards (all when `None`) with their inboxes, oldest first; rows that
+/// do not decode are set aside and come back as failed sessions saying why.
+pub(super) fn load_sessions(
+    tx: &mut Transaction<'_>,
+    shards: Option<&[i32]>,
+    quarantined: &mut Vec<Quarantined>,
+) -> Result<Vec<StoredSession>, StoreError> {
+    let fail = pg("loading");
+    let all = shards.is_none();
+    let shards = shards.unwrap_or(&[]);
+    let mut inboxes: BTreeMap<i64, Vec<InboxEvent>> = BTreeMap::new();
+    let mut unapplied: BTreeMap<i64, Vec<Unapplied>> = BTreeMap::new();
+    for row in tx
+        .query(
+            "SELECT i.session, i.seq, i.event, i.key, i.unapplied FROM inbox i JOIN sessions s ON s.id = i.session
+             WHERE $1 OR s.shard = ANY($2) ORDER BY i.session, i.seq",
+            &[&all, &shards],
+        )
+        .map_err(&fail)?
+    {
+        let (session, seq, key): (i64, i64, Option<String>) = (row.get(0), row.get(1), row.get(3));
+        if row.get::<_, bool>(4) {
+            unapplied.entry(session).or_default().push(Unapplied { seq: u64_of(seq), key });
+        } else {
+            inboxes.entry(session).or_default().push(InboxEvent { seq: u64_of(seq), event: row.get(2), key });
+        }
+    }
+    let rows = tx
+        .query(
+            "SELECT id, tenant, app, snapshot, fence FROM sessions WHERE $1 OR shard = ANY($2) ORDER BY id",
+            &[&all, &shards],
+        )
+        .map_err(&fail)?;
+    let mut sessions = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (id, tenant, app, text, fence): (i64, String, String, String, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let snapshot = match serde_json::from_str(&text) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                let reason = format!("its checkpoint does not decode ({error})");
+                let snapshot = quarantine(tx, id, &tenant, &app, &text, &reason)?;
+                quarantined.push(Quarantined { session: SessionId(u64_of(id)), tenant: tenant.clone(), reason });
+                let pending = inboxes.remove(&id).unwrap_or_default();
+                unapplied
+                    .entry(id)
+                    .or_default()
+                    .extend(pending.into_iter().map(|e| Unapplied { seq: e.seq, key: e.key }));
+                snapshot
+            }
+        };
+        let record = SessionRecord { id: SessionId(u64_of(id)), tenant, app, snapshot, fence: u64_of(fence) };
+        sessions.push(StoredSession {
+            record,
+            inbox: inboxes.remove(&id).unwrap_or_default(),
+            unapplied: unapplied.remove(&id).unwrap_or_default(),
+        });
+    }
+    Ok(sessions)
+}
+
+/// Sets a session row that does not decode aside and replaces it with a failed session saying why
+/// (its pending events are reported as not applied).
+fn quarantine(
+    tx: &mut Transaction<'_>,
+    id: i64,
+    tenant: &str,
+    app: &str,
+    text: &str,
+    reason: &str,
+) -> Result<crate::session::Session, StoreError> {
+    let fail = pg("quarantining a session");
+    tx.execute(
+        "INSERT INTO quarantine (session, tenant, app, snapshot, reason) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (session) DO UPDATE SET snapshot = excluded.snapshot, reason = excluded.reason",
+        &[&id, &tenant, &app, &text, &reason],
+    )
+    .map_err(&fail)?;
+    let snapshot = quarantined_session(text, reason);
+    tx.execute(
+        "UPDATE sessions SET snapshot = $2, finished = TRUE WHERE id = $1",
+        &[&id, &json("checkpoint", &snapshot)?],
+    )
+    .map_err(&fail)?;
+    tx.execute("UPDATE inbox SET unapplied = TRUE WHERE session = $1", &[&id]).map_err(&fail)?;
+    Ok(snapshot)
+}

@@ -1,0 +1,160 @@
+//! Shard leases: how the hosts of a cluster share the sessions of one database.
+//!
+//! Every shard has one lease row: its owner (a node's name), its epoch, and when the lease runs
+//! out by the database's clock (a node's own clock is never trusted with it). Taking a shard (a
+//! free one, or one whose lease ran out) adds one to its epoch in the same statement; the epoch is
+//! the fencing token every creation and checkpoint of the shard's sessions is written under, so
+//! a node that lost a shard without knowing it (a paused process, a partition) has its late
+//! writes refused instead of overwriting the new owner's. Renewal is one statement for all of a
+//! node's shards, whatever the number of sessions in them.
+//!
+//! These statements run on a connection of their own, so that a renewal never waits behind a
+//! long group commit.
+
+use super::{PgStore, load_sessions, pg, u64_of};
+use crate::store::{Quarantined, StoreError, StoredSession};
+use postgres::Client;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+/// A shard a node holds, and the epoch it holds it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Lease {
+    /// The shard.
+    pub shard: u32,
+    /// Its epoch: the fencing token of every write to its sessions.
+    pub epoch: u64,
+}
+
+/// One shard's lease as the database has it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseRow {
+    /// The shard.
+    pub shard: u32,
+    /// Its holder, if any.
+    pub owner: Option<String>,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Milliseconds until the lease runs out by the database's clock (0 once it has).
+    pub remaining_ms: u64,
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn shard_numbers(leases: &[Lease]) -> (Vec<i32>, Vec<i64>) {
+    leases
+        .iter()
+        .map(|l| (i32::try_from(l.shard).unwrap_or(i32::MAX), i64::try_from(l.epoch).unwrap_or(i64::MAX)))
+        .unzip()
+}
+
+fn lease_of(row: &postgres::Row) -> Lease {
+    Lease { shard: u32::try_from(row.get::<_, i32>(0)).unwrap_or_default(), epoch: u64_of(row.get(1)) }
+}
+
+impl PgStore {
+    /// Runs `statement` on the lease connection (connecting again if it was lost).
+    fn on_control<T>(
+        &self,
+        op: &'static str,
+        statement: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
+        let client = match control.take() {
+            Some(client) if !client.is_closed() => control.insert(client),
+            _ => control.insert(self.target.connect()?),
+        };
+        statement(client).map_err(pg(op))
+    }
+
+    /// Takes up to `max` shards that no node holds or whose lease has run out, for `node`, for
+    /// `lease` from now (the database's now). Shards whose rows a commit has locked are skipped
+    /// this time. Returns the shards taken with their new epochs.
+    pub fn acquire(&self, node: &str, lease: Duration, max: usize) -> Result<Vec<Lease>, StoreError> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.on_control("taking shard leases", |client| {
+            let rows = client.query(
+                "WITH free AS (
+                     SELECT shard FROM leases WHERE owner IS NULL OR expires_at < now()
+                     ORDER BY shard LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 UPDATE leases l SET owner = $1, epoch = l.epoch + 1,
+                     expires_at = now() + $3 * interval '1 millisecond'
+                 FROM free WHERE l.shard = free.shard
+                 RETURNING l.shard, l.epoch",
+                &[&node, &max, &millis(lease)],
+            )?;
+            let mut taken: Vec<Lease> = rows.iter().map(lease_of).collect();
+            taken.sort_unstable();
+            Ok(taken)
+        })
+    }
+
+    /// Extends `node`'s leases on `held` by `lease` from now. Returns those it still holds (under
+    /// the same epoch); a shard missing from the answer was taken by another node.
+    pub fn renew(&self, node: &str, lease: Duration, held: &[Lease]) -> Result<Vec<Lease>, StoreError> {
+        let (shards, epochs) = shard_numbers(held);
+        self.on_control("renewing shard leases", |client| {
+            let rows = client.query(
+                "UPDATE leases SET expires_at = now() + $2 * interval '1 millisecond'
+                 WHERE owner = $1 AND (shard, epoch) IN (SELECT * FROM unnest($3::int[], $4::bigint[]))
+                 RETURNING shard, epoch",
+                &[&node, &millis(lease), &shards, &epochs],
+            )?;
+            let mut kept: Vec<Lease> = rows.iter().map(lease_of).collect();
+            kept.sort_unstable();
+            Ok(kept)
+        })
+    }
+
+    /// Gives `held` up at once (a graceful stop), so that another node takes them at its next
+    /// look instead of after the lease runs out.
+    pub fn release(&self, node: &str, held: &[Lease]) -> Result<(), StoreError> {
+        let (shards, epochs) = shard_numbers(held);
+        self.on_control("releasing shard leases", |client| {
+            client.execute(
+                "UPDATE leases SET owner = NULL, expires_at = '-infinity'
+                 WHERE owner = $1 AND (shard, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))",
+                &[&node, &shards, &epochs],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every shard's lease, as the database has it now.
+    pub fn lease_table(&self) -> Result<Vec<LeaseRow>, StoreError> {
+        self.on_control("reading the shard leases", |client| {
+            let rows = client.query(
+                "SELECT shard, owner, epoch,
+                     greatest(0, floor(extract(epoch FROM (expires_at - now())) * 1000))::bigint
+                 FROM leases ORDER BY shard",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| LeaseRow {
+                    shard: u32::try_from(r.get::<_, i32>(0)).unwrap_or_default(),
+                    owner: r.get(1),
+                    epoch: u64_of(r.get(2)),
+                    remaining_ms: u64_of(r.get(3)),
+                })
+                .collect())
+        })
+    }
+
+    /// The sessions of `shards` with their inboxes, as a node loads them after taking the
+    /// shards (in a transaction of its own, begun after the one that took them committed, so it
+    /// sees every write of the previous owner). Rows that do not decode are set aside as in
+    /// [`crate::store::Store::load`].
+    pub fn load_shards(&self, shards: &[u32]) -> Result<(Vec<StoredSession>, Vec<Quarantined>), StoreError> {
+        let shards: Vec<i32> = shards.iter().map(|s| i32::try_from(*s).unwrap_or(i32::MAX)).collect();
+        let mut writer = self.writer();
+        let fail = pg("loading shards");
+        let mut tx = writer.transaction().map_err(&fail)?;
+        let mut quarantined = Vec::new();
+        let sessions = load_sessions(&mut tx, Some(&shards), &mut quarantined)?;
+        tx.commit().map_err(&fail)?;
+        Ok((sessions, quarantined))
+    }
+}

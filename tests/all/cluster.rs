@@ -1,0 +1,191 @@
+//! Cluster mode on PostgreSQL, store level: shard leases (acquire, renew, release, expiry by the
+//! database's clock) and the fencing of commits, with each interleaving of a commit and a steal
+//! forced with two connections (a lock held open on one, the other seen waiting on it), not timed.
+
+use crate::store::{PgSchema, postgres_url};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use turnstile::{
+    Checkpoint, Counters, Lease, PgStore, Session, SessionId, SessionRecord, Status, Store, StoreError, Write, Written,
+};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn raw(schema: &PgSchema) -> postgres::Client {
+    let mut client = postgres::Client::connect(&postgres_url(), postgres::NoTls).expect("connects");
+    let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
+    client.batch_execute(&format!("SET search_path TO {name}")).expect("schema");
+    client
+}
+
+fn session() -> Session {
+    Session {
+        app: "v1".into(),
+        status: Status::Ready { action: "start".into(), input: Vec::new() },
+        state: Vec::new(),
+        counters: Counters::default(),
+        last_failure: None,
+    }
+}
+
+fn create(id: u64, fence: u64) -> Write {
+    Write::Create(SessionRecord {
+        id: SessionId(id),
+        tenant: "acme".into(),
+        app: "bot".into(),
+        snapshot: session(),
+        fence,
+    })
+}
+
+fn checkpoint(id: u64, fence: u64, output: &str) -> Write {
+    let mut snapshot = session();
+    snapshot.counters.outputs = 1;
+    Write::Checkpoint(Checkpoint {
+        session: SessionId(id),
+        tenant: "acme".into(),
+        snapshot,
+        outputs: vec![output.to_owned()],
+        kv_writes: BTreeMap::new(),
+        consumed: None,
+        fence,
+    })
+}
+
+/// Makes every lease of the schema run out now, by the database's clock.
+fn expire_all(client: &mut postgres::Client) {
+    client.execute("UPDATE leases SET expires_at = now() - interval '1 second'", &[]).expect("expires");
+}
+
+/// Waits until some backend of the server waits on a lock while running a statement that
+/// contains `marker`: the signal that a commit or a steal is blocked behind the held lock.
+fn wait_until_blocked(observer: &mut postgres::Client, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position($1 in query) > 0",
+                &[&marker],
+            )
+            .expect("reads pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no statement with `{marker}` ever waited on the lock");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn shards_are_leased_once_renewed_released_and_taken_over_with_a_new_epoch() {
+    let schema = PgSchema::new("leases");
+    let store = PgStore::open(&schema.url_with("shards=8")).expect("opens");
+    assert_eq!(store.shard_count(), 8);
+    let a = store.acquire("node-a", LEASE, 5).expect("acquires");
+    assert_eq!(a.iter().map(|l| (l.shard, l.epoch)).collect::<Vec<_>>(), (0..5).map(|s| (s, 1)).collect::<Vec<_>>());
+    let b = store.acquire("node-b", LEASE, 100).expect("acquires");
+    assert_eq!(b.iter().map(|l| l.shard).collect::<Vec<_>>(), [5, 6, 7], "only the free shards");
+    assert!(store.acquire("node-c", LEASE, 100).expect("acquires").is_empty(), "none is free");
+    assert_eq!(store.renew("node-a", LEASE, &a).expect("renews"), a);
+    // B gives its shards back; C takes them at once, each with a new epoch.
+    store.release("node-b", &b).expect("releases");
+    let c = store.acquire("node-c", LEASE, 100).expect("acquires");
+    assert_eq!(c.iter().map(|l| (l.shard, l.epoch)).collect::<Vec<_>>(), [(5, 2), (6, 2), (7, 2)]);
+    // A's leases run out (by the database's clock); C takes them over, A's renewal finds none.
+    expire_all(&mut raw(&schema));
+    let taken = store.acquire("node-c", LEASE, 100).expect("acquires");
+    assert_eq!(taken.len(), 8, "every expired lease, C's own included");
+    assert!(store.renew("node-a", LEASE, &a).expect("renews").is_empty(), "A holds nothing any more");
+    let table = store.lease_table().expect("reads");
+    assert!(table.iter().all(|row| row.owner.as_deref() == Some("node-c") && row.remaining_ms > 20_000), "{table:?}");
+    assert!(table.iter().all(|row| row.epoch >= 2), "epochs only increase: {table:?}");
+}
+
+#[test]
+fn a_zombie_commit_is_fenced_while_the_new_owner_commits() {
+    let schema = PgSchema::new("zombie");
+    let url = schema.url_with("shards=1");
+    let (old, new) = (PgStore::open(&url).expect("opens"), PgStore::open(&url).expect("opens"));
+    let [Lease { epoch: first, .. }] = old.acquire("old", LEASE, 1).expect("acquires")[..] else { panic!("one shard") };
+    assert_eq!(old.commit(&[create(1, first)]).expect("commits"), [Written::Created]);
+    expire_all(&mut raw(&schema));
+    let [Lease { epoch: second, .. }] = new.acquire("new", LEASE, 1).expect("acquires")[..] else { panic!("taken") };
+    assert!(second > first);
+    // The old owner, unaware, writes on: refused, and nothing of it is kept.
+    assert_eq!(
+        old.commit(&[checkpoint(1, first, "zombie"), create(2, first)]).expect("commits"),
+        [Written::Fenced, Written::Fenced]
+    );
+    assert_eq!(new.commit(&[checkpoint(1, second, "owner")]).expect("commits"), [Written::Committed]);
+    assert_eq!(new.outputs(SessionId(1), 0, 10).expect("reads"), [(1, "owner".to_owned())]);
+    let (sessions, _) = new.load_shards(&[0]).expect("loads");
+    assert_eq!(sessions.iter().map(|s| s.record.id.0).collect::<Vec<_>>(), [1], "the zombie's session is not there");
+}
+
+#[test]
+fn a_steal_waits_for_a_commit_in_flight_and_then_sees_it() {
+    let schema = PgSchema::new("steal_waits");
+    let url = schema.url_with("shards=2");
+    let store = PgStore::open(&url).expect("opens");
+    let leases = store.acquire("old", LEASE, 2).expect("acquires");
+    expire_all(&mut raw(&schema));
+    // A commit in flight holds shard 0's lease row FOR SHARE (as every group commit does).
+    let mut commit = raw(&schema);
+    let mut tx = commit.transaction().expect("begins");
+    tx.query("SELECT epoch FROM leases WHERE shard = 0 FOR SHARE", &[]).expect("locks");
+    // The thief skips the locked shard this time instead of waiting or stealing under it...
+    let taken = store.acquire("thief", LEASE, 2).expect("acquires");
+    assert_eq!(taken.iter().map(|l| l.shard).collect::<Vec<_>>(), [1]);
+    tx.commit().expect("commits");
+    // ...and takes it at its next look, once the commit is done.
+    let taken = store.acquire("thief", LEASE, 2).expect("acquires");
+    assert_eq!(taken.iter().map(|l| (l.shard, l.epoch)).collect::<Vec<_>>(), [(0, leases[0].epoch + 1)]);
+}
+
+#[test]
+fn a_commit_behind_a_steal_in_flight_waits_and_is_fenced() {
+    let schema = PgSchema::new("commit_waits");
+    let url = schema.url_with("shards=1");
+    let store = PgStore::open(&url).expect("opens");
+    let [Lease { epoch, .. }] = store.acquire("old", LEASE, 1).expect("acquires")[..] else { panic!("one shard") };
+    store.commit(&[create(1, epoch)]).expect("commits");
+    // A steal in flight: the lease row is updated (locked) but not committed yet.
+    let mut thief = raw(&schema);
+    let mut steal = thief.transaction().expect("begins");
+    steal.execute("UPDATE leases SET owner = 'thief', epoch = epoch + 1 WHERE shard = 0", &[]).expect("steals");
+    let store = std::sync::Arc::new(store);
+    let committing = std::thread::spawn({
+        let store = store.clone();
+        move || store.commit(&[checkpoint(1, epoch, "late")])
+    });
+    wait_until_blocked(&mut raw(&schema), "held AS");
+    steal.commit().expect("the steal commits");
+    let written = committing.join().expect("joins").expect("commits");
+    assert_eq!(written, [Written::Fenced], "the commit saw the new epoch once the steal was done");
+    assert!(store.outputs(SessionId(1), 0, 10).expect("reads").is_empty());
+}
+
+#[test]
+fn a_cluster_keeps_its_shard_count_and_bad_urls_are_named() {
+    let schema = PgSchema::new("shard_count");
+    PgStore::open(&schema.url_with("shards=16")).expect("creates");
+    assert_eq!(PgStore::open(&schema.url).expect("opens").shard_count(), 16, "the stored count when none is asked");
+    let error = PgStore::open(&schema.url_with("shards=32")).expect_err("refused");
+    assert!(matches!(error, StoreError::InvalidUrl { .. }) && error.to_string().contains("16 shards"), "{error}");
+    for (bad, says) in [("shards=0", "shards `0`"), ("schema=Robert'); DROP", "schema `Robert');")] {
+        let error = PgStore::open(&format!("{}?{bad}", postgres_url())).expect_err("refused");
+        assert!(error.to_string().contains(says), "{error}");
+    }
+    let error = PgStore::open("postgres://nobody@127.0.0.1:1/none").expect_err("refused");
+    assert!(matches!(error, StoreError::Postgres { .. }), "{error}");
+}
+
+#[test]
+fn a_newer_schema_is_refused_untouched() {
+    let schema = PgSchema::new("newer");
+    PgStore::open(&schema.url).expect("creates");
+    raw(&schema).execute("UPDATE meta SET value = 999 WHERE key = 'schema_version'", &[]).expect("bumps");
+    let error = PgStore::open(&schema.url).expect_err("refused");
+    assert!(matches!(error, StoreError::NewerSchema { found: 999, .. }), "{error}");
+}
