@@ -231,6 +231,10 @@ enum Command {
         /// Run the (a)/(b) pair this many times and print the distribution of b/a.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// The durable store (g) measures: SQLite by default, or a `postgres://` URL (a scratch
+        /// schema is made in that database and dropped afterwards).
+        #[arg(long)]
+        store: Option<String>,
     },
 }
 
@@ -308,9 +312,9 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Bench { imports: true, .. } => {
             Ok(if cli::bench::imports()? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Bench { seconds, only, repeat, .. } => {
+        Command::Bench { seconds, only, repeat, store, .. } => {
             let window = std::time::Duration::from_secs_f64(seconds.clamp(0.2, 60.0));
-            cli::bench::bench(&cli::bench::BenchPlan { window, only, repeat })
+            cli::bench::bench(&cli::bench::BenchPlan { window, only, repeat, store })
         }
     }
 }

@@ -291,7 +291,9 @@ fn the_example_configuration_is_a_valid_configuration() {
     let config = turnstile::config::ServeConfig::parse(&text).expect("the example parses as a configuration");
     assert_eq!(config.tenants[0].config.weight, 3);
     assert_eq!(config.store_url(), "sqlite://turnstile-data/turnstile.db");
-    assert!(turnstile::open_store("postgres://elsewhere").is_err_and(|e| e.code() == "invalid_config"));
+    assert!(turnstile::open_store("mysql://elsewhere").is_err_and(|e| e.code() == "invalid_config"));
+    let refused = turnstile::open_store("postgres://127.0.0.1/test?shards=none").err().expect("refused");
+    assert!(refused.to_string().contains("shards `none`"), "{refused}");
     let error = turnstile::config::ServeConfig::parse("listen = 5\ncolour = 1").expect_err("refused");
     assert!(error.contains("invalid type") || error.contains("unknown field"), "{error}");
 }

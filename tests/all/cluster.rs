@@ -159,7 +159,7 @@ fn a_commit_behind_a_steal_in_flight_waits_and_is_fenced() {
         let store = store.clone();
         move || store.commit(&[checkpoint(1, epoch, "late")])
     });
-    wait_until_blocked(&mut raw(&schema), "held AS");
+    wait_until_blocked(&mut raw(&schema), "ORDER BY shard FOR SHARE");
     steal.commit().expect("the steal commits");
     let written = committing.join().expect("joins").expect("commits");
     assert_eq!(written, [Written::Fenced], "the commit saw the new epoch once the steal was done");

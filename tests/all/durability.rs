@@ -331,3 +331,32 @@ fn key_value_reads_in_a_loop_never_make_a_commit_fail() {
         reader.join().expect("reader");
     }
 }
+
+/// Under a steady load the commit queue never empties. A caller that had to lead a group commit
+/// (its new session had no one else to commit it) is relieved by the next worker once its own
+/// write is done, instead of leading for as long as the load lasts: here a new session's start
+/// answers while every session of the load is still running.
+#[test]
+fn a_caller_is_not_kept_leading_commits_while_a_load_lasts() {
+    let schema = crate::store::PgSchema::new("relief");
+    let cache = temp_dir("relief-cache");
+    let host = host_on(Arc::new(turnstile::PgStore::open(&schema.url).expect("opens")), &cache);
+    host.create_tenant("load", TenantConfig::default()).expect("tenant");
+    host.deploy(
+        "load",
+        "loop",
+        &abi_module(
+            r#"(data (i32.const 0) "{\"goto\":\"tick\"}")
+        (func (export "tick") (result i32) (call $next (i32.const 0) (i32.const 15)) i32.const 0)"#,
+        ),
+    )
+    .expect("deploys");
+    host.deploy("load", "patient", &wait_app(None)).expect("deploys");
+    let load: Vec<SessionId> =
+        (0..64).map(|_| host.start_session("load", "loop", "tick", Vec::new()).expect("starts")).collect();
+    for _ in 0..20 {
+        host.start_session("load", "patient", "start", Vec::new()).expect("starts while the load runs");
+    }
+    let finished = load.iter().filter(|id| host.session("load", **id).expect("known").status.is_finished()).count();
+    assert_eq!(finished, 0, "every start answered while the load was still running");
+}

@@ -6,11 +6,13 @@
 //! (c) b / a; (d) the scheduler's cost per action; (e) Jain's fairness index of fuel across 8
 //! equal-weight saturating tenants; (f) isolation from every kind of hostile tenant
 //! (`bench/isolation.rs`); (g) (b) again with every checkpoint committed to SQLite, the bytes
-//! written per action, and the time a host takes to resume 10 000 sessions.
+//! written per action, and the time a host takes to resume 10 000 sessions (`bench/durable.rs`;
+//! `--store postgres://…` measures PostgreSQL instead).
 //!
 //! `--imports` measures the fuel charges of host calls against plain wasm (`bench/imports.rs`);
 //! `--http` measures event ingest over HTTP (`bench/http.rs`).
 
+mod durable;
 mod http;
 mod imports;
 mod isolation;
@@ -22,7 +24,7 @@ use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use turnstile::{Host, HostConfig, MemoryStore, SqliteStore, Store, TenantConfig};
+use turnstile::{Host, HostConfig, MemoryStore, PgStore, SqliteStore, Store, TenantConfig};
 
 /// A trivial action: it only names itself as the next step.
 const TICK: &str = r#"(module
@@ -46,11 +48,13 @@ fn burner(iterations: u32) -> String {
 }
 
 /// What `turnstile bench` runs: the figures asked for (letters a–g), each measurement how long,
-/// and how many times the (a)/(b) pair is repeated.
+/// how many times the (a)/(b) pair is repeated, and the durable store (g) measures (SQLite when
+/// none is named; a `postgres://` URL measures PostgreSQL, in a scratch schema).
 pub(crate) struct BenchPlan {
     pub(crate) window: Duration,
     pub(crate) only: String,
     pub(crate) repeat: usize,
+    pub(crate) store: Option<String>,
 }
 
 impl BenchPlan {
@@ -78,21 +82,7 @@ pub(crate) fn bench(plan: &BenchPlan) -> Result<std::process::ExitCode> {
         isolation::isolation(window, workers)?;
     }
     if plan.wants('g') {
-        let durable = durable(window, workers)?;
-        let of_b = through.map_or(String::new(), |b: f64| {
-            let ratio = durable.actions_per_second / b;
-            format!(", {ratio:.2} of in-memory (b) (target ≥ 0.3){}", verdict(ratio >= 0.3))
-        });
-        println!(
-            "(g) durable: {:.0} actions/s with every checkpoint in SQLite (group commit){of_b}",
-            durable.actions_per_second
-        );
-        println!("    {:.0} bytes written per action (database, WAL and its checkpoints)", durable.bytes_per_action);
-        println!(
-            "    recovery: a new host resumed {} sessions in {:.0} ms",
-            durable.recovered,
-            durable.recovery.as_secs_f64() * 1000.0
-        );
+        durable::durable(window, workers, plan.store.as_deref(), through)?;
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -246,71 +236,60 @@ fn fairness(window: Duration) -> Result<f64> {
     Ok(sum * sum / (shares.len() as f64 * squares))
 }
 
-/// What (g) measured.
-struct Durable {
-    actions_per_second: f64,
-    bytes_per_action: f64,
-    recovery: Duration,
-    recovered: u64,
+/// A scratch data directory (and, on PostgreSQL, a scratch schema), removed when dropped.
+pub(super) struct Scratch {
+    pub(super) dir: PathBuf,
+    /// The scratch schema's store URL, when the store is PostgreSQL.
+    postgres: Option<String>,
 }
-
-/// Bytes this process has passed to `write` so far.
-fn bytes_written() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
-    io.lines().find_map(|l| l.strip_prefix("wchar: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-}
-
-/// A scratch data directory, removed when dropped.
-pub(super) struct Scratch(pub(super) PathBuf);
 
 impl Scratch {
+    /// A scratch SQLite database.
     pub(super) fn new(name: &str) -> Result<Scratch> {
+        Scratch::on(name, None)
+    }
+
+    /// A scratch database on the store `url` names (`postgres://…`), or SQLite when `None`.
+    pub(super) fn on(name: &str, url: Option<&str>) -> Result<Scratch> {
         let dir = std::env::temp_dir().join(format!("turnstile-bench-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
+        let postgres = match url {
+            None => None,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                let url = format!("{url}{separator}schema=turnstile_bench_{name}_{}", std::process::id());
+                PgStore::drop_schema(&url)?;
+                Some(url)
+            }
+            Some(other) => anyhow::bail!("`--store {other}`: bench measures SQLite (the default) or a postgres:// URL"),
+        };
+        Ok(Scratch { dir, postgres })
     }
 
     pub(super) fn store(&self) -> Result<Arc<dyn Store>> {
-        Ok(Arc::new(SqliteStore::open(&self.0.join("turnstile.db"))?))
+        Ok(match &self.postgres {
+            Some(url) => Arc::new(PgStore::open(url)?),
+            None => Arc::new(SqliteStore::open(&self.dir.join("turnstile.db"))?),
+        })
+    }
+
+    /// The store's name, as the figures print it.
+    pub(super) fn kind(&self) -> &'static str {
+        if self.postgres.is_some() { "PostgreSQL" } else { "SQLite" }
+    }
+
+    /// The scratch schema's URL, when the store is PostgreSQL.
+    pub(super) fn postgres(&self) -> Option<&str> {
+        self.postgres.as_deref()
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(url) = &self.postgres {
+            let _ = PgStore::drop_schema(url);
+        }
     }
-}
-
-/// (g)
-fn durable(window: Duration, workers: usize) -> Result<Durable> {
-    let scratch = Scratch::new("durable")?;
-    let (actions_per_second, bytes_per_action) = {
-        let host = host_on(workers, scratch.store()?)?;
-        let tenants: Vec<_> = (0..10).map(|t| (format!("tenant{t}"), TenantConfig::default())).collect();
-        populate(&host, &tenants, 10, 10, &wat::parse_str(TICK)?)?;
-        let (before, after, elapsed) = measured(&host, window, |host| (total_actions(host), bytes_written()));
-        let actions = (after.0 - before.0) as f64;
-        (actions / elapsed.as_secs_f64(), (after.1 - before.1) as f64 / actions.max(1.0))
-    };
-
-    // 10 000 sessions waiting for their customers, then a new host on the same database.
-    let scratch = Scratch::new("recovery")?;
-    const SESSIONS: usize = 10_000;
-    let waiting = r#"(module
-        (import "turnstile" "next" (func $next (param i32 i32)))
-        (memory (export "memory") 1)
-        (data (i32.const 0) "{\"wait\":{\"action\":\"tick\"}}")
-        (func (export "tick") (result i32) (call $next (i32.const 0) (i32.const 26)) i32.const 0))"#;
-    {
-        let host = host_on(workers, scratch.store()?)?;
-        let tenants: Vec<_> = (0..10).map(|t| (format!("tenant{t}"), TenantConfig::default())).collect();
-        populate(&host, &tenants, 10, SESSIONS / 100, &wat::parse_str(waiting)?)?;
-        host.settle();
-    }
-    let started = Instant::now();
-    let host = host_on(workers, scratch.store()?)?;
-    let recovery = started.elapsed();
-    let recovered = host.metrics().waiting;
-    Ok(Durable { actions_per_second, bytes_per_action, recovery, recovered })
 }

@@ -10,6 +10,9 @@
 //! committed) waits for its ticket. A leader hands over to a waiting caller as soon as it may (a
 //! worker at once, a caller once its own write is done), waking that one caller only: every
 //! waiter sleeps on its own ticket, so a group commit wakes the callers it answered and no more.
+//! A caller whose write is done and who finds no one to hand over to leads on only until the next
+//! worker comes by and relieves it: under a steady load the queue never empties, and a caller
+//! (an HTTP request) must not be kept leading for as long as the load lasts.
 //!
 //! A dedicated writer thread would add a thread hop to every action; on a loaded machine that hop
 //! is a scheduling delay, during which the session is not ready to run.
@@ -77,6 +80,11 @@ struct State {
     committing: bool,
     /// Callers asleep on their tickets, oldest first (they can lead).
     waiters: VecDeque<Arc<Ticket>>,
+    /// A caller leads with its own write done and writes still queued: the next worker to come
+    /// by takes over, so that a caller is never kept leading for as long as the load lasts.
+    relief_wanted: bool,
+    /// The worker waiting to take over from such a caller.
+    relief: Option<Arc<Ticket>>,
 }
 
 /// The writes waiting for the next group commit.
@@ -139,10 +147,29 @@ impl CommitQueue {
         state.queue.is_empty() && !state.committing
     }
 
-    /// Commits what is queued unless another thread already is (a worker after its action).
+    /// Commits what is queued unless another thread already is (a worker after its action). A
+    /// caller leading only because no one else was is relieved: this worker waits for the group
+    /// under way and takes the lead from there.
     pub(crate) fn drive(&self, store: &dyn Store, apply: Apply<'_>) {
-        let state = self.lock();
+        let mut state = self.lock();
         if !state.committing {
+            self.lead(state, store, apply, None);
+            return;
+        }
+        if !state.relief_wanted || state.relief.is_some() {
+            return;
+        }
+        state.relief_wanted = false;
+        let baton = Arc::new(Ticket::default());
+        state.relief = Some(baton.clone());
+        drop(state);
+        let mut mine = baton.lock();
+        while matches!(*mine, TicketState::Waiting) {
+            mine = baton.changed.wait(mine).unwrap_or_else(PoisonError::into_inner);
+        }
+        if let TicketState::Lead = *mine {
+            drop(mine);
+            let state = self.lock();
             self.lead(state, store, apply, None);
         }
     }
@@ -196,15 +223,27 @@ impl CommitQueue {
             apply(writes, tickets, results);
             state = self.lock();
             if !state.queue.is_empty() && mine.is_none_or(Ticket::is_settled) {
+                // The new leader finds `committing` set and takes it from here.
+                if mine.is_some()
+                    && let Some(worker) = state.relief.take()
+                    && worker.hand_over()
+                {
+                    return;
+                }
                 while let Some(waiter) = state.waiters.pop_front() {
                     if waiter.hand_over() {
-                        // The new leader finds `committing` set and takes it from here.
                         return;
                     }
                 }
+                state.relief_wanted = mine.is_some();
             }
         }
         state.committing = false;
+        state.relief_wanted = false;
+        if let Some(worker) = state.relief.take() {
+            // Nothing left to lead: the worker goes back to its actions.
+            worker.settle(Ok(Written::Committed));
+        }
         state.waiters.retain(|w| !w.is_settled());
     }
 }

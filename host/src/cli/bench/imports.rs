@@ -130,7 +130,7 @@ pub(crate) fn imports() -> Result<bool> {
     };
     let runtime = Runtime::new(RuntimeConfig { limits: limits.clone(), ..RuntimeConfig::default() })?;
     let scratch = Scratch::new("imports")?;
-    let store = Arc::new(SqliteStore::open(&scratch.0.join("turnstile.db"))?);
+    let store = Arc::new(SqliteStore::open(&scratch.dir.join("turnstile.db"))?);
     store.kv_put("bench", [("balance:1000".to_owned(), vec![b'9'; 1024])].into_iter().collect())?;
     let kv: Arc<dyn KvRead> = Arc::new(SqliteKv(store));
     let limits = Arc::new(limits);

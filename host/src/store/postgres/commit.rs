@@ -1,8 +1,9 @@
 //! One group commit on PostgreSQL: a batch of session creations, event appends and checkpoints in
 //! one transaction, in order, with a result per write.
 //!
-//! Fencing: a creation or a checkpoint is written only while its shard's lease row, locked
-//! `FOR SHARE` in the same transaction, still has the epoch the write was made under. A steal
+//! Fencing: the lease rows of every shard the batch writes are locked `FOR SHARE` first, in the
+//! same transaction (in shard order, so two commits never deadlock), and a creation or a
+//! checkpoint is written only while its shard's epoch is still the one it was made under. A steal
 //! (which bumps the epoch under `FOR UPDATE`) therefore either waits for this transaction, so the
 //! new owner's load sees everything it wrote, or lands first, and then this write is refused
 //! (`Fenced`) while the rest of the batch commits. Comparing the epoch without the row lock would
@@ -15,12 +16,13 @@ use super::{json, pg, shard_of, sql_id, sql_u64, u64_of};
 use crate::session::SessionId;
 use crate::store::{Appended, Checkpoint, SessionRecord, StoreError, Write, Written};
 use postgres::{Client, Transaction};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Commits `batch` in one transaction.
 pub(super) fn commit(client: &mut Client, shards: u32, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
     let fail = pg("committing");
     let mut tx = client.transaction().map_err(&fail)?;
+    let epochs = lock_leases(&mut tx, shards, batch)?;
     let mut written = Vec::with_capacity(batch.len());
     let mut run: Vec<&Checkpoint> = Vec::new();
     let mut in_run: HashSet<SessionId> = HashSet::new();
@@ -31,11 +33,11 @@ pub(super) fn commit(client: &mut Client, shards: u32, batch: &[Write]) -> Resul
             run.push(checkpoint);
             continue;
         }
-        written.extend(checkpoints(&mut tx, shards, &run)?);
+        written.extend(checkpoints(&mut tx, shards, &epochs, &run)?);
         run.clear();
         in_run.clear();
         written.push(match write {
-            Write::Create(record) => create(&mut tx, shards, record)?,
+            Write::Create(record) => create(&mut tx, shards, &epochs, record)?,
             Write::Append { session, event, key } => {
                 Written::Appended(append(&mut tx, *session, event, key.as_deref())?)
             }
@@ -46,30 +48,62 @@ pub(super) fn commit(client: &mut Client, shards: u32, batch: &[Write]) -> Resul
             }
         });
     }
-    written.extend(checkpoints(&mut tx, shards, &run)?);
+    written.extend(checkpoints(&mut tx, shards, &epochs, &run)?);
     tx.commit().map_err(&fail)?;
     Ok(written)
 }
 
-fn create(tx: &mut Transaction<'_>, shards: u32, record: &SessionRecord) -> Result<Written, StoreError> {
-    let shard = i32::try_from(shard_of(record.id, shards)).unwrap_or(i32::MAX);
-    let inserted = tx
-        .execute(
-            "WITH lease AS (SELECT epoch FROM leases WHERE shard = $2 FOR SHARE)
-             INSERT INTO sessions (id, shard, tenant, app, snapshot, fence, finished)
-             SELECT $1, $2, $3, $4, $5, $6, $7 FROM lease WHERE lease.epoch = $6",
-            &[
-                &sql_id(record.id),
-                &shard,
-                &record.tenant,
-                &record.app,
-                &json("checkpoint", &record.snapshot)?,
-                &sql_u64(record.fence),
-                &record.snapshot.status.is_finished(),
-            ],
-        )
-        .map_err(pg("storing a new session"))?;
-    Ok(if inserted == 1 { Written::Created } else { Written::Fenced })
+/// The epochs of the shards `batch` creates or checkpoints sessions in, their lease rows locked
+/// until the transaction ends: a steal of one of them waits for this commit.
+fn lock_leases(tx: &mut Transaction<'_>, shards: u32, batch: &[Write]) -> Result<HashMap<i32, i64>, StoreError> {
+    let mut touched: Vec<i32> = batch
+        .iter()
+        .filter(|w| !matches!(w, Write::Append { .. }))
+        .map(|w| shard_number(w.session(), shards))
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    if touched.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = tx
+        .query("SELECT shard, epoch FROM leases WHERE shard = ANY($1) ORDER BY shard FOR SHARE", &[&touched])
+        .map_err(pg("locking shard leases"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn shard_number(session: SessionId, shards: u32) -> i32 {
+    i32::try_from(shard_of(session, shards)).unwrap_or(i32::MAX)
+}
+
+/// Whether a write made under `fence` may land in `session`'s shard.
+fn holds(epochs: &HashMap<i32, i64>, shards: u32, session: SessionId, fence: u64) -> bool {
+    epochs.get(&shard_number(session, shards)) == Some(&sql_u64(fence))
+}
+
+fn create(
+    tx: &mut Transaction<'_>,
+    shards: u32,
+    epochs: &HashMap<i32, i64>,
+    record: &SessionRecord,
+) -> Result<Written, StoreError> {
+    if !holds(epochs, shards, record.id, record.fence) {
+        return Ok(Written::Fenced);
+    }
+    tx.execute(
+        "INSERT INTO sessions (id, shard, tenant, app, snapshot, fence, finished) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &sql_id(record.id),
+            &shard_number(record.id, shards),
+            &record.tenant,
+            &record.app,
+            &json("checkpoint", &record.snapshot)?,
+            &sql_u64(record.fence),
+            &record.snapshot.status.is_finished(),
+        ],
+    )
+    .map_err(pg("storing a new session"))?;
+    Ok(Written::Created)
 }
 
 fn append(
@@ -110,29 +144,30 @@ fn append(
     Ok(Appended::New(u64_of(seq)))
 }
 
-/// Checkpoints of different sessions, as arrays: the snapshots under their shards' lease locks,
+/// Checkpoints of different sessions, as arrays: the snapshots of those whose shard epoch holds,
 /// then the outputs, consumed events, unapplied events and key-value writes of those committed.
-fn checkpoints(tx: &mut Transaction<'_>, shards: u32, run: &[&Checkpoint]) -> Result<Vec<Written>, StoreError> {
-    if run.is_empty() {
-        return Ok(Vec::new());
-    }
+fn checkpoints(
+    tx: &mut Transaction<'_>,
+    shards: u32,
+    epochs: &HashMap<i32, i64>,
+    run: &[&Checkpoint],
+) -> Result<Vec<Written>, StoreError> {
     let fail = pg("committing checkpoints");
-    let ids: Vec<i64> = run.iter().map(|c| sql_id(c.session)).collect();
-    let fences: Vec<i64> = run.iter().map(|c| sql_u64(c.fence)).collect();
-    let snapshots = run.iter().map(|c| json("checkpoint", &c.snapshot)).collect::<Result<Vec<_>, _>>()?;
-    let finished: Vec<bool> = run.iter().map(|c| c.snapshot.status.is_finished()).collect();
-    let mut touched: Vec<i32> =
-        run.iter().map(|c| i32::try_from(shard_of(c.session, shards)).unwrap_or(i32::MAX)).collect();
-    touched.sort_unstable();
-    touched.dedup();
+    let held: Vec<&Checkpoint> = run.iter().copied().filter(|c| holds(epochs, shards, c.session, c.fence)).collect();
+    if held.is_empty() {
+        return Ok(vec![Written::Fenced; run.len()]);
+    }
+    let ids: Vec<i64> = held.iter().map(|c| sql_id(c.session)).collect();
+    let fences: Vec<i64> = held.iter().map(|c| sql_u64(c.fence)).collect();
+    let snapshots = held.iter().map(|c| json("checkpoint", &c.snapshot)).collect::<Result<Vec<_>, _>>()?;
+    let finished: Vec<bool> = held.iter().map(|c| c.snapshot.status.is_finished()).collect();
     let committed: HashSet<i64> = tx
         .query(
-            "WITH held AS (SELECT shard, epoch FROM leases WHERE shard = ANY($5) ORDER BY shard FOR SHARE)
-             UPDATE sessions s SET snapshot = i.snapshot, finished = i.finished, fence = i.fence
-             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[]) AS i(id, fence, snapshot, finished), held h
-             WHERE s.id = i.id AND h.shard = s.shard AND h.epoch = i.fence
+            "UPDATE sessions s SET snapshot = i.snapshot, finished = i.finished, fence = i.fence
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[]) AS i(id, fence, snapshot, finished)
+             WHERE s.id = i.id
              RETURNING s.id",
-            &[&ids, &fences, &snapshots, &finished, &touched],
+            &[&ids, &fences, &snapshots, &finished],
         )
         .map_err(&fail)?
         .iter()
