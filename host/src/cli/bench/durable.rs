@@ -111,13 +111,13 @@ pub(super) fn durable(window: Duration, workers: usize, url: Option<&str>, throu
     if !commits.is_empty() {
         let writes: usize = commits.iter().map(|c| c.1).sum();
         commits.sort_unstable();
-        let at = |q: f64| commits[((commits.len() - 1) as f64 * q) as usize].0.as_secs_f64() * 1000.0;
+        let at = |percent: usize| commits[(commits.len() - 1) * percent / 100].0.as_secs_f64() * 1000.0;
         println!(
             "    {} group commits, {:.0} writes each on average; latency p50 {:.1} ms, p99 {:.1} ms",
             commits.len(),
             writes as f64 / commits.len() as f64,
-            at(0.5),
-            at(0.99)
+            at(50),
+            at(99)
         );
     }
     drop(scratch);
