@@ -67,8 +67,8 @@ fn bytes_written() -> u64 {
 fn wal_written(url: &str) -> Result<u64> {
     let base = url.split_once('?').map_or(url, |(base, _)| base);
     let mut client = postgres::Client::connect(base, postgres::NoTls)?;
-    let bytes: f64 = client.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8", &[])?.get(0);
-    Ok(bytes as u64)
+    let bytes: i64 = client.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint", &[])?.get(0);
+    Ok(u64::try_from(bytes)?)
 }
 
 /// (g)
