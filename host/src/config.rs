@@ -44,6 +44,46 @@ pub struct ServeConfig {
     /// Connection, timeout and upload limits of the HTTP server.
     #[serde(default)]
     pub http: crate::api::HttpLimits,
+    /// How this host shares a PostgreSQL store with others (ignored on SQLite).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// A host on PostgreSQL holds the database's shard leases while it runs; another host started
+/// on the same database waits as a standby and takes over when the first stops or dies.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name in the lease table (default: the machine's host name and the process id).
+    pub node: Option<String>,
+    /// How long a lease lasts without renewal: a standby takes over this long after the active
+    /// host died (renewed every third of it). From 1 s to 5 min.
+    #[serde(with = "crate::human::duration")]
+    pub lease: std::time::Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { node: None, lease: std::time::Duration::from_secs(3) }
+    }
+}
+
+impl ClusterConfig {
+    /// How the store claims its shards for this node.
+    pub fn policy(&self) -> Result<crate::store::postgres::ClaimPolicy, Error> {
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&self.lease) {
+            return Err(Error::InvalidConfig {
+                field: "cluster.lease",
+                problem: format!("{:?} is outside 1s..5min", self.lease),
+            });
+        }
+        let node = self.node.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            let host = host.trim();
+            format!("{}-{}", if host.is_empty() { "turnstile" } else { host }, std::process::id())
+        });
+        Ok(crate::store::postgres::ClaimPolicy { node, lease: self.lease, wait: true })
+    }
 }
 
 fn default_retention() -> std::time::Duration {

@@ -88,6 +88,7 @@ pub use runtime::{CompileSource, CompileStats, Deployment, Runtime, RuntimeConfi
 pub use sandbox::{ActionOutcome, Effects, Usage};
 pub use session::{Counters, MAX_RESULT_DEPTH, MAX_WAIT_MS, Next, Released, Session, SessionId, Status, Wait};
 pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Snapshot, SnapshotError, export_session, import_session};
+pub use store::postgres::ClaimPolicy;
 pub use store::postgres::leases::{Lease, LeaseRow};
 pub use store::{
     AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, PgStore, Quarantined, SessionRecord, SqliteStore,

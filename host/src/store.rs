@@ -77,6 +77,14 @@ pub enum StoreError {
         #[source]
         source: ::postgres::Error,
     },
+    /// Another node holds the database's shards (and this one was not asked to wait for them).
+    #[error(
+        "another host ({holder}) holds this database's shards; start this one as a standby (it waits for them) or stop that one"
+    )]
+    ShardsHeld {
+        /// The node holding them.
+        holder: String,
+    },
     /// A store URL that cannot be used.
     #[error("{problem}")]
     InvalidUrl {

@@ -1,12 +1,16 @@
-//! Cluster mode on PostgreSQL, store level: shard leases (acquire, renew, release, expiry by the
-//! database's clock) and the fencing of commits, with each interleaving of a commit and a steal
-//! forced with two connections (a lock held open on one, the other seen waiting on it), not timed.
+//! Cluster mode on PostgreSQL: shard leases (acquire, renew, release, expiry by the database's
+//! clock) and the fencing of commits, with each interleaving of a commit and a steal forced with
+//! two connections (a lock held open on one, the other seen waiting on it), not timed; a host's
+//! claim on every shard with a standby waiting for it; and a standby `turnstile serve` taking
+//! over the calls of a killed one.
 
 use crate::store::{PgSchema, postgres_url};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use turnstile::{
-    Checkpoint, Counters, Lease, PgStore, Session, SessionId, SessionRecord, Status, Store, StoreError, Write, Written,
+    Checkpoint, ClaimPolicy, Counters, Lease, PgStore, Session, SessionId, SessionRecord, Status, Store, StoreError,
+    Write, Written,
 };
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -154,7 +158,7 @@ fn a_commit_behind_a_steal_in_flight_waits_and_is_fenced() {
     let mut thief = raw(&schema);
     let mut steal = thief.transaction().expect("begins");
     steal.execute("UPDATE leases SET owner = 'thief', epoch = epoch + 1 WHERE shard = 0", &[]).expect("steals");
-    let store = std::sync::Arc::new(store);
+    let store = Arc::new(store);
     let committing = std::thread::spawn({
         let store = store.clone();
         move || store.commit(&[checkpoint(1, epoch, "late")])
@@ -188,4 +192,86 @@ fn a_newer_schema_is_refused_untouched() {
     raw(&schema).execute("UPDATE meta SET value = 999 WHERE key = 'schema_version'", &[]).expect("bumps");
     let error = PgStore::open(&schema.url).expect_err("refused");
     assert!(matches!(error, StoreError::NewerSchema { found: 999, .. }), "{error}");
+}
+
+#[test]
+fn one_host_holds_the_shards_and_a_standby_takes_them_when_it_is_dropped() {
+    let schema = PgSchema::new("claim");
+    let url = schema.url_with("shards=4");
+    let policy = |node: &str, wait: bool| ClaimPolicy { node: node.into(), lease: LEASE, wait };
+    let active = Arc::new(PgStore::open(&url).expect("opens"));
+    active.claim_all(&policy("active", false), |_| {}).expect("claims");
+    assert!(active.holds_claim());
+    let second = Arc::new(PgStore::open(&url).expect("opens"));
+    let error = second.claim_all(&policy("second", false), |_| {}).expect_err("refused");
+    assert!(matches!(&error, StoreError::ShardsHeld { holder } if holder == "active"), "{error}");
+    // A standby waits, and says so once; it holds everything once the active store is dropped.
+    let (told, heard) = std::sync::mpsc::channel();
+    let standby = std::thread::spawn(move || {
+        second
+            .claim_all(&policy("second", true), |holder| told.send(holder.to_owned()).expect("sends"))
+            .map(|()| second)
+    });
+    assert_eq!(heard.recv().expect("told"), "active");
+    // Whatever fencing token the host gives, the claim's epoch is what the store writes under.
+    assert_eq!(active.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
+    drop(active);
+    let standby = standby.join().expect("joins").expect("claims");
+    assert!(standby.holds_claim());
+    assert_eq!(standby.commit(&[checkpoint(1, 0, "resumed")]).expect("commits"), [Written::Committed]);
+    // A third store takes the shards from under it (its leases ran out): the standby, now a
+    // zombie, has its writes refused.
+    expire_all(&mut raw(&schema));
+    let thief = Arc::new(PgStore::open(&url).expect("opens"));
+    thief.claim_all(&policy("thief", false), |_| {}).expect("takes over");
+    assert_eq!(standby.commit(&[checkpoint(1, 0, "zombie")]).expect("commits"), [Written::Fenced]);
+    assert_eq!(thief.outputs(SessionId(1), 0, 10).expect("reads"), [(1, "resumed".to_owned())]);
+}
+
+/// Two `turnstile serve` processes on one database: the second waits as a standby, the first
+/// is killed with SIGKILL, the second takes the shards over once the leases run out (its timer
+/// re-armed from the stored wait), resumes the waiting call and finishes it. Prints the takeover time (the figure is `turnstile bench`'s
+/// business, not a test's).
+#[test]
+fn a_standby_server_takes_over_the_calls_of_a_killed_one() {
+    use crate::serve::{ADMIN, json_body, request, start_server, wait_until};
+    use std::ffi::OsStr;
+    let schema = PgSchema::new("failover");
+    let store = OsStr::new(&schema.url);
+    let (dir_a, dir_b) = (crate::durability::temp_dir("failover-a"), crate::durability::temp_dir("failover-b"));
+    let (mut active, port) = start_server(&[OsStr::new("--store"), store, OsStr::new("--data-dir"), dir_a.as_os_str()]);
+    let (status, _) = request(port, "POST", "/v1/tenants", ADMIN, "application/json", br#"{"name":"bank"}"#);
+    assert_eq!(status, 201);
+    let (_, body) = request(port, "POST", "/v1/tenants/bank/tokens", ADMIN, "application/json", b"");
+    let token = json_body(&body)["token"].as_str().expect("token").to_owned();
+    // A call that waits for the customer (ten minutes at most), answers, and ends.
+    let app = crate::durability::wait_app(Some(600_000));
+    assert_eq!(request(port, "PUT", "/v1/apps/call", &token, "application/wasm", &app).0, 201);
+    let (status, body) = request(port, "POST", "/v1/sessions", &token, "application/json", br#"{"app":"call"}"#);
+    assert_eq!(status, 201, "{body}");
+    let id = json_body(&body)["id"].as_u64().expect("id");
+    let session = format!("/v1/sessions/{id}");
+    wait_until("the call to wait", || {
+        json_body(&request(port, "GET", &session, &token, "", b"").1)["status"] == "waiting"
+    });
+
+    let standby = std::thread::spawn({
+        let (store, dir) = (schema.url.clone(), dir_b.clone());
+        move || start_server(&[OsStr::new("--store"), OsStr::new(&store), OsStr::new("--data-dir"), dir.as_os_str()])
+    });
+    active.kill().expect("SIGKILL");
+    let killed = Instant::now();
+    active.wait().expect("reaped");
+    let (mut standby, port) = standby.join().expect("joins");
+    eprintln!("takeover after SIGKILL: {:.2} s (lease 3 s)", killed.elapsed().as_secs_f64());
+    let view = json_body(&request(port, "GET", &session, &token, "", b"").1);
+    assert_eq!(view["status"], "waiting", "{view}");
+    let (status, body) = request(port, "POST", &format!("{session}/events"), &token, "text/plain", b"\"taken over\"");
+    assert_eq!(status, 202, "{body}");
+    let outputs = request(port, "GET", &format!("{session}/outputs"), &token, "", b"").1;
+    assert!(outputs.contains("taken over") && outputs.contains("event: end"), "{outputs}");
+    let view = json_body(&request(port, "GET", &session, &token, "", b"").1);
+    assert_eq!(view["status"], "done", "{view}");
+    standby.kill().expect("stops");
+    standby.wait().expect("reaped");
 }

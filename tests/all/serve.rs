@@ -12,11 +12,18 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
+pub(crate) const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
 
 /// One HTTP/1.1 request on its own connection; returns the status and the body as text
 /// (chunked bodies are left as they are: the tests look for substrings).
-fn request(port: u16, method: &str, path: &str, token: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+pub(crate) fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
     let head = format!(
@@ -32,12 +39,12 @@ fn request(port: u16, method: &str, path: &str, token: &str, content_type: &str,
     (status, body)
 }
 
-fn json_body(body: &str) -> Value {
+pub(crate) fn json_body(body: &str) -> Value {
     // A Content-Length body is the JSON itself.
     serde_json::from_str(body.trim()).unwrap_or(Value::Null)
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -46,7 +53,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// `turnstile serve` on an ephemeral port with these extra arguments, and the port it bound.
-fn start_server(args: &[&OsStr]) -> (Child, u16) {
+pub(crate) fn start_server(args: &[&OsStr]) -> (Child, u16) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_turnstile"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)

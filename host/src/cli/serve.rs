@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use turnstile::api::{self, Api, router};
 use turnstile::config::ServeConfig;
-use turnstile::{EngineConfig, Error, Host, HostConfig, RuntimeConfig, open_store};
+use turnstile::{EngineConfig, Error, Host, HostConfig, PgStore, RuntimeConfig, Store, open_store};
 
 pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -20,7 +20,20 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
             "set an admin token of at least 16 characters (TURNSTILE_ADMIN_TOKEN or `admin_token` in the configuration)"
         );
     };
-    let store = open_store(&config.store_url())?;
+    let url = config.store_url();
+    let store: Arc<dyn Store> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        // One host acts for the database at a time: this one waits (a standby) while another
+        // holds the shards, and loads the sessions only once it holds them all.
+        let store = Arc::new(PgStore::open(&url)?);
+        let policy = config.cluster.policy()?;
+        store.claim_all(&policy, |holder| {
+            eprintln!("standby: {holder} holds the shards; this host takes over when it stops or its leases run out");
+        })?;
+        eprintln!("node {} holds all {} shards", policy.node, store.shard_count());
+        store
+    } else {
+        open_store(&url)?
+    };
     let engine = EngineConfig {
         cache_dir: Some(config.data_dir.join("modules")),
         pool_instances: config.pool.instances,

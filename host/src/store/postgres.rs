@@ -20,10 +20,12 @@ use postgres::{Client, NoTls, Transaction};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+mod claim;
 mod commit;
 pub mod leases;
 mod migrations;
 
+pub use claim::ClaimPolicy;
 pub use migrations::SCHEMA_VERSION;
 
 /// The shard count of a new schema when its URL names none.
@@ -38,6 +40,8 @@ pub struct PgStore {
     readers: Mutex<Vec<Client>>,
     /// The connection lease statements run on (see [`leases`]).
     control: Mutex<Option<Client>>,
+    /// The shards this store holds for its node, when it acts for one (see `claim.rs`).
+    claim: Mutex<Option<claim::Claim>>,
     target: Target,
     shards: u32,
 }
@@ -47,6 +51,12 @@ pub struct PgStore {
 struct Target {
     url: String,
     schema: String,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.release_claim();
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -117,6 +127,7 @@ impl PgStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             control: Mutex::new(None),
+            claim: Mutex::new(None),
             target,
             shards,
         })
@@ -333,7 +344,7 @@ impl Store for PgStore {
 
     fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
         let mut writer = self.writer();
-        commit::commit(&mut writer, self.shards, batch)
+        commit::commit(&mut writer, self.shards, &|shard, given| self.write_epoch(shard, given), batch)
     }
 
     fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {

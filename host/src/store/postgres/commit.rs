@@ -19,10 +19,18 @@ use postgres::{Client, Transaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Commits `batch` in one transaction.
-pub(super) fn commit(client: &mut Client, shards: u32, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
+///
+/// `expected` gives the epoch a write to a shard must find (from the fencing token it was made
+/// under), or `None` when it may not be written at all.
+pub(super) fn commit(
+    client: &mut Client,
+    shards: u32,
+    expected: &Expected<'_>,
+    batch: &[Write],
+) -> Result<Vec<Written>, StoreError> {
     let fail = pg("committing");
     let mut tx = client.transaction().map_err(&fail)?;
-    let epochs = lock_leases(&mut tx, shards, batch)?;
+    let epochs = Epochs { locked: lock_leases(&mut tx, shards, batch)?, expected, shards };
     let mut written = Vec::with_capacity(batch.len());
     let mut run: Vec<&Checkpoint> = Vec::new();
     let mut in_run: HashSet<SessionId> = HashSet::new();
@@ -33,11 +41,11 @@ pub(super) fn commit(client: &mut Client, shards: u32, batch: &[Write]) -> Resul
             run.push(checkpoint);
             continue;
         }
-        written.extend(checkpoints(&mut tx, shards, &epochs, &run)?);
+        written.extend(checkpoints(&mut tx, &epochs, &run)?);
         run.clear();
         in_run.clear();
         written.push(match write {
-            Write::Create(record) => create(&mut tx, shards, &epochs, record)?,
+            Write::Create(record) => create(&mut tx, &epochs, record)?,
             Write::Append { session, event, key } => {
                 Written::Appended(append(&mut tx, *session, event, key.as_deref())?)
             }
@@ -48,7 +56,7 @@ pub(super) fn commit(client: &mut Client, shards: u32, batch: &[Write]) -> Resul
             }
         });
     }
-    written.extend(checkpoints(&mut tx, shards, &epochs, &run)?);
+    written.extend(checkpoints(&mut tx, &epochs, &run)?);
     tx.commit().map_err(&fail)?;
     Ok(written)
 }
@@ -76,25 +84,34 @@ fn shard_number(session: SessionId, shards: u32) -> i32 {
     i32::try_from(shard_of(session, shards)).unwrap_or(i32::MAX)
 }
 
-/// Whether a write made under `fence` may land in `session`'s shard.
-fn holds(epochs: &HashMap<i32, i64>, shards: u32, session: SessionId, fence: u64) -> bool {
-    epochs.get(&shard_number(session, shards)) == Some(&sql_u64(fence))
+/// The epoch a write to a shard must find, from the fencing token it was made under.
+pub(super) type Expected<'a> = dyn Fn(u32, u64) -> Option<u64> + 'a;
+
+/// The shards' epochs as locked, and what each write must find.
+struct Epochs<'a> {
+    locked: HashMap<i32, i64>,
+    expected: &'a Expected<'a>,
+    shards: u32,
 }
 
-fn create(
-    tx: &mut Transaction<'_>,
-    shards: u32,
-    epochs: &HashMap<i32, i64>,
-    record: &SessionRecord,
-) -> Result<Written, StoreError> {
-    if !holds(epochs, shards, record.id, record.fence) {
+impl Epochs<'_> {
+    /// Whether a write made under `fence` may land in `session`'s shard.
+    fn hold(&self, session: SessionId, fence: u64) -> bool {
+        let shard = shard_of(session, self.shards);
+        (self.expected)(shard, fence)
+            .is_some_and(|epoch| self.locked.get(&shard_number(session, self.shards)) == Some(&sql_u64(epoch)))
+    }
+}
+
+fn create(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, record: &SessionRecord) -> Result<Written, StoreError> {
+    if !epochs.hold(record.id, record.fence) {
         return Ok(Written::Fenced);
     }
     tx.execute(
         "INSERT INTO sessions (id, shard, tenant, app, snapshot, fence, finished) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
             &sql_id(record.id),
-            &shard_number(record.id, shards),
+            &shard_number(record.id, epochs.shards),
             &record.tenant,
             &record.app,
             &json("checkpoint", &record.snapshot)?,
@@ -146,14 +163,9 @@ fn append(
 
 /// Checkpoints of different sessions, as arrays: the snapshots of those whose shard epoch holds,
 /// then the outputs, consumed events, unapplied events and key-value writes of those committed.
-fn checkpoints(
-    tx: &mut Transaction<'_>,
-    shards: u32,
-    epochs: &HashMap<i32, i64>,
-    run: &[&Checkpoint],
-) -> Result<Vec<Written>, StoreError> {
+fn checkpoints(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, run: &[&Checkpoint]) -> Result<Vec<Written>, StoreError> {
     let fail = pg("committing checkpoints");
-    let held: Vec<&Checkpoint> = run.iter().copied().filter(|c| holds(epochs, shards, c.session, c.fence)).collect();
+    let held: Vec<&Checkpoint> = run.iter().copied().filter(|c| epochs.hold(c.session, c.fence)).collect();
     if held.is_empty() {
         return Ok(vec![Written::Fenced; run.len()]);
     }

@@ -1,0 +1,168 @@
+//! A host that runs on PostgreSQL holds every shard's lease while it runs: the one node acting
+//! for the database's sessions. A second host on the same database waits (a standby) and takes
+//! the shards over when the first one stops (released at once) or dies (when its leases run out,
+//! by the database's clock), then loads the sessions and resumes them. Several active nodes
+//! sharing the shards is the next step of cluster mode; holding all of them first is what keeps
+//! two hosts from ever running one session twice.
+//!
+//! While it holds a claim, the store writes every creation and checkpoint under its own epoch
+//! for the shard (whatever fencing token the host gave): a node that lost its leases without
+//! knowing it has each late write refused by the lease lock in the commit. The node also stops
+//! on its own: a renewal thread extends the leases every third of their length, and when a
+//! renewal fails for longer than the lease minus a margin (counted on this process's monotonic
+//! clock from when that renewal was sent), or finds a shard taken, the claim is lost and every
+//! later write is refused here, without asking the database.
+
+use super::PgStore;
+use super::leases::Lease;
+use crate::store::StoreError;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+/// The shards a store holds for its node.
+#[derive(Debug)]
+pub(super) struct Claim {
+    node: String,
+    lease: Duration,
+    /// Epoch by shard, while held.
+    epochs: HashMap<u32, u64>,
+    /// When the last successful renewal was sent.
+    renewed: Instant,
+    /// Set once a shard was lost or renewal failed too long: nothing more is written.
+    lost: bool,
+}
+
+impl Claim {
+    /// The epoch this node writes `shard` under, if it still holds it.
+    pub(super) fn epoch(&self, shard: u32) -> Option<u64> {
+        let margin = self.lease / 5;
+        if self.lost || self.renewed.elapsed() + margin >= self.lease {
+            return None;
+        }
+        self.epochs.get(&shard).copied()
+    }
+}
+
+/// How a claim is taken.
+#[derive(Debug, Clone)]
+pub struct ClaimPolicy {
+    /// This node's name, as the lease rows show it.
+    pub node: String,
+    /// How long a lease lasts without renewal (the takeover time after a node dies).
+    pub lease: Duration,
+    /// Wait for the shards another node holds (a standby) instead of failing at once.
+    pub wait: bool,
+}
+
+impl PgStore {
+    /// Takes every shard's lease for `policy.node` (waiting for them if it says so), then keeps
+    /// them renewed on a thread of its own until the store is dropped, when they are released.
+    /// Sessions must be loaded only after this returns.
+    pub fn claim_all(self: &Arc<Self>, policy: &ClaimPolicy, mut waiting: impl FnMut(&str)) -> Result<(), StoreError> {
+        let total = usize::try_from(self.shards).unwrap_or(usize::MAX);
+        let mut held: Vec<Lease> = Vec::new();
+        let mut told = false;
+        loop {
+            let sent = Instant::now();
+            if !held.is_empty() {
+                held = self.renew(&policy.node, policy.lease, &held)?;
+            }
+            held.extend(self.acquire(&policy.node, policy.lease, total)?);
+            if held.len() == total {
+                let epochs = held.iter().map(|l| (l.shard, l.epoch)).collect();
+                *self.claim.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Claim { node: policy.node.clone(), lease: policy.lease, epochs, renewed: sent, lost: false });
+                let store = Arc::downgrade(self);
+                std::thread::Builder::new()
+                    .name("turnstile-leases".into())
+                    .spawn(move || renew_while_alive(&store))
+                    .map_err(|source| StoreError::Io { context: "starting the lease renewal thread", source })?;
+                return Ok(());
+            }
+            let holders = self.lease_table()?;
+            let other = holders.iter().find_map(|row| row.owner.clone().filter(|o| *o != policy.node));
+            let holder = other.unwrap_or_else(|| "another node".to_owned());
+            if !policy.wait {
+                self.release(&policy.node, &held)?;
+                return Err(StoreError::ShardsHeld { holder });
+            }
+            if !told {
+                waiting(&holder);
+                told = true;
+            }
+            std::thread::sleep(policy.lease / 6);
+        }
+    }
+
+    /// Whether this store acts for its node and still holds every shard.
+    pub fn holds_claim(&self) -> bool {
+        let claim = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+        claim.as_ref().is_some_and(|c| (0..self.shards).all(|s| c.epoch(s).is_some()))
+    }
+
+    /// The epoch to write a shard's sessions under: the claim's when there is one (`None` once
+    /// it no longer holds the shard), else the host's own fencing token.
+    pub(super) fn write_epoch(&self, shard: u32, given: u64) -> Option<u64> {
+        match &*self.claim.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(claim) => claim.epoch(shard),
+            None => Some(given),
+        }
+    }
+
+    /// Gives the shards up (the store is being dropped: the host has stopped).
+    pub(super) fn release_claim(&self) {
+        let claim = self.claim.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(claim) = claim.filter(|c| !c.lost) {
+            let held: Vec<Lease> =
+                claim.epochs.iter().map(|(shard, epoch)| Lease { shard: *shard, epoch: *epoch }).collect();
+            if let Err(error) = self.release(&claim.node, &held) {
+                tracing::warn!(error = %error, "releasing the shard leases failed: a standby takes over when they run out");
+            }
+        }
+    }
+}
+
+/// Renews the claim every third of the lease until the store is dropped or the claim is lost.
+fn renew_while_alive(store: &Weak<PgStore>) {
+    loop {
+        let Some(store) = store.upgrade() else { return };
+        let (node, lease, held) = {
+            let claim = store.claim.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(claim) = claim.as_ref().filter(|c| !c.lost) else { return };
+            let held: Vec<Lease> =
+                claim.epochs.iter().map(|(shard, epoch)| Lease { shard: *shard, epoch: *epoch }).collect();
+            (claim.node.clone(), claim.lease, held)
+        };
+        let sent = Instant::now();
+        let renewed = store.renew(&node, lease, &held);
+        {
+            let mut claim = store.claim.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(claim) = claim.as_mut() else { return };
+            match renewed {
+                Ok(kept) if kept.len() == held.len() => claim.renewed = sent,
+                Ok(kept) => {
+                    claim.lost = true;
+                    tracing::error!(
+                        kept = kept.len(),
+                        held = held.len(),
+                        "shard leases were taken by another node: this node stops writing"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "renewing the shard leases failed; retrying");
+                    if claim.epoch(0).is_none() {
+                        claim.lost = true;
+                        tracing::error!(
+                            "the shard leases ran out before they could be renewed: this node stops writing"
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        drop(store);
+        std::thread::sleep(lease / 3);
+    }
+}
