@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::host::{Delivery, Host, SessionView, TenantInfo};
 use crate::limits::TenantConfig;
 use crate::session::SessionId;
+use crate::store::PgStore;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
@@ -56,6 +57,8 @@ pub struct Api {
     uploading: Arc<std::sync::Mutex<HashSet<String>>>,
     body_timeout: Duration,
     protect_metrics: bool,
+    /// The shared store, when the host runs on PostgreSQL (`GET /v1/cluster` reads its leases).
+    cluster: Option<Arc<PgStore>>,
 }
 
 impl Api {
@@ -71,7 +74,14 @@ impl Api {
             uploading: Arc::default(),
             protect_metrics: false,
             body_timeout: Duration::from_secs(HttpLimits::default().body_timeout_secs),
+            cluster: None,
         }
+    }
+
+    /// The host runs on this PostgreSQL store: `GET /v1/cluster` shows its shard leases.
+    pub fn with_cluster(mut self, store: Arc<PgStore>) -> Api {
+        self.cluster = Some(store);
+        self
     }
 
     /// Applies the server's limits on uploads and body reads.
@@ -108,6 +118,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/tenants/{tenant}/resume", post(resume_tenant))
         .route("/v1/tenants/{tenant}/tokens", post(issue_token))
         .route("/v1/tenants/{tenant}/tokens/{token}", axum::routing::delete(revoke_token))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{app}", get(get_app))
         .route("/v1/sessions", post(start_session))
@@ -256,6 +267,16 @@ async fn create_tenant(_: Admin, State(api): State<Api>, Body(new): Body<NewTena
 
 async fn list_tenants(_: Admin, State(api): State<Api>) -> Json<Value> {
     Json(json!({ "tenants": api.host.tenants().iter().map(tenant_json).collect::<Vec<_>>() }))
+}
+
+/// The shard leases of a PostgreSQL store as the database has them now (operator).
+async fn cluster(_: Admin, State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let Some(store) = api.cluster.clone() else {
+        return Ok(Json(json!({ "store": "single node (not PostgreSQL)", "node": null, "shards": [] })));
+    };
+    let (node, holds) = (store.claim_node(), store.holds_claim());
+    let shards = blocking(move || store.lease_table().map_err(Error::from)).await?;
+    Ok(Json(json!({ "store": "postgres", "node": node, "holds_all_shards": holds, "shards": shards })))
 }
 
 async fn get_tenant(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -214,6 +214,9 @@ enum Command {
     /// Move a session between hosts: export its snapshot, import it elsewhere.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// The hosts sharing a PostgreSQL store (operator).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Measure throughput against raw wasmtime, fairness and isolation, all in one run.
     Bench {
         /// Seconds each measurement runs.
@@ -235,6 +238,15 @@ enum Command {
         /// schema is made in that database and dropped afterwards).
         #[arg(long)]
         store: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Which node holds which shard, under which epoch, for how much longer.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -290,6 +302,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { session, remote } => cli::client::session(&remote.client()?, session),
         Command::Tail { session, remote } => cli::client::tail(&remote.client()?, session),
+        Command::Cluster(ClusterCommand::Status { remote }) => cli::client::cluster_status(&remote.client()?),
         Command::Tenants { create, remote } => cli::client::tenants(&remote.client()?, create.as_deref()),
         Command::Token { tenant, remote } => cli::client::token(&remote.client()?, &tenant),
         Command::Suspend { tenant, remote } => cli::client::suspend(&remote.client()?, &tenant, true),

@@ -272,6 +272,35 @@ fn a_standby_server_takes_over_the_calls_of_a_killed_one() {
     assert!(outputs.contains("taken over") && outputs.contains("event: end"), "{outputs}");
     let view = json_body(&request(port, "GET", &session, &token, "", b"").1);
     assert_eq!(view["status"], "done", "{view}");
-    standby.kill().expect("stops");
-    standby.wait().expect("reaped");
+    let cluster = json_body(&request(port, "GET", "/v1/cluster", ADMIN, "", b"").1);
+    let node = cluster["node"].as_str().expect("a node").to_owned();
+    assert_eq!(cluster["holds_all_shards"], true, "{cluster}");
+    let shards = cluster["shards"].as_array().expect("shards");
+    assert!(shards.iter().all(|s| s["owner"] == node.as_str() && s["epoch"].as_u64() >= Some(2)), "{cluster}");
+
+    // A graceful stop hands the shards over at once: the next standby does not wait for the
+    // leases to run out.
+    let dir_c = crate::durability::temp_dir("failover-c");
+    let next = std::thread::spawn({
+        let store = schema.url.clone();
+        move || start_server(&[OsStr::new("--store"), OsStr::new(&store), OsStr::new("--data-dir"), dir_c.as_os_str()])
+    });
+    let terminated = Instant::now();
+    let killed = std::process::Command::new("kill").args(["-TERM", &standby.id().to_string()]).status();
+    assert!(killed.expect("kill runs").success());
+    assert!(standby.wait().expect("reaped").success(), "a SIGTERM ends the server cleanly");
+    let (mut next, port) = next.join().expect("joins");
+    eprintln!("hand-off after SIGTERM: {:.2} s", terminated.elapsed().as_secs_f64());
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_turnstile"))
+        .args(["cluster", "status", "--server", &format!("http://127.0.0.1:{port}"), "--token", ADMIN])
+        .output()
+        .expect("runs");
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{printed}");
+    assert!(
+        printed.contains(": 64 of 64 shards") && !printed.contains(&node),
+        "the new node holds them all:\n{printed}"
+    );
+    next.kill().expect("stops");
+    next.wait().expect("reaped");
 }

@@ -25,6 +25,12 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ("post", "/v1/tenants/{tenant}/resume", Auth::Operator, "Lift a suspension."),
     ("post", "/v1/tenants/{tenant}/tokens", Auth::Operator, "Issue a tenant token (shown once, stored hashed)."),
     ("delete", "/v1/tenants/{tenant}/tokens/{token}", Auth::Operator, "Revoke a tenant token."),
+    (
+        "get",
+        "/v1/cluster",
+        Auth::Operator,
+        "The shard leases of a PostgreSQL store: owner, epoch, milliseconds left; this node.",
+    ),
     ("put", "/v1/apps/{app}", Auth::Tenant, "Upload a version of an app (raw Wasm body, application/wasm)."),
     ("get", "/v1/apps", Auth::Tenant, "List the tenant's apps: current version, actions, every version."),
     ("get", "/v1/apps/{app}", Auth::Tenant, "Read an app: current version, actions, every version."),

@@ -156,6 +156,25 @@ pub(crate) fn tenants(client: &Client, create: Option<&str>) -> Result<ExitCode>
     }
 }
 
+/// Operator: `turnstile cluster status`: the shard leases, summed up per node, then the JSON.
+pub(crate) fn cluster_status(client: &Client) -> Result<ExitCode> {
+    let cluster = json_of(client.get("/v1/cluster")?)?;
+    let shards = cluster["shards"].as_array().cloned().unwrap_or_default();
+    let mut owners: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for shard in &shards {
+        *owners.entry(shard["owner"].as_str().unwrap_or("(nobody)").to_owned()).or_default() += 1;
+    }
+    println!(
+        "store: {}; this node: {}",
+        cluster["store"].as_str().unwrap_or("?"),
+        cluster["node"].as_str().unwrap_or("-")
+    );
+    for (owner, count) in &owners {
+        println!("  {owner}: {count} of {} shards", shards.len());
+    }
+    print(&cluster)
+}
+
 /// Operator: `turnstile token TENANT` issues a token and prints it (shown this once).
 pub(crate) fn token(client: &Client, tenant: &str) -> Result<ExitCode> {
     let issued = json_of(client.send("POST", &format!("/v1/tenants/{tenant}/tokens"), "application/json", b"")?)?;

@@ -21,6 +21,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
         );
     };
     let url = config.store_url();
+    let mut cluster = None;
     let store: Arc<dyn Store> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // One host acts for the database at a time: this one waits (a standby) while another
         // holds the shards, and loads the sessions only once it holds them all.
@@ -30,6 +31,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
             eprintln!("standby: {holder} holds the shards; this host takes over when it stops or its leases run out");
         })?;
         eprintln!("node {} holds all {} shards", policy.node, store.shard_count());
+        cluster = Some(store.clone());
         store
     } else {
         open_store(&url)?
@@ -59,8 +61,11 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
             Err(error) => return Err(error.into()),
         }
     }
-    let api =
+    let mut api =
         Api::new(host.clone(), &admin_token).with_default_tenant(config.defaults.clone()).with_limits(&config.http);
+    if let Some(store) = cluster {
+        api = api.with_cluster(store);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener =

@@ -95,6 +95,11 @@ impl PgStore {
         }
     }
 
+    /// The node this store holds its claim for, if it does.
+    pub fn claim_node(&self) -> Option<String> {
+        self.claim.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|c| c.node.clone())
+    }
+
     /// Whether this store acts for its node and still holds every shard.
     pub fn holds_claim(&self) -> bool {
         let claim = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
