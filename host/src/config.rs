@@ -77,11 +77,7 @@ impl ClusterConfig {
                 problem: format!("{:?} is outside 1s..5min", self.lease),
             });
         }
-        let node = self.node.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-            let host = host.trim();
-            format!("{}-{}", if host.is_empty() { "turnstile" } else { host }, std::process::id())
-        });
+        let node = self.node.clone().unwrap_or_else(crate::store::postgres::ClaimPolicy::default_node);
         Ok(crate::store::postgres::ClaimPolicy { node, lease: self.lease, wait: true })
     }
 }

@@ -85,6 +85,9 @@ pub enum StoreError {
         /// The node holding them.
         holder: String,
     },
+    /// This host lost its hold on the database's shards to another host: it writes nothing more.
+    #[error("this host no longer holds the database's shards (another host took them over)")]
+    ClaimLost,
     /// A store URL that cannot be used.
     #[error("{problem}")]
     InvalidUrl {
@@ -309,7 +312,9 @@ pub enum Written {
     Fenced,
 }
 
-/// Opens the store a URL names: `memory:`, `sqlite://PATH` or `postgres://…` (see [`PgStore`]).
+/// Opens the store a URL names: `memory:`, `sqlite://PATH` or `postgres://…` (see [`PgStore`];
+/// the store then holds the database's shards for this process, and is refused while another
+/// host holds them).
 pub fn open_store(url: &str) -> Result<std::sync::Arc<dyn Store>, Error> {
     if url == "memory:" {
         return Ok(std::sync::Arc::new(MemoryStore::default()));
@@ -318,7 +323,16 @@ pub fn open_store(url: &str) -> Result<std::sync::Arc<dyn Store>, Error> {
         return Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(std::sync::Arc::new(PgStore::open(url)?));
+        // The one host acting for the database: refused while another holds it (`turnstile
+        // serve` waits as a standby instead).
+        let store = std::sync::Arc::new(PgStore::open(url)?);
+        let policy = postgres::ClaimPolicy {
+            node: postgres::ClaimPolicy::default_node(),
+            lease: std::time::Duration::from_secs(3),
+            wait: false,
+        };
+        store.claim_all(&policy, |_| {}, || {})?;
+        return Ok(store);
     }
     Err(Error::InvalidConfig {
         field: "store",

@@ -181,6 +181,8 @@ fn a_cluster_keeps_its_shard_count_and_bad_urls_are_named() {
         let error = PgStore::open(&format!("{}?{bad}", postgres_url())).expect_err("refused");
         assert!(error.to_string().contains(says), "{error}");
     }
+    let error = PgStore::drop_schema(&postgres_url()).expect_err("never the public schema");
+    assert!(error.to_string().contains("public schema is never dropped"), "{error}");
     let error = PgStore::open("postgres://nobody@127.0.0.1:1/none").expect_err("refused");
     assert!(matches!(error, StoreError::Postgres { .. }), "{error}");
 }
@@ -200,16 +202,16 @@ fn one_host_holds_the_shards_and_a_standby_takes_them_when_it_is_dropped() {
     let url = schema.url_with("shards=4");
     let policy = |node: &str, wait: bool| ClaimPolicy { node: node.into(), lease: LEASE, wait };
     let active = Arc::new(PgStore::open(&url).expect("opens"));
-    active.claim_all(&policy("active", false), |_| {}).expect("claims");
+    active.claim_all(&policy("active", false), |_| {}, || {}).expect("claims");
     assert!(active.holds_claim());
     let second = Arc::new(PgStore::open(&url).expect("opens"));
-    let error = second.claim_all(&policy("second", false), |_| {}).expect_err("refused");
+    let error = second.claim_all(&policy("second", false), |_| {}, || {}).expect_err("refused");
     assert!(matches!(&error, StoreError::ShardsHeld { holder } if holder == "active"), "{error}");
     // A standby waits, and says so once; it holds everything once the active store is dropped.
     let (told, heard) = std::sync::mpsc::channel();
     let standby = std::thread::spawn(move || {
         second
-            .claim_all(&policy("second", true), |holder| told.send(holder.to_owned()).expect("sends"))
+            .claim_all(&policy("second", true), |holder| told.send(holder.to_owned()).expect("sends"), || {})
             .map(|()| second)
     });
     assert_eq!(heard.recv().expect("told"), "active");
@@ -223,8 +225,12 @@ fn one_host_holds_the_shards_and_a_standby_takes_them_when_it_is_dropped() {
     // zombie, has its writes refused.
     expire_all(&mut raw(&schema));
     let thief = Arc::new(PgStore::open(&url).expect("opens"));
-    thief.claim_all(&policy("thief", false), |_| {}).expect("takes over");
+    thief.claim_all(&policy("thief", false), |_| {}, || {}).expect("takes over");
     assert_eq!(standby.commit(&[checkpoint(1, 0, "zombie")]).expect("commits"), [Written::Fenced]);
+    // Nor does it take a customer's event the new owner would never see.
+    let event = Write::Append { session: SessionId(1), event: b"late".to_vec(), key: Some("k".into()) };
+    assert_eq!(standby.commit(std::slice::from_ref(&event)).expect("commits"), [Written::Fenced]);
+    assert!(matches!(thief.commit(&[event]).expect("commits")[..], [Written::Appended(_)]));
     assert_eq!(thief.outputs(SessionId(1), 0, 10).expect("reads"), [(1, "resumed".to_owned())]);
 }
 
@@ -303,4 +309,31 @@ fn a_standby_server_takes_over_the_calls_of_a_killed_one() {
     );
     next.kill().expect("stops");
     next.wait().expect("reaped");
+}
+
+#[test]
+fn a_store_whose_connections_were_killed_connects_again() {
+    let schema = PgSchema::new("reconnect");
+    let store = PgStore::open(&schema.url).expect("opens");
+    assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
+    let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
+    let killed: i64 = raw(&schema)
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("turnstile {name}")],
+        )
+        .expect("terminates")
+        .get(0);
+    assert!(killed >= 1);
+    // The first use may still meet the dead connection; the store is back by the next.
+    let first = store.commit(&[checkpoint(1, 0, "after")]);
+    let written = match first {
+        Ok(written) => written,
+        Err(error) => {
+            assert!(matches!(error, StoreError::Postgres { .. }), "{error}");
+            store.commit(&[checkpoint(1, 0, "after")]).expect("connects again")
+        }
+    };
+    assert_eq!(written, [Written::Committed]);
+    assert_eq!(store.outputs(SessionId(1), 0, 10).expect("reads"), [(1, "after".to_owned())]);
 }

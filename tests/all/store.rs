@@ -264,6 +264,12 @@ fn the_last_key_value_write_of_a_batch_wins(kind: &str) {
     assert_eq!(store.kv_get("acme", "shared").expect("kv"), Some(b"second".to_vec()));
     store.kv_put("acme", [("shared".to_owned(), b"operator".to_vec())].into()).expect("kv");
     assert_eq!(subject.open().kv_get("acme", "shared").expect("kv"), Some(b"operator".to_vec()));
+    // A key may hold any character a guest sends, NUL included.
+    store.commit(&[with_kv(1, "zero")]).expect("commits");
+    let Write::Checkpoint(mut odd) = checkpoint(1, "acme", ready(), &[], 0, None) else { unreachable!() };
+    odd.kv_writes.insert("nul\0key".into(), b"kept".to_vec());
+    assert_eq!(store.commit(&[Write::Checkpoint(odd)]).expect("commits"), [Written::Committed]);
+    assert_eq!(subject.open().kv_get("acme", "nul\0key").expect("kv"), Some(b"kept".to_vec()));
 }
 
 /// Runs each contract test against each store.

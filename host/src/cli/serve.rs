@@ -27,9 +27,16 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
         // holds the shards, and loads the sessions only once it holds them all.
         let store = Arc::new(PgStore::open(&url)?);
         let policy = config.cluster.policy()?;
-        store.claim_all(&policy, |holder| {
+        let waiting = |holder: &str| {
             eprintln!("standby: {holder} holds the shards; this host takes over when it stops or its leases run out");
-        })?;
+        };
+        // A host that lost its shards can write nothing more: it exits, to be started again as
+        // a standby (everything it acknowledged is committed; what it had not is refused).
+        let lost = || {
+            eprintln!("this host lost its shard leases to another node: exiting");
+            std::process::exit(3);
+        };
+        store.claim_all(&policy, waiting, lost)?;
         eprintln!("node {} holds all {} shards", policy.node, store.shard_count());
         cluster = Some(store.clone());
         store

@@ -242,6 +242,14 @@ impl Kernel {
 
     /// Carries out one committed (or failed) write; the answer for the caller waiting for it.
     fn apply_write(&self, write: Write, written: Result<Written, Error>) -> Result<Written, Error> {
+        // A creation or an event refused because this host no longer holds the session's shard
+        // (another host took it over) was not written: never acknowledged.
+        let written = match (&write, written) {
+            (Write::Create(_) | Write::Append { .. }, Ok(Written::Fenced)) => {
+                Err(Error::Fenced { session: write.session() })
+            }
+            (_, written) => written,
+        };
         match write {
             Write::Create(record) => {
                 let id = record.id;

@@ -11,18 +11,19 @@
 //! committed group survives the server's crash); reads (outputs, key-value look-ups) on a small
 //! pool of other connections, so a slow reader never holds a commit up.
 
-use super::{
-    AppRecord, Image, InboxEvent, Quarantined, SessionRecord, Store, StoreError, StoredSession, TenantRecord,
-    TokenRecord, Unapplied, Write, Written, quarantined_session,
-};
+use super::{AppRecord, Image, Store, StoreError, TenantRecord, TokenRecord, Write, Written};
 use crate::session::SessionId;
+use load::{load_catalogue, load_sessions};
 use postgres::{Client, NoTls, Transaction};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 mod claim;
 mod commit;
 pub mod leases;
+mod load;
 mod migrations;
 
 pub use claim::ClaimPolicy;
@@ -31,6 +32,13 @@ pub use migrations::SCHEMA_VERSION;
 /// The shard count of a new schema when its URL names none.
 pub const DEFAULT_SHARDS: u32 = 64;
 
+/// A transaction left open this long by a stalled host (paused, cut off) is ended by the server,
+/// so that the lease rows it locked let a standby take over.
+const IDLE_IN_TRANSACTION_MS: u64 = 5000;
+
+/// Outputs deleted per transaction when a session is purged.
+const PURGE_CHUNK: i64 = 4096;
+
 /// Idle read connections kept for reuse.
 const READERS_KEPT: usize = 4;
 
@@ -38,6 +46,9 @@ const READERS_KEPT: usize = 4;
 pub struct PgStore {
     writer: Mutex<Client>,
     readers: Mutex<Vec<Client>>,
+    /// The writer failed outside the database (a reset, a closed socket): connect again before
+    /// its next use (the client may not have noticed yet that the connection is gone).
+    broken: AtomicBool,
     /// The connection lease statements run on (see [`leases`]).
     control: Mutex<Option<Client>>,
     /// The shards this store holds for its node, when it acts for one (see `claim.rs`).
@@ -110,8 +121,25 @@ fn parse_url(url: &str) -> Result<(Target, Option<u32>), StoreError> {
 
 impl Target {
     fn connect(&self) -> Result<Client, StoreError> {
-        let mut client = Client::connect(&self.url, NoTls).map_err(pg("connecting to PostgreSQL"))?;
-        client.batch_execute(&format!("SET search_path TO \"{}\"", self.schema)).map_err(pg("choosing the schema"))?;
+        let mut config: postgres::Config =
+            self.url.parse().map_err(|e: postgres::Error| invalid(format!("the PostgreSQL URL: {e}")))?;
+        // A dead server or network is noticed in seconds, not hours: a standby must not wait for
+        // the backend of a vanished host to let its locks go.
+        config
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3);
+        let mut client = config.connect(NoTls).map_err(pg("connecting to PostgreSQL"))?;
+        // The application name shows an operator (and a test) whose connections these are.
+        client
+            .batch_execute(&format!(
+                "SET search_path TO \"{schema}\"; SET application_name TO 'turnstile {schema}';
+                 SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_MS}ms'",
+                schema = self.schema
+            ))
+            .map_err(pg("choosing the schema"))?;
         Ok(client)
     }
 }
@@ -126,6 +154,7 @@ impl PgStore {
         Ok(PgStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            broken: AtomicBool::new(false),
             control: Mutex::new(None),
             claim: Mutex::new(None),
             target,
@@ -136,6 +165,9 @@ impl PgStore {
     /// Drops the schema a URL names with everything in it (tests clean up with this).
     pub fn drop_schema(url: &str) -> Result<(), StoreError> {
         let (target, _) = parse_url(url)?;
+        if target.schema == "public" {
+            return Err(invalid("name the schema to drop (`schema=`): the public schema is never dropped".into()));
+        }
         let mut client = Client::connect(&target.url, NoTls).map_err(pg("connecting to PostgreSQL"))?;
         client
             .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", target.schema))
@@ -152,8 +184,14 @@ impl PgStore {
         shard_of(session, self.shards)
     }
 
-    fn writer(&self) -> MutexGuard<'_, Client> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The writer connection, connected again if it was lost (a server restart, a network cut):
+    /// the store comes back by itself once the server does.
+    fn writer(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if writer.is_closed() || self.broken.swap(false, Ordering::AcqRel) {
+            *writer = self.target.connect()?;
+        }
+        Ok(writer)
     }
 
     /// Runs `read` on a connection of the read pool (opening one if none is free).
@@ -253,9 +291,14 @@ pub(super) fn u64_of(value: i64) -> u64 {
 
 impl Store for PgStore {
     fn load(&self) -> Result<Image, StoreError> {
-        let mut writer = self.writer();
+        let mut writer = self.writer()?;
         let fail = pg("loading");
-        let mut tx = writer.transaction().map_err(&fail)?;
+        // One snapshot for every table read (a session's inbox and its row as of one moment).
+        let mut tx = writer
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .map_err(&fail)?;
         let mut image = Image::default();
         load_catalogue(&mut tx, &mut image)?;
         image.sessions = load_sessions(&mut tx, None, &mut image.quarantined)?;
@@ -267,7 +310,8 @@ impl Store for PgStore {
     }
 
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
-        self.writer()
+        self.may_write()?;
+        self.writer()?
             .execute(
                 "INSERT INTO tenants (name, config) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET config = excluded.config",
                 &[&tenant.name, &json("tenant", &tenant.config)?],
@@ -277,7 +321,8 @@ impl Store for PgStore {
     }
 
     fn delete_tenant(&self, name: &str) -> Result<(), StoreError> {
-        let mut writer = self.writer();
+        self.may_write()?;
+        let mut writer = self.writer()?;
         let fail = pg("deleting a tenant");
         let mut tx = writer.transaction().map_err(&fail)?;
         // Its sessions' ids stay used.
@@ -302,7 +347,8 @@ impl Store for PgStore {
     }
 
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.writer()
+        self.may_write()?;
+        self.writer()?
             .execute(
                 "INSERT INTO tokens (id, tenant, hash) VALUES ($1, $2, $3)",
                 &[&token.id, &token.tenant, &token.hash],
@@ -312,15 +358,17 @@ impl Store for PgStore {
     }
 
     fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        self.may_write()?;
         let deleted = self
-            .writer()
+            .writer()?
             .execute("DELETE FROM tokens WHERE id = $1 AND tenant = $2", &[&id, &tenant])
             .map_err(pg("revoking a token"))?;
         Ok(deleted > 0)
     }
 
     fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), StoreError> {
-        let mut writer = self.writer();
+        self.may_write()?;
+        let mut writer = self.writer()?;
         let fail = pg("storing an app version");
         let mut tx = writer.transaction().map_err(&fail)?;
         tx.execute(
@@ -343,8 +391,30 @@ impl Store for PgStore {
     }
 
     fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
-        let mut writer = self.writer();
-        commit::commit(&mut writer, self.shards, &|shard, given| self.write_epoch(shard, given), batch)
+        let claimed = self.claim_node().is_some();
+        let mut writer = self.writer()?;
+        let outcome =
+            commit::commit(&mut writer, self.shards, claimed, &|shard, given| self.write_epoch(shard, given), batch);
+        if let Err(commit::Failed::Before(error) | commit::Failed::AtCommit { error, .. }) = &outcome
+            && let StoreError::Postgres { source, .. } = error
+            && source.as_db_error().is_none()
+        {
+            self.broken.store(true, Ordering::Release);
+        }
+        match outcome {
+            Ok(written) => Ok(written),
+            Err(commit::Failed::Before(error)) => Err(error),
+            Err(commit::Failed::AtCommit { xid, written, error }) => {
+                // Ask the server (on a new connection if need be) what became of it.
+                drop(writer);
+                let status: Option<String> = self
+                    .writer()?
+                    .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid.to_string()])
+                    .map_err(pg("asking whether a commit went through"))?
+                    .get(0);
+                if status.as_deref() == Some("committed") { Ok(written) } else { Err(error) }
+            }
+        }
     }
 
     fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
@@ -365,7 +435,7 @@ impl Store for PgStore {
         self.read(
             |client| {
                 Ok(client
-                    .query_opt("SELECT value FROM kv WHERE tenant = $1 AND key = $2", &[&tenant, &key])?
+                    .query_opt("SELECT value FROM kv WHERE tenant = $1 AND key = $2", &[&tenant, &key.as_bytes()])?
                     .map(|r| r.get(0)))
             },
             "reading the key-value space",
@@ -373,161 +443,56 @@ impl Store for PgStore {
     }
 
     fn purge(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+        self.may_write()?;
         let fail = pg("purging finished sessions");
         let ids: Vec<i64> = sessions.iter().map(|s| sql_id(*s)).collect();
-        let mut writer = self.writer();
-        let mut tx = writer.transaction().map_err(&fail)?;
-        // Only rows finished in the store, locked so that nothing writes them meanwhile.
-        let finished: Vec<i64> = tx
-            .query("SELECT id FROM sessions WHERE id = ANY($1) AND finished FOR UPDATE", &[&ids])
+        let finished: Vec<i64> = self
+            .writer()?
+            .query("SELECT id FROM sessions WHERE id = ANY($1) AND finished", &[&ids])
             .map_err(&fail)?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        for table in ["inbox", "event_keys", "outputs"] {
-            tx.execute(&format!("DELETE FROM {table} WHERE session = ANY($1)"), &[&finished]).map_err(&fail)?;
+        let mut purged = Vec::with_capacity(finished.len());
+        for id in finished {
+            // Outputs a chunk per transaction, the writer let go between chunks: a session with
+            // hundreds of thousands of outputs does not hold every other commit up.
+            while self
+                .writer()?
+                .execute(
+                    "DELETE FROM outputs WHERE (session, seq) IN
+                     (SELECT session, seq FROM outputs WHERE session = $1 LIMIT $2)",
+                    &[&id, &PURGE_CHUNK],
+                )
+                .map_err(&fail)?
+                > 0
+            {}
+            let mut writer = self.writer()?;
+            let mut tx = writer.transaction().map_err(&fail)?;
+            if tx.execute("DELETE FROM sessions WHERE id = $1 AND finished", &[&id]).map_err(&fail)? == 0 {
+                continue;
+            }
+            for table in ["inbox", "event_keys", "outputs"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE session = $1"), &[&id]).map_err(&fail)?;
+            }
+            tx.execute("UPDATE meta SET value = greatest(value, $1) WHERE key = 'purged_up_to'", &[&id])
+                .map_err(&fail)?;
+            tx.commit().map_err(&fail)?;
+            purged.push(SessionId(u64_of(id)));
         }
-        tx.execute("DELETE FROM sessions WHERE id = ANY($1)", &[&finished]).map_err(&fail)?;
-        tx.execute(
-            "UPDATE meta SET value = greatest(value, (SELECT coalesce(max(id), 0) FROM unnest($1::bigint[]) AS t(id))) \
-             WHERE key = 'purged_up_to'",
-            &[&finished],
-        )
-        .map_err(&fail)?;
-        tx.commit().map_err(&fail)?;
-        Ok(finished.into_iter().map(|id| SessionId(u64_of(id))).collect())
+        Ok(purged)
     }
 
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
-        let (keys, values): (Vec<String>, Vec<Vec<u8>>) = writes.into_iter().unzip();
-        self.writer()
+        self.may_write()?;
+        let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = writes.into_iter().map(|(k, v)| (k.into_bytes(), v)).unzip();
+        self.writer()?
             .execute(
-                "INSERT INTO kv (tenant, key, value) SELECT $1, * FROM unnest($2::text[], $3::bytea[])
+                "INSERT INTO kv (tenant, key, value) SELECT $1, * FROM unnest($2::bytea[], $3::bytea[])
                  ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value",
                 &[&tenant, &keys, &values],
             )
             .map_err(pg("writing the key-value space"))?;
         Ok(())
     }
-}
-
-/// Tenants, apps, modules and tokens.
-fn load_catalogue(tx: &mut Transaction<'_>, image: &mut Image) -> Result<(), StoreError> {
-    let fail = pg("loading");
-    for row in tx.query("SELECT name, config FROM tenants ORDER BY name", &[]).map_err(&fail)? {
-        let config: String = row.get(1);
-        let config = serde_json::from_str(&config).map_err(|source| StoreError::Decode { what: "tenant", source })?;
-        image.tenants.push(TenantRecord { name: row.get(0), config });
-    }
-    let app = |r: &postgres::Row| AppRecord { tenant: r.get(0), app: r.get(1), version: r.get(2) };
-    image.apps = tx
-        .query("SELECT tenant, name, version FROM apps ORDER BY tenant, name", &[])
-        .map_err(&fail)?
-        .iter()
-        .map(app)
-        .collect();
-    image.app_versions = tx
-        .query("SELECT tenant, app, version FROM app_versions ORDER BY deployed", &[])
-        .map_err(&fail)?
-        .iter()
-        .map(app)
-        .collect();
-    for row in tx.query("SELECT hash, bytes FROM modules", &[]).map_err(&fail)? {
-        image.modules.insert(row.get(0), row.get(1));
-    }
-    image.tokens = tx
-        .query("SELECT id, tenant, hash FROM tokens ORDER BY id", &[])
-        .map_err(&fail)?
-        .iter()
-        .map(|r| TokenRecord { id: r.get(0), tenant: r.get(1), hash: r.get(2) })
-        .collect();
-    Ok(())
-}
-
-/// The sessions of the given shards (all when `None`) with their inboxes, oldest first; rows that
-/// do not decode are set aside and come back as failed sessions saying why.
-pub(super) fn load_sessions(
-    tx: &mut Transaction<'_>,
-    shards: Option<&[i32]>,
-    quarantined: &mut Vec<Quarantined>,
-) -> Result<Vec<StoredSession>, StoreError> {
-    let fail = pg("loading");
-    let all = shards.is_none();
-    let shards = shards.unwrap_or(&[]);
-    let mut inboxes: BTreeMap<i64, Vec<InboxEvent>> = BTreeMap::new();
-    let mut unapplied: BTreeMap<i64, Vec<Unapplied>> = BTreeMap::new();
-    for row in tx
-        .query(
-            "SELECT i.session, i.seq, i.event, i.key, i.unapplied FROM inbox i JOIN sessions s ON s.id = i.session
-             WHERE $1 OR s.shard = ANY($2) ORDER BY i.session, i.seq",
-            &[&all, &shards],
-        )
-        .map_err(&fail)?
-    {
-        let (session, seq, key): (i64, i64, Option<String>) = (row.get(0), row.get(1), row.get(3));
-        if row.get::<_, bool>(4) {
-            unapplied.entry(session).or_default().push(Unapplied { seq: u64_of(seq), key });
-        } else {
-            inboxes.entry(session).or_default().push(InboxEvent { seq: u64_of(seq), event: row.get(2), key });
-        }
-    }
-    let rows = tx
-        .query(
-            "SELECT id, tenant, app, snapshot, fence FROM sessions WHERE $1 OR shard = ANY($2) ORDER BY id",
-            &[&all, &shards],
-        )
-        .map_err(&fail)?;
-    let mut sessions = Vec::with_capacity(rows.len());
-    for row in rows {
-        let (id, tenant, app, text, fence): (i64, String, String, String, i64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        let snapshot = match serde_json::from_str(&text) {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                let reason = format!("its checkpoint does not decode ({error})");
-                let snapshot = quarantine(tx, id, &tenant, &app, &text, &reason)?;
-                quarantined.push(Quarantined { session: SessionId(u64_of(id)), tenant: tenant.clone(), reason });
-                let pending = inboxes.remove(&id).unwrap_or_default();
-                unapplied
-                    .entry(id)
-                    .or_default()
-                    .extend(pending.into_iter().map(|e| Unapplied { seq: e.seq, key: e.key }));
-                snapshot
-            }
-        };
-        let record = SessionRecord { id: SessionId(u64_of(id)), tenant, app, snapshot, fence: u64_of(fence) };
-        sessions.push(StoredSession {
-            record,
-            inbox: inboxes.remove(&id).unwrap_or_default(),
-            unapplied: unapplied.remove(&id).unwrap_or_default(),
-        });
-    }
-    Ok(sessions)
-}
-
-/// Sets a session row that does not decode aside and replaces it with a failed session saying why
-/// (its pending events are reported as not applied).
-fn quarantine(
-    tx: &mut Transaction<'_>,
-    id: i64,
-    tenant: &str,
-    app: &str,
-    text: &str,
-    reason: &str,
-) -> Result<crate::session::Session, StoreError> {
-    let fail = pg("quarantining a session");
-    tx.execute(
-        "INSERT INTO quarantine (session, tenant, app, snapshot, reason) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (session) DO UPDATE SET snapshot = excluded.snapshot, reason = excluded.reason",
-        &[&id, &tenant, &app, &text, &reason],
-    )
-    .map_err(&fail)?;
-    let snapshot = quarantined_session(text, reason);
-    tx.execute(
-        "UPDATE sessions SET snapshot = $2, finished = TRUE WHERE id = $1",
-        &[&id, &json("checkpoint", &snapshot)?],
-    )
-    .map_err(&fail)?;
-    tx.execute("UPDATE inbox SET unapplied = TRUE WHERE session = $1", &[&id]).map_err(&fail)?;
-    Ok(snapshot)
 }

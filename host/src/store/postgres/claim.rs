@@ -55,11 +55,27 @@ pub struct ClaimPolicy {
     pub wait: bool,
 }
 
+impl ClaimPolicy {
+    /// This machine's host name and this process's id: a name no other running node has.
+    pub fn default_node() -> String {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let host = host.trim();
+        format!("{}-{}", if host.is_empty() { "turnstile" } else { host }, std::process::id())
+    }
+}
+
 impl PgStore {
-    /// Takes every shard's lease for `policy.node` (waiting for them if it says so), then keeps
-    /// them renewed on a thread of its own until the store is dropped, when they are released.
-    /// Sessions must be loaded only after this returns.
-    pub fn claim_all(self: &Arc<Self>, policy: &ClaimPolicy, mut waiting: impl FnMut(&str)) -> Result<(), StoreError> {
+    /// Takes every shard's lease for `policy.node` (waiting for them if it says so, calling
+    /// `waiting` once with the holder's name), then keeps them renewed on a thread of its own
+    /// until the store is dropped, when they are released. Sessions must be loaded only after
+    /// this returns. `lost` is called (on the renewal thread) if the claim is lost: from then on
+    /// every write is refused, and the host should stop.
+    pub fn claim_all(
+        self: &Arc<Self>,
+        policy: &ClaimPolicy,
+        mut waiting: impl FnMut(&str),
+        lost: impl FnOnce() + Send + 'static,
+    ) -> Result<(), StoreError> {
         let total = usize::try_from(self.shards).unwrap_or(usize::MAX);
         let mut held: Vec<Lease> = Vec::new();
         let mut told = false;
@@ -76,7 +92,11 @@ impl PgStore {
                 let store = Arc::downgrade(self);
                 std::thread::Builder::new()
                     .name("turnstile-leases".into())
-                    .spawn(move || renew_while_alive(&store))
+                    .spawn(move || {
+                        if renew_while_alive(&store) {
+                            lost();
+                        }
+                    })
                     .map_err(|source| StoreError::Io { context: "starting the lease renewal thread", source })?;
                 return Ok(());
             }
@@ -106,6 +126,15 @@ impl PgStore {
         claim.as_ref().is_some_and(|c| (0..self.shards).all(|s| c.epoch(s).is_some()))
     }
 
+    /// Refuses a write outside any session (catalogue, key-value seeding, purges) once the store's
+    /// claim is lost: the host that took over is the one to write now.
+    pub(super) fn may_write(&self) -> Result<(), StoreError> {
+        match &*self.claim.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(claim) if claim.epoch(0).is_none() => Err(StoreError::ClaimLost),
+            _ => Ok(()),
+        }
+    }
+
     /// The epoch to write a shard's sessions under: the claim's when there is one (`None` once
     /// it no longer holds the shard), else the host's own fencing token.
     pub(super) fn write_epoch(&self, shard: u32, given: u64) -> Option<u64> {
@@ -128,13 +157,14 @@ impl PgStore {
     }
 }
 
-/// Renews the claim every third of the lease until the store is dropped or the claim is lost.
-fn renew_while_alive(store: &Weak<PgStore>) {
+/// Renews the claim every third of the lease until the store is dropped (false) or the claim is
+/// lost (true).
+fn renew_while_alive(store: &Weak<PgStore>) -> bool {
     loop {
-        let Some(store) = store.upgrade() else { return };
+        let Some(store) = store.upgrade() else { return false };
         let (node, lease, held) = {
             let claim = store.claim.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(claim) = claim.as_ref().filter(|c| !c.lost) else { return };
+            let Some(claim) = claim.as_ref().filter(|c| !c.lost) else { return false };
             let held: Vec<Lease> =
                 claim.epochs.iter().map(|(shard, epoch)| Lease { shard: *shard, epoch: *epoch }).collect();
             (claim.node.clone(), claim.lease, held)
@@ -143,7 +173,7 @@ fn renew_while_alive(store: &Weak<PgStore>) {
         let renewed = store.renew(&node, lease, &held);
         {
             let mut claim = store.claim.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(claim) = claim.as_mut() else { return };
+            let Some(claim) = claim.as_mut() else { return false };
             match renewed {
                 Ok(kept) if kept.len() == held.len() => claim.renewed = sent,
                 Ok(kept) => {
@@ -153,7 +183,7 @@ fn renew_while_alive(store: &Weak<PgStore>) {
                         held = held.len(),
                         "shard leases were taken by another node: this node stops writing"
                     );
-                    return;
+                    return true;
                 }
                 Err(error) => {
                     tracing::warn!(error = %error, "renewing the shard leases failed; retrying");
@@ -162,7 +192,7 @@ fn renew_while_alive(store: &Weak<PgStore>) {
                         tracing::error!(
                             "the shard leases ran out before they could be renewed: this node stops writing"
                         );
-                        return;
+                        return true;
                     }
                 }
             }

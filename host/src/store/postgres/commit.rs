@@ -9,8 +9,15 @@
 //! (`Fenced`) while the rest of the batch commits. Comparing the epoch without the row lock would
 //! not do: a steal could land between the compare and the write.
 //!
+//! While a store holds a claim (`claim.rs`), event appends are fenced too: a host that lost its
+//! shards acknowledges no event that the new owner would not see.
+//!
 //! Consecutive checkpoints of different sessions, the bulk of every group, go to the server as
 //! arrays (`unnest`): a handful of round trips per group whatever its size.
+//!
+//! A commit whose outcome is unknown (the connection lost while `COMMIT` was under way) is not
+//! retried blindly, which would add keyless events twice: the transaction's id is read first,
+//! and the store asks the server afterwards whether that transaction committed.
 
 use super::{json, pg, shard_of, sql_id, sql_u64, u64_of};
 use crate::session::SessionId;
@@ -25,12 +32,39 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 pub(super) fn commit(
     client: &mut Client,
     shards: u32,
+    claimed: bool,
     expected: &Expected<'_>,
     batch: &[Write],
-) -> Result<Vec<Written>, StoreError> {
+) -> Result<Vec<Written>, Failed> {
     let fail = pg("committing");
-    let mut tx = client.transaction().map_err(&fail)?;
-    let epochs = Epochs { locked: lock_leases(&mut tx, shards, batch)?, expected, shards };
+    let before = |error: StoreError| Failed::Before(error);
+    let mut tx = client.transaction().map_err(&fail).map_err(before)?;
+    let xid: i64 =
+        tx.query_one("SELECT pg_current_xact_id()::text::bigint", &[]).map_err(&fail).map_err(before)?.get(0);
+    let epochs =
+        Epochs { locked: lock_leases(&mut tx, shards, claimed, batch).map_err(before)?, expected, shards, claimed };
+    let written = writes(&mut tx, &epochs, batch).map_err(before)?;
+    tx.commit().map_err(|error| Failed::AtCommit { xid, written: written.clone(), error: fail(error) })?;
+    Ok(written)
+}
+
+/// How a commit failed.
+pub(super) enum Failed {
+    /// Before `COMMIT` was sent: nothing of it was written.
+    Before(StoreError),
+    /// At `COMMIT`: it may or may not have committed; the server knows (by the transaction's id).
+    AtCommit {
+        /// The transaction's id.
+        xid: i64,
+        /// What each write did, if it committed.
+        written: Vec<Written>,
+        /// The failure.
+        error: StoreError,
+    },
+}
+
+/// The batch's writes, in order, in the transaction.
+fn writes(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
     let mut written = Vec::with_capacity(batch.len());
     let mut run: Vec<&Checkpoint> = Vec::new();
     let mut in_run: HashSet<SessionId> = HashSet::new();
@@ -41,14 +75,13 @@ pub(super) fn commit(
             run.push(checkpoint);
             continue;
         }
-        written.extend(checkpoints(&mut tx, &epochs, &run)?);
+        written.extend(checkpoints(tx, epochs, &run)?);
         run.clear();
         in_run.clear();
         written.push(match write {
-            Write::Create(record) => create(&mut tx, &epochs, record)?,
-            Write::Append { session, event, key } => {
-                Written::Appended(append(&mut tx, *session, event, key.as_deref())?)
-            }
+            Write::Create(record) => create(tx, epochs, record)?,
+            Write::Append { session, .. } if !epochs.may_append(*session) => Written::Fenced,
+            Write::Append { session, event, key } => Written::Appended(append(tx, *session, event, key.as_deref())?),
             Write::Checkpoint(checkpoint) => {
                 in_run.insert(checkpoint.session);
                 run.push(checkpoint);
@@ -56,17 +89,21 @@ pub(super) fn commit(
             }
         });
     }
-    written.extend(checkpoints(&mut tx, &epochs, &run)?);
-    tx.commit().map_err(&fail)?;
+    written.extend(checkpoints(tx, epochs, &run)?);
     Ok(written)
 }
 
 /// The epochs of the shards `batch` creates or checkpoints sessions in, their lease rows locked
 /// until the transaction ends: a steal of one of them waits for this commit.
-fn lock_leases(tx: &mut Transaction<'_>, shards: u32, batch: &[Write]) -> Result<HashMap<i32, i64>, StoreError> {
+fn lock_leases(
+    tx: &mut Transaction<'_>,
+    shards: u32,
+    claimed: bool,
+    batch: &[Write],
+) -> Result<HashMap<i32, i64>, StoreError> {
     let mut touched: Vec<i32> = batch
         .iter()
-        .filter(|w| !matches!(w, Write::Append { .. }))
+        .filter(|w| claimed || !matches!(w, Write::Append { .. }))
         .map(|w| shard_number(w.session(), shards))
         .collect();
     touched.sort_unstable();
@@ -92,9 +129,17 @@ struct Epochs<'a> {
     locked: HashMap<i32, i64>,
     expected: &'a Expected<'a>,
     shards: u32,
+    /// Whether the store holds a claim: then appends are fenced too.
+    claimed: bool,
 }
 
 impl Epochs<'_> {
+    /// Whether an event may be appended to `session`'s inbox: always, unless the store holds a
+    /// claim and no longer holds the session's shard.
+    fn may_append(&self, session: SessionId) -> bool {
+        !self.claimed || self.hold(session, 0)
+    }
+
     /// Whether a write made under `fence` may land in `session`'s shard.
     fn hold(&self, session: SessionId, fence: u64) -> bool {
         let shard = shard_of(session, self.shards);
@@ -226,10 +271,10 @@ fn checkpoints(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, run: &[&Checkpoint
     }
     if !kv.is_empty() {
         let tenants: Vec<&str> = kv.keys().map(|(t, _)| *t).collect();
-        let keys: Vec<&str> = kv.keys().map(|(_, k)| *k).collect();
+        let keys: Vec<&[u8]> = kv.keys().map(|(_, k)| k.as_bytes()).collect();
         let values: Vec<&[u8]> = kv.values().copied().collect();
         tx.execute(
-            "INSERT INTO kv (tenant, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+            "INSERT INTO kv (tenant, key, value) SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
              ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value",
             &[&tenants, &keys, &values],
         )

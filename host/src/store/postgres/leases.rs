@@ -9,9 +9,11 @@
 //! node's shards, whatever the number of sessions in them.
 //!
 //! These statements run on a connection of their own, so that a renewal never waits behind a
-//! long group commit.
+//! long group commit; they lock lease rows in shard order, as commits do, so the two never
+//! deadlock.
 
-use super::{PgStore, load_sessions, pg, u64_of};
+use super::load::load_sessions;
+use super::{PgStore, pg, u64_of};
 use crate::store::{Quarantined, StoreError, StoredSession};
 use postgres::Client;
 use std::sync::PoisonError;
@@ -97,9 +99,13 @@ impl PgStore {
         let (shards, epochs) = shard_numbers(held);
         self.on_control("renewing shard leases", |client| {
             let rows = client.query(
-                "UPDATE leases SET expires_at = now() + $2 * interval '1 millisecond'
-                 WHERE owner = $1 AND (shard, epoch) IN (SELECT * FROM unnest($3::int[], $4::bigint[]))
-                 RETURNING shard, epoch",
+                "WITH mine AS (
+                     SELECT shard FROM leases
+                     WHERE owner = $1 AND (shard, epoch) IN (SELECT * FROM unnest($3::int[], $4::bigint[]))
+                     ORDER BY shard FOR NO KEY UPDATE)
+                 UPDATE leases l SET expires_at = now() + $2 * interval '1 millisecond'
+                 FROM mine WHERE l.shard = mine.shard
+                 RETURNING l.shard, l.epoch",
                 &[&node, &millis(lease), &shards, &epochs],
             )?;
             let mut kept: Vec<Lease> = rows.iter().map(lease_of).collect();
@@ -114,8 +120,11 @@ impl PgStore {
         let (shards, epochs) = shard_numbers(held);
         self.on_control("releasing shard leases", |client| {
             client.execute(
-                "UPDATE leases SET owner = NULL, expires_at = '-infinity'
-                 WHERE owner = $1 AND (shard, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))",
+                "WITH mine AS (
+                     SELECT shard FROM leases
+                     WHERE owner = $1 AND (shard, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
+                     ORDER BY shard FOR NO KEY UPDATE)
+                 UPDATE leases l SET owner = NULL, expires_at = '-infinity' FROM mine WHERE l.shard = mine.shard",
                 &[&node, &shards, &epochs],
             )?;
             Ok(())
@@ -149,9 +158,13 @@ impl PgStore {
     /// [`crate::store::Store::load`].
     pub fn load_shards(&self, shards: &[u32]) -> Result<(Vec<StoredSession>, Vec<Quarantined>), StoreError> {
         let shards: Vec<i32> = shards.iter().map(|s| i32::try_from(*s).unwrap_or(i32::MAX)).collect();
-        let mut writer = self.writer();
+        let mut writer = self.writer()?;
         let fail = pg("loading shards");
-        let mut tx = writer.transaction().map_err(&fail)?;
+        let mut tx = writer
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .map_err(&fail)?;
         let mut quarantined = Vec::new();
         let sessions = load_sessions(&mut tx, Some(&shards), &mut quarantined)?;
         tx.commit().map_err(&fail)?;

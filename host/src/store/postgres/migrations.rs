@@ -3,7 +3,8 @@
 //!
 //! Unlike SQLite's, this schema starts with the cluster's shape: every session row carries its
 //! shard, and one lease row per shard holds its owner, its epoch (the fencing token) and when the
-//! lease runs out, judged by the database's clock.
+//! lease runs out, judged by the database's clock. Key-value keys are bytes (`BYTEA`): a guest's
+//! key may hold any byte, which `TEXT` would refuse (a NUL).
 
 /// The migrations, in order: entry `i` takes the schema from version `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[r#"
@@ -27,7 +28,7 @@ pub(super) const MIGRATIONS: &[&str] = &[r#"
         unapplied BOOLEAN NOT NULL DEFAULT FALSE, PRIMARY KEY (session, seq));
     CREATE TABLE event_keys (session BIGINT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (session, key));
     CREATE TABLE outputs (session BIGINT NOT NULL, seq BIGINT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (session, seq));
-    CREATE TABLE kv (tenant TEXT NOT NULL, key TEXT NOT NULL, value BYTEA NOT NULL, PRIMARY KEY (tenant, key));
+    CREATE TABLE kv (tenant TEXT NOT NULL, key BYTEA NOT NULL, value BYTEA NOT NULL, PRIMARY KEY (tenant, key));
     CREATE TABLE quarantine (
         session BIGINT PRIMARY KEY, tenant TEXT NOT NULL, app TEXT NOT NULL, snapshot TEXT NOT NULL,
         reason TEXT NOT NULL);
