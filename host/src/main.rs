@@ -234,8 +234,8 @@ enum Command {
         /// Run the (a)/(b) pair this many times and print the distribution of b/a.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
-        /// The durable store (g) measures: SQLite by default, or a `postgres://` URL (a scratch
-        /// schema is made in that database and dropped afterwards).
+        /// The durable store (g) and `--http` measure: SQLite by default, or a `postgres://` URL
+        /// (a scratch schema is made in that database and dropped afterwards).
         #[arg(long)]
         store: Option<String>,
     },
@@ -321,7 +321,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             cli::drive::export(&data_dir, session, out.as_deref())
         }
         Command::Session(SessionCommand::Import { data_dir, snapshot }) => cli::drive::import(&data_dir, &snapshot),
-        Command::Bench { seconds, http: true, .. } => cli::bench::bench_http(seconds),
+        Command::Bench { seconds, http: true, store, .. } => cli::bench::bench_http(seconds, store.as_deref()),
         Command::Bench { imports: true, .. } => {
             Ok(if cli::bench::imports()? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

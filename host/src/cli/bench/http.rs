@@ -1,5 +1,6 @@
 //! `turnstile bench --http`: events delivered over HTTP to a server in this process (loopback,
-//! keep-alive connections), each acknowledged once durable in SQLite.
+//! keep-alive connections), each acknowledged once durable in SQLite (or PostgreSQL, with
+//! `--store postgres://…`).
 
 use super::{Scratch, host_on};
 use anyhow::Result;
@@ -8,11 +9,11 @@ use std::time::{Duration, Instant};
 use turnstile::TenantConfig;
 
 /// Runs the HTTP ingest benchmark.
-pub(crate) fn bench_http(seconds: f64) -> Result<std::process::ExitCode> {
+pub(crate) fn bench_http(seconds: f64, store: Option<&str>) -> Result<std::process::ExitCode> {
     use std::io::{BufRead, BufReader, Read, Write};
     let window = Duration::from_secs_f64(seconds.clamp(0.2, 60.0));
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
-    let scratch = Scratch::new("http")?;
+    let scratch = Scratch::on("http", store)?;
     let host = Arc::new(host_on(workers, scratch.store()?)?);
     let admin = "bench-admin-token-0123456789";
     host.create_tenant("load", TenantConfig::default())?;
@@ -107,7 +108,7 @@ pub(crate) fn bench_http(seconds: f64) -> Result<std::process::ExitCode> {
         "Turnstile bench --http: {workers} cores, {:.1} s, {SESSIONS} sessions, {clients} keep-alive clients on loopback\n",
         window.as_secs_f64()
     );
-    println!("events delivered (202, durable in SQLite): {:.0}/s", latencies.len() as f64 / elapsed.as_secs_f64());
+    println!("events delivered (202, durable in {}): {:.0}/s", scratch.kind(), latencies.len() as f64 / elapsed.as_secs_f64());
     println!("delivery latency: p50 {:.2} ms, p99 {:.2} ms", p(500).as_secs_f64() * 1e3, p(990).as_secs_f64() * 1e3);
     drop(runtime);
     Ok(std::process::ExitCode::SUCCESS)
