@@ -174,6 +174,20 @@ fn keys_make_events_idempotent_and_ended_sessions_report_them(kind: &str) {
     store.commit(&[create(1, "acme"), append(1, "a", Some("k1")), append(1, "b", Some("k2"))]).expect("commits");
     let again = store.commit(&[append(1, "a", Some("k1")), append(1, "a", Some("k1"))]).expect("commits");
     assert_eq!(again, [Written::Appended(Appended::Duplicate), Written::Appended(Appended::Duplicate)]);
+    // A key twice in one batch, beside events of another session: added once, numbered on.
+    store.commit(&[create(2, "acme")]).expect("commits");
+    let mixed = store
+        .commit(&[append(2, "x", Some("k9")), append(1, "c", None), append(2, "x", Some("k9")), append(2, "y", None)])
+        .expect("commits");
+    assert_eq!(
+        mixed,
+        [
+            Written::Appended(Appended::New(1)),
+            Written::Appended(Appended::New(3)),
+            Written::Appended(Appended::Duplicate),
+            Written::Appended(Appended::New(2))
+        ]
+    );
     // The session takes k1's event and ends: k2's is reported, never dropped.
     store.commit(&[checkpoint(1, "acme", done(), &[], 0, Some(1))]).expect("commits");
     let after = store
@@ -195,7 +209,15 @@ fn keys_make_events_idempotent_and_ended_sessions_report_them(kind: &str) {
     );
     let image = subject.open().load().expect("loads");
     assert!(image.sessions[0].inbox.is_empty());
-    assert_eq!(image.sessions[0].unapplied, [Unapplied { seq: 2, key: Some("k2".into()) }]);
+    assert_eq!(
+        image.sessions[0].unapplied,
+        [Unapplied { seq: 2, key: Some("k2".into()) }, Unapplied { seq: 3, key: None }]
+    );
+    let inbox: Vec<(u64, Option<String>)> = image.sessions[1].inbox.iter().map(|e| (e.seq, e.key.clone())).collect();
+    assert_eq!(inbox, [(1, Some("k9".into())), (2, None)]);
+    // A key twice in one batch for an ended session: ended both times.
+    let ended = store.commit(&[append(1, "z", Some("k7")), append(1, "z", Some("k7"))]).expect("commits");
+    assert_eq!(ended, [Written::Appended(Appended::SessionEnded), Written::Appended(Appended::SessionEnded)]);
 }
 
 fn a_checkpoint_without_a_session_is_refused_alone(kind: &str) {

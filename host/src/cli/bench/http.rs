@@ -108,7 +108,11 @@ pub(crate) fn bench_http(seconds: f64, store: Option<&str>) -> Result<std::proce
         "Turnstile bench --http: {workers} cores, {:.1} s, {SESSIONS} sessions, {clients} keep-alive clients on loopback\n",
         window.as_secs_f64()
     );
-    println!("events delivered (202, durable in {}): {:.0}/s", scratch.kind(), latencies.len() as f64 / elapsed.as_secs_f64());
+    println!(
+        "events delivered (202, durable in {}): {:.0}/s",
+        scratch.kind(),
+        latencies.len() as f64 / elapsed.as_secs_f64()
+    );
     println!("delivery latency: p50 {:.2} ms, p99 {:.2} ms", p(500).as_secs_f64() * 1e3, p(990).as_secs_f64() * 1e3);
     drop(runtime);
     Ok(std::process::ExitCode::SUCCESS)

@@ -63,12 +63,23 @@ pub(super) enum Failed {
     },
 }
 
-/// The batch's writes, in order, in the transaction.
+/// The batch's writes, in order, in the transaction: consecutive checkpoints of different
+/// sessions together, consecutive appends together, creations one by one.
 fn writes(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
     let mut written = Vec::with_capacity(batch.len());
     let mut run: Vec<&Checkpoint> = Vec::new();
     let mut in_run: HashSet<SessionId> = HashSet::new();
+    let mut events: Vec<Event<'_>> = Vec::new();
     for write in batch {
+        if let Write::Append { session, event, key } = write {
+            written.extend(checkpoints(tx, epochs, &run)?);
+            run.clear();
+            in_run.clear();
+            events.push(Event { session: *session, event, key: key.as_deref() });
+            continue;
+        }
+        written.extend(appends(tx, epochs, &events)?);
+        events.clear();
         if let Write::Checkpoint(checkpoint) = write
             && in_run.insert(checkpoint.session)
         {
@@ -78,17 +89,16 @@ fn writes(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, batch: &[Write]) -> Res
         written.extend(checkpoints(tx, epochs, &run)?);
         run.clear();
         in_run.clear();
-        written.push(match write {
-            Write::Create(record) => create(tx, epochs, record)?,
-            Write::Append { session, .. } if !epochs.may_append(*session) => Written::Fenced,
-            Write::Append { session, event, key } => Written::Appended(append(tx, *session, event, key.as_deref())?),
+        match write {
+            Write::Create(record) => written.push(create(tx, epochs, record)?),
             Write::Checkpoint(checkpoint) => {
                 in_run.insert(checkpoint.session);
                 run.push(checkpoint);
-                continue;
             }
-        });
+            Write::Append { .. } => unreachable!("appends are gathered above"),
+        }
     }
+    written.extend(appends(tx, epochs, &events)?);
     written.extend(checkpoints(tx, epochs, &run)?);
     Ok(written)
 }
@@ -168,42 +178,134 @@ fn create(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, record: &SessionRecord)
     Ok(Written::Created)
 }
 
-fn append(
-    tx: &mut Transaction<'_>,
+/// A customer event to append.
+struct Event<'a> {
     session: SessionId,
-    event: &[u8],
-    key: Option<&str>,
-) -> Result<Appended, StoreError> {
-    let fail = pg("appending an event");
-    let id = sql_id(session);
-    if let Some(key) = key {
-        let seen = tx
-            .query_opt(
-                "SELECT i.unapplied FROM event_keys k LEFT JOIN inbox i ON i.session = k.session AND i.seq = k.seq
-                 WHERE k.session = $1 AND k.key = $2",
-                &[&id, &key],
+    event: &'a [u8],
+    key: Option<&'a str>,
+}
+
+/// What an append is before its session's sequence numbers are taken.
+enum Pending {
+    /// Answered already (fenced, or its key was stored before).
+    Decided(Written),
+    /// Its key came earlier in the same batch.
+    Repeat,
+    /// To be added, if its session has not ended.
+    New,
+}
+
+/// Consecutive appends, as arrays: the keys seen before, then each session's sequence numbers
+/// taken in one statement, then the new keys and inbox rows. Each answer is what appending them
+/// one by one, in order, would have given.
+fn appends(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, run: &[Event<'_>]) -> Result<Vec<Written>, StoreError> {
+    if run.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fail = pg("appending events");
+    let (key_sessions, keys): (Vec<i64>, Vec<&str>) =
+        run.iter().filter_map(|e| e.key.map(|k| (sql_id(e.session), k))).unzip();
+    let mut seen: HashMap<(i64, String), Appended> = HashMap::new();
+    if !keys.is_empty() {
+        for row in tx
+            .query(
+                "SELECT k.session, k.key, i.unapplied FROM event_keys k
+                 LEFT JOIN inbox i ON i.session = k.session AND i.seq = k.seq
+                 WHERE (k.session, k.key) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))",
+                &[&key_sessions, &keys],
             )
-            .map_err(&fail)?;
-        if let Some(row) = seen {
-            let not_applied: Option<bool> = row.get(0);
-            return Ok(if not_applied == Some(true) { Appended::NotApplied } else { Appended::Duplicate });
+            .map_err(&fail)?
+        {
+            let not_applied: Option<bool> = row.get(2);
+            let answer = if not_applied == Some(true) { Appended::NotApplied } else { Appended::Duplicate };
+            seen.insert((row.get(0), row.get(1)), answer);
         }
     }
-    let seq: Option<i64> = tx
-        .query_opt(
-            "UPDATE sessions SET next_event = next_event + 1 WHERE id = $1 AND NOT finished RETURNING next_event",
-            &[&id],
+    // What each append is, before sequence numbers: fenced, a key stored before, a key that
+    // came earlier in this batch, or new.
+    let mut answers: Vec<Pending> = Vec::with_capacity(run.len());
+    let mut wanted: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut batch_keys: HashSet<(i64, &str)> = HashSet::new();
+    for event in run {
+        let id = sql_id(event.session);
+        let answer = match event.key {
+            _ if !epochs.may_append(event.session) => Pending::Decided(Written::Fenced),
+            Some(key) => match seen.get(&(id, key.to_owned())) {
+                Some(known) => Pending::Decided(Written::Appended(*known)),
+                None if !batch_keys.insert((id, key)) => Pending::Repeat,
+                None => Pending::New,
+            },
+            None => Pending::New,
+        };
+        if let Pending::New = answer {
+            *wanted.entry(id).or_default() += 1;
+        }
+        answers.push(answer);
+    }
+    let (ids, counts): (Vec<i64>, Vec<i64>) = wanted.into_iter().unzip();
+    let mut next: HashMap<i64, i64> = tx
+        .query(
+            "UPDATE sessions s SET next_event = s.next_event + c.n
+             FROM unnest($1::bigint[], $2::bigint[]) AS c(id, n)
+             WHERE s.id = c.id AND NOT s.finished
+             RETURNING s.id, s.next_event - c.n",
+            &[&ids, &counts],
         )
         .map_err(&fail)?
-        .map(|r| r.get(0));
-    let Some(seq) = seq else { return Ok(Appended::SessionEnded) };
-    if let Some(key) = key {
-        tx.execute("INSERT INTO event_keys (session, key, seq) VALUES ($1, $2, $3)", &[&id, &key, &seq])
-            .map_err(&fail)?;
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let (mut sessions, mut seqs, mut bodies, mut inbox_keys) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut keyed_sessions, mut keyed, mut keyed_seqs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut written = Vec::with_capacity(run.len());
+    for (event, answer) in run.iter().zip(answers) {
+        let id = sql_id(event.session);
+        let last = match answer {
+            Pending::Decided(answer) => {
+                written.push(answer);
+                continue;
+            }
+            // The same key earlier in this batch: added then, unless the session had ended.
+            Pending::Repeat => {
+                let repeat = if next.contains_key(&id) { Appended::Duplicate } else { Appended::SessionEnded };
+                written.push(Written::Appended(repeat));
+                continue;
+            }
+            Pending::New => next.get_mut(&id),
+        };
+        let Some(last) = last else {
+            written.push(Written::Appended(Appended::SessionEnded));
+            continue;
+        };
+        *last += 1;
+        let seq = *last;
+        if let Some(key) = event.key {
+            keyed_sessions.push(id);
+            keyed.push(key);
+            keyed_seqs.push(seq);
+        }
+        sessions.push(id);
+        seqs.push(seq);
+        bodies.push(event.event);
+        inbox_keys.push(event.key);
+        written.push(Written::Appended(Appended::New(u64_of(seq))));
     }
-    tx.execute("INSERT INTO inbox (session, seq, event, key) VALUES ($1, $2, $3, $4)", &[&id, &seq, &event, &key])
+    if !keyed.is_empty() {
+        tx.execute(
+            "INSERT INTO event_keys (session, key, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])",
+            &[&keyed_sessions, &keyed, &keyed_seqs],
+        )
         .map_err(&fail)?;
-    Ok(Appended::New(u64_of(seq)))
+    }
+    if !sessions.is_empty() {
+        tx.execute(
+            "INSERT INTO inbox (session, seq, event, key)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::text[])",
+            &[&sessions, &seqs, &bodies, &inbox_keys],
+        )
+        .map_err(&fail)?;
+    }
+    Ok(written)
 }
 
 /// Checkpoints of different sessions, as arrays: the snapshots of those whose shard epoch holds,
