@@ -337,3 +337,33 @@ fn a_store_whose_connections_were_killed_connects_again() {
     assert_eq!(written, [Written::Committed]);
     assert_eq!(store.outputs(SessionId(1), 0, 10).expect("reads"), [(1, "after".to_owned())]);
 }
+
+#[test]
+fn two_standbys_never_split_the_shards_between_them() {
+    let schema = PgSchema::new("two_standbys");
+    let url = schema.url_with("shards=16");
+    let policy = |node: &str| ClaimPolicy { node: node.into(), lease: LEASE, wait: true };
+    let active = Arc::new(PgStore::open(&url).expect("opens"));
+    active.claim_all(&policy("active"), |_| {}, || {}).expect("claims");
+    let (done, finished) = std::sync::mpsc::channel();
+    let (told, heard) = std::sync::mpsc::channel();
+    for node in ["x", "y"] {
+        let (done, told, url) = (done.clone(), told.clone(), url.clone());
+        std::thread::spawn(move || {
+            let store = Arc::new(PgStore::open(&url).expect("opens"));
+            store.claim_all(&policy(node), |_| told.send(()).expect("sends"), || {}).expect("claims");
+            done.send((node, store)).expect("sends");
+        });
+    }
+    heard.recv().expect("one waits");
+    heard.recv().expect("the other waits");
+    drop(active);
+    let (first, winner) = finished.recv().expect("one takes over");
+    let owners: std::collections::BTreeSet<_> =
+        winner.lease_table().expect("reads").into_iter().map(|row| row.owner).collect();
+    assert_eq!(owners, [Some(first.to_owned())].into(), "all shards with one standby, none with the other");
+    drop(winner);
+    let (second, last) = finished.recv().expect("the other takes over after it");
+    assert_ne!(first, second);
+    assert!(last.holds_claim());
+}

@@ -76,16 +76,10 @@ impl PgStore {
         mut waiting: impl FnMut(&str),
         lost: impl FnOnce() + Send + 'static,
     ) -> Result<(), StoreError> {
-        let total = usize::try_from(self.shards).unwrap_or(usize::MAX);
-        let mut held: Vec<Lease> = Vec::new();
         let mut told = false;
         loop {
             let sent = Instant::now();
-            if !held.is_empty() {
-                held = self.renew(&policy.node, policy.lease, &held)?;
-            }
-            held.extend(self.acquire(&policy.node, policy.lease, total)?);
-            if held.len() == total {
+            if let Some(held) = self.acquire_all(&policy.node, policy.lease)? {
                 let epochs = held.iter().map(|l| (l.shard, l.epoch)).collect();
                 *self.claim.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some(Claim { node: policy.node.clone(), lease: policy.lease, epochs, renewed: sent, lost: false });
@@ -104,7 +98,6 @@ impl PgStore {
             let other = holders.iter().find_map(|row| row.owner.clone().filter(|o| *o != policy.node));
             let holder = other.unwrap_or_else(|| "another node".to_owned());
             if !policy.wait {
-                self.release(&policy.node, &held)?;
                 return Err(StoreError::ShardsHeld { holder });
             }
             if !told {

@@ -93,6 +93,36 @@ impl PgStore {
         })
     }
 
+    /// Takes every shard at once for `node`, or none: in one transaction that rolls back unless
+    /// all of them were free (no owner, or a lease run out). Claimants take turns (an advisory
+    /// lock for the transaction), so two standbys never split the shards and wait on each other
+    /// for ever.
+    pub fn acquire_all(&self, node: &str, lease: Duration) -> Result<Option<Vec<Lease>>, StoreError> {
+        let total = usize::try_from(self.shards).unwrap_or(usize::MAX);
+        self.on_control("taking every shard's lease", |client| {
+            let mut tx = client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock(7461732002)", &[])?;
+            let rows = tx.query(
+                "WITH free AS (
+                     SELECT shard FROM leases WHERE owner IS NULL OR expires_at < now()
+                     ORDER BY shard FOR UPDATE SKIP LOCKED)
+                 UPDATE leases l SET owner = $1, epoch = l.epoch + 1,
+                     expires_at = now() + $2 * interval '1 millisecond'
+                 FROM free WHERE l.shard = free.shard
+                 RETURNING l.shard, l.epoch",
+                &[&node, &millis(lease)],
+            )?;
+            if rows.len() < total {
+                tx.rollback()?;
+                return Ok(None);
+            }
+            tx.commit()?;
+            let mut taken: Vec<Lease> = rows.iter().map(lease_of).collect();
+            taken.sort_unstable();
+            Ok(Some(taken))
+        })
+    }
+
     /// Extends `node`'s leases on `held` by `lease` from now. Returns those it still holds (under
     /// the same epoch); a shard missing from the answer was taken by another node.
     pub fn renew(&self, node: &str, lease: Duration, held: &[Lease]) -> Result<Vec<Lease>, StoreError> {
