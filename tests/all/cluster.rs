@@ -367,3 +367,25 @@ fn two_standbys_never_split_the_shards_between_them() {
     assert_ne!(first, second);
     assert!(last.holds_claim());
 }
+
+/// A host whose renewals were held up (a pause, a slow database) past its self-fencing margin
+/// renews on its next commit instead of refusing it: the leases are still its own, and a refused
+/// checkpoint would stop the session for nothing.
+#[test]
+fn an_overdue_claim_is_renewed_by_the_next_commit_not_given_up() {
+    let schema = PgSchema::new("overdue");
+    let url = schema.url_with("shards=2");
+    let store = Arc::new(PgStore::open(&url).expect("opens"));
+    let policy = ClaimPolicy { node: "slow".into(), lease: Duration::from_secs(1), wait: false };
+    store.claim_all(&policy, |_| {}, || panic!("the claim is not lost")).expect("claims");
+    assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
+    // The renewals wait behind a lock on the lease rows for longer than the lease.
+    let mut blocker = raw(&schema);
+    let mut hold = blocker.transaction().expect("begins");
+    hold.query("SELECT shard FROM leases ORDER BY shard FOR UPDATE", &[]).expect("locks");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(!store.holds_claim(), "overdue: writes would be refused now");
+    hold.rollback().expect("lets go");
+    assert_eq!(store.commit(&[checkpoint(1, 0, "kept")]).expect("commits"), [Written::Committed]);
+    assert!(store.holds_claim());
+}

@@ -33,8 +33,9 @@ pub use migrations::SCHEMA_VERSION;
 pub const DEFAULT_SHARDS: u32 = 64;
 
 /// A transaction left open this long by a stalled host (paused, cut off) is ended by the server,
-/// so that the lease rows it locked let a standby take over.
-const IDLE_IN_TRANSACTION_MS: u64 = 5000;
+/// so that the lease rows it locked let a standby take over within about a lease (the shortest
+/// lease is 1 s; a paused host's leases run out after the lease anyway).
+const IDLE_IN_TRANSACTION_MS: u64 = 2000;
 
 /// Outputs deleted per transaction when a session is purged.
 const PURGE_CHUNK: i64 = 4096;
@@ -392,6 +393,7 @@ impl Store for PgStore {
 
     fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
         let claimed = self.claim_node().is_some();
+        self.refresh_if_stale();
         let mut writer = self.writer()?;
         let outcome =
             commit::commit(&mut writer, self.shards, claimed, &|shard, given| self.write_epoch(shard, given), batch);

@@ -42,6 +42,11 @@ impl Claim {
         }
         self.epochs.get(&shard).copied()
     }
+
+    /// The leases it holds.
+    fn held(&self) -> Vec<Lease> {
+        self.epochs.iter().map(|(shard, epoch)| Lease { shard: *shard, epoch: *epoch }).collect()
+    }
 }
 
 /// How a claim is taken.
@@ -122,9 +127,33 @@ impl PgStore {
     /// Refuses a write outside any session (catalogue, key-value seeding, purges) once the store's
     /// claim is lost: the host that took over is the one to write now.
     pub(super) fn may_write(&self) -> Result<(), StoreError> {
+        self.refresh_if_stale();
         match &*self.claim.lock().unwrap_or_else(PoisonError::into_inner) {
             Some(claim) if claim.epoch(0).is_none() => Err(StoreError::ClaimLost),
             _ => Ok(()),
+        }
+    }
+
+    /// Renews an overdue claim here and now, before a commit would refuse its writes: after this
+    /// process was paused (or its renewal thread starved) the leases may well still be its own,
+    /// and a write refused for nothing would stop a session. Only a renewal that finds a shard
+    /// taken (the renewal thread's business) makes the claim lost.
+    pub(super) fn refresh_if_stale(&self) {
+        let (node, lease, held) = {
+            let claim = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+            match claim.as_ref() {
+                Some(claim) if !claim.lost && claim.epoch(0).is_none() => {
+                    (claim.node.clone(), claim.lease, claim.held())
+                }
+                _ => return,
+            }
+        };
+        let sent = Instant::now();
+        if let Ok(kept) = self.renew(&node, lease, &held)
+            && kept.len() == held.len()
+            && let Some(claim) = self.claim.lock().unwrap_or_else(PoisonError::into_inner).as_mut()
+        {
+            claim.renewed = sent;
         }
     }
 
