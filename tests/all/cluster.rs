@@ -316,6 +316,7 @@ fn a_store_whose_connections_were_killed_connects_again() {
     let schema = PgSchema::new("reconnect");
     let store = PgStore::open(&schema.url).expect("opens");
     assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
+    assert_eq!(store.lease_table().expect("reads the leases").len(), 64, "the lease connection is open");
     let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
     let killed: i64 = raw(&schema)
         .query_one(
@@ -336,6 +337,11 @@ fn a_store_whose_connections_were_killed_connects_again() {
     };
     assert_eq!(written, [Written::Committed]);
     assert_eq!(store.outputs(SessionId(1), 0, 10).expect("reads"), [(1, "after".to_owned())]);
+    // So is the lease connection (the one a claim renews on).
+    if let Err(error) = store.lease_table() {
+        assert!(matches!(error, StoreError::Postgres { .. }), "{error}");
+    }
+    assert_eq!(store.lease_table().expect("connects again").len(), 64);
 }
 
 #[test]

@@ -81,6 +81,14 @@ pub(super) fn pg(op: &'static str) -> impl Fn(postgres::Error) -> StoreError {
     move |source| StoreError::Postgres { op, source }
 }
 
+/// Whether `error` leaves its connection unusable: anything but an ordinary SQL error (an I/O
+/// error, a closed connection, or a FATAL from the server, which is what `pg_terminate_backend`
+/// or a server shutdown sends). The client does not see the closed socket until it next reads
+/// it, so `is_closed` alone would hand the dead connection out once more.
+pub(super) fn kills_connection(error: &postgres::Error) -> bool {
+    error.as_db_error().is_none_or(|db| !matches!(db.parsed_severity(), Some(postgres::error::Severity::Error)))
+}
+
 fn invalid(problem: String) -> StoreError {
     StoreError::InvalidUrl { problem }
 }
@@ -399,7 +407,7 @@ impl Store for PgStore {
             commit::commit(&mut writer, self.shards, claimed, &|shard, given| self.write_epoch(shard, given), batch);
         if let Err(commit::Failed::Before(error) | commit::Failed::AtCommit { error, .. }) = &outcome
             && let StoreError::Postgres { source, .. } = error
-            && source.as_db_error().is_none()
+            && kills_connection(source)
         {
             self.broken.store(true, Ordering::Release);
         }

@@ -13,7 +13,7 @@
 //! deadlock.
 
 use super::load::load_sessions;
-use super::{PgStore, pg, u64_of};
+use super::{PgStore, kills_connection, pg, u64_of};
 use crate::store::{Quarantined, StoreError, StoredSession};
 use postgres::Client;
 use std::sync::PoisonError;
@@ -68,7 +68,13 @@ impl PgStore {
             Some(client) if !client.is_closed() => control.insert(client),
             _ => control.insert(self.target.connect()?),
         };
-        statement(client).map_err(pg(op))
+        let result = statement(client);
+        if let Err(error) = &result
+            && kills_connection(error)
+        {
+            *control = None;
+        }
+        result.map_err(pg(op))
     }
 
     /// Takes up to `max` shards that no node holds or whose lease has run out, for `node`, for
@@ -166,7 +172,7 @@ impl PgStore {
         self.on_control("reading the shard leases", |client| {
             let rows = client.query(
                 "SELECT shard, owner, epoch,
-                     greatest(0, floor(extract(epoch FROM (expires_at - now())) * 1000))::bigint
+                     floor(extract(epoch FROM (greatest(expires_at, now()) - now())) * 1000)::bigint
                  FROM leases ORDER BY shard",
                 &[],
             )?;
