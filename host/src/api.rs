@@ -485,9 +485,20 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response,
 }
 
 async fn readyz(State(api): State<Api>) -> Response {
-    if api.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down").into_response()
+    if !api.ready.load(Ordering::SeqCst) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down")
+            .into_response();
+    }
+    match api.host.store_outage() {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(outage) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!(
+                "the store has been failing for {} ms: new work is refused and checkpoints are retried until it is back",
+                outage.failing_for.as_millis()
+            ),
+        )
+        .into_response(),
     }
 }

@@ -185,6 +185,7 @@ impl Error {
             Error::QueueFull(_) => "queue_full",
             Error::DeployRate { .. } => "deploy_rate",
             Error::InvalidConfig { .. } => "invalid_config",
+            Error::Store(error) if error.is_unavailable() => "store_unavailable",
             Error::Store(_) => "store",
             Error::Snapshot(_) => "bad_snapshot",
             Error::Fenced { .. } => "fenced",

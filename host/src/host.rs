@@ -17,8 +17,9 @@
 //! `tenants` (policy, apps, versions), `tokens`, `sessions` (the sharded table), `lifecycle`
 //! (a session's state machine: transitions return effects), `dispatch` (the scheduler behind
 //! its lock), `commit` (group commit with tickets), `timers` (wait timeouts, sleeping actions),
-//! `bus` (subscribers and watchers), `resume` (loading a store), `pool` (workers), `kernel` (the
-//! paths through them), `views` (what readers see).
+//! `bus` (subscribers and watchers), `health` (store outages: retries, refusing new work),
+//! `resume` (loading a store), `pool` (workers), `kernel` (the paths through them), `views`
+//! (what readers see).
 //!
 //! # Locks, and their order
 //! A thread may take a lock further down this list while holding one further up, never the
@@ -28,7 +29,8 @@
 //! 3. the dispatcher (`dispatch.rs`): O(1) scheduler bookkeeping, the only global lock on the
 //!    hot path;
 //! 4. the commit queue (`commit.rs`): appending a write, taking a group;
-//! 5. the timers (`timers.rs`) and the bus (`bus.rs`): arming a timer, adding a watcher.
+//! 5. the timers (`timers.rs`) and the bus (`bus.rs`): arming a timer, adding a watcher; the
+//!    store's health (`health.rs`): noting a failed or a successful commit.
 //!
 //! Tenants, apps and tokens are read with no lock at all (copy-on-write maps), so the API's
 //! async threads never block on them.
@@ -36,6 +38,7 @@
 mod bus;
 mod commit;
 mod dispatch;
+mod health;
 mod ingest;
 mod kernel;
 mod lifecycle;
@@ -49,6 +52,7 @@ mod tokens;
 mod views;
 
 pub use bus::SessionEvent;
+pub use health::StoreOutage;
 pub use views::{AppInfo, AppVersion, Delivery, Output, SessionView, TenantInfo};
 
 use self::kernel::Kernel;
@@ -161,6 +165,7 @@ impl Host {
         let (ingest, thread) = ingest::spawn(core.clone())?;
         threads.push(thread);
         threads.push(retention::spawn(core.clone())?);
+        threads.push(health::spawn_retry(core.clone())?);
         Ok(Host { core, ingest: Mutex::new(Some(ingest)), threads })
     }
 
@@ -272,6 +277,8 @@ impl Host {
         let owner = self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
         let hash = crate::app::module_hash(bytes);
         check_app_quota(&owner, app, &hash)?;
+        // No compile for a version the store could not keep now.
+        self.core.health().check()?;
         let _turn = owner.deploy_turn()?;
         // Whether these bytes were compiled before is the tenant's to know only if it deployed
         // them itself: another tenant's modules are none of its business.
@@ -434,7 +441,15 @@ impl Host {
             waiting,
             quarantined: self.core.quarantined(),
             output_streams: self.core.bus().watcher_count(),
+            store_up: self.core.store_outage().is_none(),
+            store_failures: self.core.health().failures(),
         }
+    }
+
+    /// The store outage under way, if any: new work is refused (`store_unavailable`) and
+    /// checkpoints are retried until the store takes writes again.
+    pub fn store_outage(&self) -> Option<StoreOutage> {
+        self.core.store_outage()
     }
 
     /// The most actions of `tenant`'s `app` that were ever in the action list at once.
@@ -489,6 +504,8 @@ fn tenant_info(tenant: &tenants::Tenant) -> TenantInfo {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // A store outage is not waited out: what cannot be committed now resumes after a restart.
+        self.core.health().close();
         // The ingest thread answers what it has taken and ends.
         drop(self.ingest.lock().unwrap_or_else(PoisonError::into_inner).take());
         self.core.dispatcher().stop();
@@ -499,6 +516,6 @@ impl Drop for Host {
             let _ = thread.join();
         }
         // Whatever the workers queued last is committed before the host goes.
-        self.core.flush();
+        self.core.retry_commits();
     }
 }

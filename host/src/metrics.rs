@@ -178,6 +178,10 @@ pub struct MetricsSnapshot {
     pub quarantined: u64,
     /// Output streams open (watchers of one session each).
     pub output_streams: u64,
+    /// Whether the store takes writes (false during an outage).
+    pub store_up: bool,
+    /// Group commits that failed because the store was unavailable, since the host started.
+    pub store_failures: u64,
 }
 
 impl TenantMetrics {
@@ -281,6 +285,16 @@ impl MetricsSnapshot {
             out,
             "# HELP turnstile_output_streams Output streams open.\n# TYPE turnstile_output_streams gauge\nturnstile_output_streams {}",
             self.output_streams
+        );
+        let _ = writeln!(
+            out,
+            "# HELP turnstile_store_up Whether the store takes writes (0 during an outage: new work is refused, checkpoints retried).\n# TYPE turnstile_store_up gauge\nturnstile_store_up {}",
+            u8::from(self.store_up)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP turnstile_store_failed_commits_total Group commits that failed because the store was unavailable.\n# TYPE turnstile_store_failed_commits_total counter\nturnstile_store_failed_commits_total {}",
+            self.store_failures
         );
         out
     }

@@ -126,6 +126,45 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the store may take the same write later: a full disk, an I/O error, a busy or
+    /// locked file, a lost or refused connection, a server shutting down or out of resources.
+    /// The host retries such writes and answers new work `store_unavailable` meanwhile; any
+    /// other error is the write's own (refused for good).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Sqlite { source, .. } => sqlite_unavailable(source),
+            StoreError::Postgres { source, .. } => postgres_unavailable(source),
+            StoreError::Io { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+fn sqlite_unavailable(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{
+        CannotOpen, DatabaseBusy, DatabaseLocked, DiskFull, OutOfMemory, ReadOnly, SystemIoFailure,
+    };
+    matches!(
+        error.sqlite_error_code(),
+        Some(DiskFull | SystemIoFailure | DatabaseBusy | DatabaseLocked | CannotOpen | ReadOnly | OutOfMemory)
+    )
+}
+
+fn postgres_unavailable(error: &::postgres::Error) -> bool {
+    match error.as_db_error() {
+        // No answer from the server at all: a closed, reset or refused connection.
+        None => true,
+        // Connection exceptions (08), insufficient resources such as a full disk (53), operator
+        // intervention such as a shutdown (57), system errors (58), serialisation failures (40).
+        Some(db) => {
+            let code = db.code().code();
+            ["08", "53", "57", "58", "40"].iter().any(|class| code.starts_with(class))
+                || postgres::kills_connection(error)
+        }
+    }
+}
+
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantRecord {

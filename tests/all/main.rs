@@ -13,6 +13,7 @@ mod flows;
 mod hardening;
 mod host;
 mod operations;
+mod outage;
 mod readme;
 mod sandbox;
 mod serve;

@@ -55,6 +55,10 @@ impl From<Error> for ApiError {
         };
         // The host's own failures are logged in full; their text (paths, SQL) stays out of answers.
         let message = match &error {
+            Error::Store(store) if store.is_unavailable() => {
+                "the store is unavailable: nothing was written; try again shortly (the host retries by itself)"
+                    .to_owned()
+            }
             Error::Store(_) | Error::Engine { .. } | Error::Io { .. } => {
                 tracing::error!(error = %error.chain(), "a request failed in the host");
                 "the host could not complete this request; its operator's log has the details".to_owned()

@@ -51,7 +51,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ),
     ("get", "/metrics", Auth::Public, "Prometheus metrics, per-tenant labels."),
     ("get", "/healthz", Auth::Public, "Liveness."),
-    ("get", "/readyz", Auth::Public, "Readiness (503 while shutting down)."),
+    ("get", "/readyz", Auth::Public, "Readiness (503 `shutting_down`, or `store_unavailable` while the store fails)."),
     ("get", "/openapi.json", Auth::Public, "This document."),
 ];
 

@@ -16,7 +16,13 @@
 //!
 //! A dedicated writer thread would add a thread hop to every action; on a loaded machine that hop
 //! is a scheduling delay, during which the session is not ready to run.
+//!
+//! When the store is unavailable (see `health.rs`) a failed group's creations and events, and
+//! those queued behind it, are answered with the outage at once; its checkpoints go back to the
+//! head of the queue, in order, for the retry thread, and workers stop leading until the store
+//! takes writes again.
 
+use super::health::StoreHealth;
 use crate::error::Error;
 use crate::store::{Store, StoreError, Write, Written};
 use std::collections::{HashSet, VecDeque};
@@ -88,32 +94,36 @@ struct State {
 }
 
 /// The writes waiting for the next group commit.
-#[derive(Default)]
 pub(crate) struct CommitQueue {
     state: Mutex<State>,
+    health: Arc<StoreHealth>,
 }
 
 /// What carries out a committed group's results: every write's effects, every ticket settled.
-pub(crate) type Apply<'a> = &'a dyn Fn(Vec<Write>, Vec<Option<Arc<Ticket>>>, Vec<Result<Written, StoreError>>);
+pub(crate) type Apply<'a> = &'a dyn Fn(Vec<Write>, Vec<Option<Arc<Ticket>>>, Vec<Result<Written, Error>>);
 
 /// Commits a group as one transaction; if that fails, each write on its own, so that one write
 /// the store refuses (a full quota, a value it can't take) fails only its own session, not every
-/// tenant's whose writes happened to share its group.
-fn commit_group(store: &dyn Store, writes: &[Write]) -> Vec<Result<Written, StoreError>> {
+/// tenant's whose writes happened to share its group. `Err` when the store is unavailable:
+/// nothing of the group was written.
+fn commit_group(store: &dyn Store, writes: &[Write]) -> Result<Vec<Result<Written, Error>>, StoreError> {
     match store.commit(writes) {
-        Ok(written) => written.into_iter().map(Ok).collect(),
-        Err(error) if writes.len() == 1 => vec![Err(error)],
+        Ok(written) => Ok(written.into_iter().map(Ok).collect()),
+        Err(error) if error.is_unavailable() => Err(error),
+        Err(error) if writes.len() == 1 => Ok(vec![Err(error.into())]),
         Err(error) => {
             tracing::warn!(writes = writes.len(), error = %error, "a group commit failed: committing its writes one by one");
             // Once one of a session's writes fails, its later writes in the group are not sent:
             // they followed from it (an event after a refused checkpoint would otherwise land in
             // the inbox of a session the store still thinks open).
             let mut failed = HashSet::new();
-            writes
+            let results = writes
                 .iter()
                 .map(|write| {
                     if failed.contains(&write.session()) {
-                        return Err(StoreError::Damaged { report: "an earlier write of this session failed".into() });
+                        return Err(
+                            StoreError::Damaged { report: "an earlier write of this session failed".into() }.into()
+                        );
                     }
                     let result = store.commit(std::slice::from_ref(write)).and_then(|written| {
                         written
@@ -124,9 +134,10 @@ fn commit_group(store: &dyn Store, writes: &[Write]) -> Vec<Result<Written, Stor
                     if result.is_err() {
                         failed.insert(write.session());
                     }
-                    result
+                    result.map_err(Error::from)
                 })
-                .collect()
+                .collect();
+            Ok(results)
         }
     }
 }
@@ -134,6 +145,10 @@ fn commit_group(store: &dyn Store, writes: &[Write]) -> Vec<Result<Written, Stor
 impl CommitQueue {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn new(health: Arc<StoreHealth>) -> CommitQueue {
+        CommitQueue { state: Mutex::default(), health }
     }
 
     /// Queues a write (callers hold the session's lock).
@@ -151,6 +166,9 @@ impl CommitQueue {
     /// caller leading only because no one else was is relieved: this worker waits for the group
     /// under way and takes the lead from there.
     pub(crate) fn drive(&self, store: &dyn Store, apply: Apply<'_>) {
+        if self.health.retrying() {
+            return;
+        }
         let mut state = self.lock();
         if !state.committing {
             self.lead(state, store, apply, None);
@@ -174,11 +192,22 @@ impl CommitQueue {
         }
     }
 
+    /// Commits what is queued unless another thread already is: the retry thread, while the
+    /// store is down (and the host's last flush).
+    pub(crate) fn retry(&self, store: &dyn Store, apply: Apply<'_>) {
+        let state = self.lock();
+        if !state.committing {
+            self.lead(state, store, apply, None);
+        }
+    }
+
     /// Waits until `ticket` is settled, leading commits whenever no one else does.
     pub(crate) fn wait(&self, ticket: &Arc<Ticket>, store: &dyn Store, apply: Apply<'_>) -> Result<Written, Error> {
         loop {
+            // While the store is down the retry thread leads: a caller would meet it at once.
+            let retrying = self.health.retrying();
             let state = self.lock();
-            if !state.committing && !state.queue.is_empty() {
+            if !state.committing && !state.queue.is_empty() && !retrying {
                 self.lead(state, store, apply, Some(ticket));
             } else {
                 let mut state = state;
@@ -219,9 +248,19 @@ impl CommitQueue {
             drop(state);
             let (writes, tickets): (Vec<Write>, Vec<Option<Arc<Ticket>>>) =
                 group.into_iter().map(|q| (q.write, q.ticket)).unzip();
-            let results = commit_group(store, &writes);
-            apply(writes, tickets, results);
-            state = self.lock();
+            match commit_group(store, &writes) {
+                Ok(results) => {
+                    self.health.committed();
+                    apply(writes, tickets, results);
+                    state = self.lock();
+                }
+                Err(error) => {
+                    // The retry thread (or the next caller) takes it from here.
+                    self.keep_for_retry(error, writes, tickets, apply);
+                    state = self.lock();
+                    break;
+                }
+            }
             if !state.queue.is_empty() && mine.is_none_or(Ticket::is_settled) {
                 // The new leader finds `committing` set and takes it from here.
                 if mine.is_some()
@@ -245,5 +284,36 @@ impl CommitQueue {
             worker.settle(Ok(Written::Committed));
         }
         state.waiters.retain(|w| !w.is_settled());
+    }
+
+    /// The store is unavailable: answers the group's creations and events, and those queued
+    /// behind it, with the outage; puts its checkpoints back at the head of the queue, in order,
+    /// for the retry thread (answers them too when the host is closing: a restart resumes their
+    /// sessions from their last checkpoint).
+    fn keep_for_retry(
+        &self,
+        error: StoreError,
+        writes: Vec<Write>,
+        tickets: Vec<Option<Arc<Ticket>>>,
+        apply: Apply<'_>,
+    ) {
+        let closing = self.health.closing();
+        let keeps = |write: &Write| !closing && matches!(write, Write::Checkpoint(_));
+        let (mut kept, mut answered): (Vec<Queued>, Vec<Queued>) = writes
+            .into_iter()
+            .zip(tickets)
+            .map(|(write, ticket)| Queued { write, ticket })
+            .partition(|q| keeps(&q.write));
+        let mut state = self.lock();
+        for queued in std::mem::take(&mut state.queue) {
+            if keeps(&queued.write) { kept.push(queued) } else { answered.push(queued) }
+        }
+        let retry = !kept.is_empty();
+        state.queue = kept;
+        drop(state);
+        let error = self.health.failed(error, retry);
+        let results = answered.iter().map(|_| Err(Error::Store(error.clone()))).collect();
+        let (writes, tickets) = answered.into_iter().map(|q| (q.write, q.ticket)).unzip();
+        apply(writes, tickets, results);
     }
 }

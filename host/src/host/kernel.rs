@@ -7,6 +7,7 @@
 use super::bus::{Bus, SessionEvent};
 use super::commit::{CommitQueue, Ticket};
 use super::dispatch::{Dispatcher, Work};
+use super::health::{StoreHealth, StoreOutage};
 use super::lifecycle::{Effects, Lifecycle};
 use super::retention::Retention;
 use super::sessions::{SessionEntry, Sessions};
@@ -21,7 +22,7 @@ use crate::runtime::Runtime;
 use crate::sandbox::{ActionCall, ActionOutcome, ActionTask, Usage};
 use crate::scheduler::{Bounds, Dispatch};
 use crate::session::{Session, SessionId, Status, now_ms};
-use crate::store::{Appended, SessionRecord, Store, StoreError, Write, Written};
+use crate::store::{Appended, SessionRecord, Store, Write, Written};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ pub(crate) struct Kernel {
     sessions: Sessions,
     dispatcher: Dispatcher,
     commits: CommitQueue,
+    health: Arc<StoreHealth>,
     timers: Arc<Timers>,
     bus: Bus,
     max_inbox: usize,
@@ -51,6 +53,7 @@ impl Kernel {
         retention: Duration,
     ) -> Kernel {
         let preemption = runtime.preemption();
+        let health = Arc::new(StoreHealth::default());
         Kernel {
             runtime,
             store,
@@ -58,7 +61,8 @@ impl Kernel {
             tokens: Tokens::default(),
             sessions: Sessions::default(),
             dispatcher: Dispatcher::new(bounds, preemption),
-            commits: CommitQueue::default(),
+            commits: CommitQueue::new(health.clone()),
+            health,
             timers: Arc::default(),
             bus: Bus::default(),
             max_inbox,
@@ -111,6 +115,15 @@ impl Kernel {
 
     pub(crate) fn bus(&self) -> &Bus {
         &self.bus
+    }
+
+    pub(crate) fn health(&self) -> &StoreHealth {
+        &self.health
+    }
+
+    /// The store outage under way, if any.
+    pub(crate) fn store_outage(&self) -> Option<StoreOutage> {
+        self.health.outage()
     }
 
     /// Sessions set aside at start because their stored rows did not decode.
@@ -204,6 +217,12 @@ impl Kernel {
         self.commits.drive(self.store.as_ref(), &|writes, tickets, result| self.committed(writes, tickets, result));
     }
 
+    /// Commits what is queued unless someone else is, even while the store is down: the retry
+    /// thread, and the host's last flush when it stops.
+    pub(crate) fn retry_commits(&self) {
+        self.commits.retry(self.store.as_ref(), &|writes, tickets, result| self.committed(writes, tickets, result));
+    }
+
     /// Waits for a write's commit (leading commits meanwhile if need be).
     fn wait_for(&self, ticket: &Arc<Ticket>) -> Result<Written, Error> {
         self.commits
@@ -211,12 +230,7 @@ impl Kernel {
     }
 
     /// Carries out a committed group: each write's session moves on, each caller is answered.
-    fn committed(
-        &self,
-        writes: Vec<Write>,
-        tickets: Vec<Option<Arc<Ticket>>>,
-        results: Vec<Result<Written, StoreError>>,
-    ) {
+    fn committed(&self, writes: Vec<Write>, tickets: Vec<Option<Arc<Ticket>>>, results: Vec<Result<Written, Error>>) {
         let mut results = results.into_iter();
         let mut failed = None;
         let count = writes.len();
@@ -224,7 +238,6 @@ impl Kernel {
             let written = match results.next() {
                 Some(Ok(written)) => Ok(written),
                 Some(Err(error)) => {
-                    let error = Error::from(error);
                     failed.get_or_insert_with(|| (0usize, error.chain())).0 += 1;
                     Err(error)
                 }
@@ -343,6 +356,7 @@ impl Kernel {
         event: Vec<u8>,
         key: Option<String>,
     ) -> Result<Arc<Ticket>, Error> {
+        self.health.check()?;
         let ticket = Arc::new(Ticket::default());
         let mut shard = self.sessions.shard(id);
         let entry = Self::own(&mut shard, tenant, id)?;
@@ -368,6 +382,7 @@ impl Kernel {
     /// Cancels a session; answers once its cancellation is durable (or, for a busy session, once
     /// it is recorded to take effect when its action is done).
     pub(crate) fn cancel(&self, tenant: &str, id: SessionId) -> Result<(), Error> {
+        self.health.check()?;
         let ticket = Arc::new(Ticket::default());
         let waits = {
             let mut shard = self.sessions.shard(id);
@@ -487,11 +502,6 @@ impl Kernel {
         self.timers.fire_due(|due| self.fire(due));
     }
 
-    /// Commits whatever is still queued (the host is stopping).
-    pub(crate) fn flush(&self) {
-        self.drive_commits();
-    }
-
     /// Whether no session is queued, running or being committed, and nothing is queued for the
     /// store.
     pub(crate) fn is_settled(&self) -> bool {
@@ -511,6 +521,7 @@ impl Kernel {
         entry_action: &str,
         input: Vec<u8>,
     ) -> Result<(SessionEntry, SessionRecord), Error> {
+        self.health.check()?;
         let policy = tenant.policy();
         let app_entry = tenant.app(app).ok_or_else(|| Error::not_found("app", app))?;
         if policy.suspended {

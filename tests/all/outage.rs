@@ -1,0 +1,197 @@
+//! A store that fails for a while (a full disk, a lost database): nothing acknowledged that was
+//! not committed, no session lost or stopped, new work refused with `store_unavailable` (the
+//! API, `/readyz` and the metrics say so), and the host back to work by itself when the store is.
+
+use crate::durability::{host_on, temp_dir, wait_app, wait_for, waiting};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tower::ServiceExt;
+use turnstile::api::{Api, router};
+use turnstile::{
+    AppRecord, Error, Host, Image, SessionEvent, SessionId, SqliteStore, Status, Store, StoreError, TenantConfig,
+    TenantRecord, TokenRecord, Write, Written,
+};
+
+/// A store whose writes fail on command, as a full disk's would; reads go through.
+struct FailingStore {
+    inner: Arc<dyn Store>,
+    failing: AtomicBool,
+    refused: AtomicU64,
+}
+
+impl FailingStore {
+    fn fail<T>(&self, write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device (injected)");
+            return Err(StoreError::Io { context: "writing the database", source: full });
+        }
+        write()
+    }
+}
+
+impl Store for FailingStore {
+    fn load(&self) -> Result<Image, StoreError> {
+        self.inner.load()
+    }
+    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        self.fail(|| self.inner.put_tenant(tenant))
+    }
+    fn delete_tenant(&self, name: &str) -> Result<(), StoreError> {
+        self.fail(|| self.inner.delete_tenant(name))
+    }
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.fail(|| self.inner.put_token(token))
+    }
+    fn delete_token(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        self.fail(|| self.inner.delete_token(tenant, id))
+    }
+    fn put_app(&self, app: &AppRecord, module: &[u8]) -> Result<(), StoreError> {
+        self.fail(|| self.inner.put_app(app, module))
+    }
+    fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
+        self.fail(|| self.inner.commit(batch))
+    }
+    fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        self.inner.outputs(session, after, limit)
+    }
+    fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.kv_get(tenant, key)
+    }
+    fn purge(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+        self.fail(|| self.inner.purge(sessions))
+    }
+    fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
+        self.fail(|| self.inner.kv_put(tenant, writes))
+    }
+}
+
+const ADMIN: &str = "admin-token-for-outage-tests-0123";
+
+fn unavailable(result: Result<impl std::fmt::Debug, Error>) {
+    match result {
+        Err(error) => assert_eq!(error.code(), "store_unavailable", "{}", error.chain()),
+        Ok(done) => panic!("acknowledged while the store failed: {done:?}"),
+    }
+}
+
+async fn get(router: &axum::Router, path: &str) -> (StatusCode, serde_json::Value) {
+    let request = Request::get(path).header("authorization", format!("Bearer {ADMIN}")).body(Body::empty());
+    let response = router.clone().oneshot(request.expect("request")).await.expect("answers");
+    let status = response.status();
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+#[test]
+fn a_failing_store_loses_nothing_and_the_host_recovers_by_itself() {
+    let dir = temp_dir("outage");
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    let store = Arc::new(FailingStore { inner: sqlite.clone(), failing: AtomicBool::new(false), refused: 0.into() });
+    let host = Arc::new(host_on(store.clone(), &dir.join("modules")));
+    let api = router(Api::new(host.clone(), ADMIN));
+    let http = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let events = host.subscribe();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+    host.deploy("t", "timed", &wait_app(Some(200))).expect("deploys");
+    let patient: Vec<SessionId> =
+        (0..5).map(|_| host.start_session("t", "patient", "start", Vec::new()).expect("starts")).collect();
+    for &id in &patient {
+        wait_for(&events, id, waiting);
+    }
+
+    // The disk fills while timed sessions wait: their timers fire, their actions run, and their
+    // checkpoints meet the failing store.
+    let timed: Vec<SessionId> =
+        (0..20).map(|_| host.start_session("t", "timed", "start", Vec::new()).expect("starts")).collect();
+    store.failing.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.refused.load(Ordering::SeqCst) < 3 {
+        assert!(std::time::Instant::now() < deadline, "the timed sessions' checkpoints are tried");
+        std::thread::yield_now();
+    }
+    // New work is refused at once, and names the outage; nothing of it is acknowledged.
+    unavailable(host.deliver("t", patient[0], br#""lost""#.to_vec(), Some("k1")));
+    unavailable(host.start_session("t", "patient", "start", Vec::new()));
+    unavailable(host.cancel_session("t", patient[1]));
+    unavailable(host.deploy("t", "other", &wait_app(Some(5))));
+    assert!(host.store_outage().is_some());
+    let metrics = host.metrics();
+    assert!(!metrics.store_up && metrics.store_failures >= 1);
+    assert!(metrics.prometheus().contains("turnstile_store_up 0"));
+    http.block_on(async {
+        let (status, body) = get(&api, "/readyz").await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")));
+    });
+    // No session was stopped: the timed ones are still on their way (their checkpoints kept).
+    for &id in &timed {
+        let view = host.session("t", id).expect("still there");
+        assert!(!matches!(view.status, Status::Failed { .. }), "{id}: {:?}", view.status);
+    }
+
+    // The disk is freed: the kept checkpoints land with no one asking, and new work is taken.
+    store.failing.store(false, Ordering::SeqCst);
+    all_done(&host, &events, &timed);
+    host.deliver("t", patient[0], br#""kept""#.to_vec(), Some("k1")).expect("taken again");
+    wait_for(&events, patient[0], |status| matches!(status, Status::Done { .. }));
+    assert_eq!(crate::fixtures::outputs_of(&host, "t", patient[0]), [r#""kept""#], "the refused event never landed");
+    assert!(host.store_outage().is_none());
+    assert!(host.metrics().store_up);
+    http.block_on(async {
+        assert_eq!(get(&api, "/readyz").await.0, StatusCode::OK);
+    });
+    drop(api);
+    drop(host);
+
+    // What was committed is what a restart finds.
+    let image = sqlite.load().expect("loads");
+    let done = image.sessions.iter().filter(|s| matches!(s.record.snapshot.status, Status::Done { .. })).count();
+    assert_eq!(done, timed.len() + 1);
+}
+
+#[test]
+fn a_host_stopped_during_an_outage_stops_at_once_and_resumes_every_session_after() {
+    let dir = temp_dir("outage-stop");
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    let store = Arc::new(FailingStore { inner: sqlite.clone(), failing: AtomicBool::new(false), refused: 0.into() });
+    let host = host_on(store.clone(), &dir.join("modules"));
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "timed", &wait_app(Some(100))).expect("deploys");
+    let timed: Vec<SessionId> =
+        (0..10).map(|_| host.start_session("t", "timed", "start", Vec::new()).expect("starts")).collect();
+    store.failing.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.refused.load(Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "checkpoints are tried");
+        std::thread::yield_now();
+    }
+    // The host does not wait the outage out.
+    drop(host);
+
+    let host = host_on(sqlite.clone(), &dir.join("modules"));
+    let events = host.subscribe();
+    all_done(&host, &events, &timed);
+}
+
+/// Waits until every one of `sessions` is done (woken by the host's events).
+fn all_done(host: &Host, events: &std::sync::mpsc::Receiver<SessionEvent>, sessions: &[SessionId]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let open = sessions
+            .iter()
+            .filter(|&&id| !matches!(host.session("t", id).expect("there").status, Status::Done { .. }))
+            .count();
+        if open == 0 {
+            return;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        events.recv_timeout(left).unwrap_or_else(|_| panic!("{open} sessions never finished"));
+    }
+}
