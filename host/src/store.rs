@@ -77,6 +77,15 @@ pub enum StoreError {
         #[source]
         source: ::postgres::Error,
     },
+    /// A commit's `COMMIT` got no answer and the server could not say afterwards whether it
+    /// went through: its writes are neither retried (they may have landed) nor acknowledged
+    /// (they may not have); their sessions resume from what the store holds at the next start.
+    #[error("a commit may or may not have gone through (the server could not tell)")]
+    CommitUnknown {
+        /// The failure at `COMMIT`.
+        #[source]
+        source: Box<StoreError>,
+    },
     /// Another node holds the database's shards (and this one was not asked to wait for them).
     #[error(
         "another host ({holder}) holds this database's shards; start this one as a standby (it waits for them) or stop that one"
@@ -138,6 +147,12 @@ impl StoreError {
             StoreError::Io { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether the writes may have landed although the commit failed: they must not be tried
+    /// again (one by one or later), or they could land twice.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, StoreError::CommitUnknown { .. })
     }
 }
 

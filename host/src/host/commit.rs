@@ -104,13 +104,18 @@ pub(crate) type Apply<'a> = &'a dyn Fn(Vec<Write>, Vec<Option<Arc<Ticket>>>, Vec
 
 /// Commits a group as one transaction; if that fails, each write on its own, so that one write
 /// the store refuses (a full quota, a value it can't take) fails only its own session, not every
-/// tenant's whose writes happened to share its group. `Err` when the store is unavailable:
-/// nothing of the group was written.
+/// tenant's whose writes happened to share its group (but never a group that may have landed:
+/// [`StoreError::is_ambiguous`]). `Err` when the store is unavailable: nothing of the group was
+/// written.
 fn commit_group(store: &dyn Store, writes: &[Write]) -> Result<Vec<Result<Written, Error>>, StoreError> {
     match store.commit(writes) {
         Ok(written) => Ok(written.into_iter().map(Ok).collect()),
         Err(error) if error.is_unavailable() => Err(error),
         Err(error) if writes.len() == 1 => Ok(vec![Err(error.into())]),
+        Err(error) if error.is_ambiguous() => {
+            let error = Arc::new(error);
+            Ok(writes.iter().map(|_| Err(Error::Store(error.clone()))).collect())
+        }
         Err(error) => {
             tracing::warn!(writes = writes.len(), error = %error, "a group commit failed: committing its writes one by one");
             // Once one of a session's writes fails, its later writes in the group are not sent:

@@ -203,6 +203,31 @@ impl PgStore {
         Ok(writer)
     }
 
+    /// Whether the transaction `xid`, whose `COMMIT` got no answer, committed: asked of the
+    /// server on a new connection, a few times over about a second (its backend may still be
+    /// finishing it). `None` if the server could not tell.
+    fn commit_status(&self, xid: i64) -> Option<bool> {
+        for attempt in 0..5u32 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(50) * (1 << attempt));
+            }
+            let asked = self.writer().and_then(|mut writer| {
+                let row = writer
+                    .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid.to_string()])
+                    .map_err(pg("asking whether a commit went through"))?;
+                Ok(row.get::<_, Option<String>>(0))
+            });
+            match asked.as_ref().map(Option::as_deref) {
+                Ok(Some("committed")) => return Some(true),
+                Ok(Some("aborted")) => return Some(false),
+                // Still in progress; or no answer (the writer is connected again next time).
+                Ok(_) => {}
+                Err(_) => self.broken.store(true, Ordering::Release),
+            }
+        }
+        None
+    }
+
     /// Runs `read` on a connection of the read pool (opening one if none is free).
     fn read<T>(
         &self,
@@ -415,14 +440,12 @@ impl Store for PgStore {
             Ok(written) => Ok(written),
             Err(commit::Failed::Before(error)) => Err(error),
             Err(commit::Failed::AtCommit { xid, written, error }) => {
-                // Ask the server (on a new connection if need be) what became of it.
                 drop(writer);
-                let status: Option<String> = self
-                    .writer()?
-                    .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid.to_string()])
-                    .map_err(pg("asking whether a commit went through"))?
-                    .get(0);
-                if status.as_deref() == Some("committed") { Ok(written) } else { Err(error) }
+                match self.commit_status(xid) {
+                    Some(true) => Ok(written),
+                    Some(false) => Err(error),
+                    None => Err(StoreError::CommitUnknown { source: Box::new(error) }),
+                }
             }
         }
     }
