@@ -195,3 +195,87 @@ fn all_done(host: &Host, events: &std::sync::mpsc::Receiver<SessionEvent>, sessi
         events.recv_timeout(left).unwrap_or_else(|_| panic!("{open} sessions never finished"));
     }
 }
+
+/// A small tmpfs, unmounted on drop; `None` where the machine does not allow mounting one.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(&path).expect("mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status();
+        mounted.is_ok_and(|status| status.success()).then_some(SmallDisk { path })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// Fills the disk under `dir` with one file: writes until there is no space left.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("ballast");
+    let mut file = std::fs::File::create(&path).expect("ballast");
+    let block = vec![0u8; 64 << 10];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+#[test]
+fn a_full_disk_refuses_new_sessions_loses_none_and_is_forgotten_once_freed() {
+    let dir = temp_dir("full-disk");
+    let Some(disk) = SmallDisk::mount(dir.join("data"), "8m") else {
+        eprintln!("skipped: this machine does not allow mounting a tmpfs");
+        return;
+    };
+    let db = disk.path.join("turnstile.db");
+    let host = host_on(Arc::new(SqliteStore::open(&db).expect("opens")), &dir.join("modules"));
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+    let ballast = fill(&disk.path);
+    let mut acknowledged = std::collections::BTreeSet::new();
+    let refused = loop {
+        match host.start_session("t", "patient", "start", vec![b' '; 4096]) {
+            Ok(id) => assert!(acknowledged.insert(id), "ids are not given twice"),
+            Err(error) => break error,
+        }
+        assert!(acknowledged.len() < 100_000, "the disk never filled");
+    };
+    assert_eq!(refused.code(), "store_unavailable", "{}", refused.chain());
+    assert!(host.store_outage().is_some());
+    unavailable(host.start_session("t", "patient", "start", Vec::new()));
+
+    // Space comes back: once the outage is quiet the next session is taken.
+    std::fs::remove_file(&ballast).expect("frees the disk");
+    let deadline = std::time::Instant::now() + health_quiet() * 10;
+    let id = loop {
+        match host.start_session("t", "patient", "start", Vec::new()) {
+            Ok(id) => break id,
+            Err(error) => assert_eq!(error.code(), "store_unavailable", "{}", error.chain()),
+        }
+        assert!(std::time::Instant::now() < deadline, "the host never took work again");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    acknowledged.insert(id);
+    assert!(host.store_outage().is_none());
+    drop(host);
+
+    // The database is whole, and holds every acknowledged session and no other.
+    let image = SqliteStore::open(&db).expect("passes its integrity check").load().expect("loads");
+    let stored: std::collections::BTreeSet<SessionId> = image.sessions.iter().map(|s| s.record.id).collect();
+    assert_eq!(stored, acknowledged);
+}
+
+/// How long a host waits after a failed commit before new work tries the store again.
+fn health_quiet() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
+}
