@@ -65,6 +65,24 @@ pub(crate) mod duration {
     }
 }
 
+/// `#[serde(with = "crate::human::optional_duration")]`: a duration or nothing (`null`).
+pub(crate) mod optional_duration {
+    use super::{Deserialize, Deserializer, Duration, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => super::duration::serialize(value, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Given(#[serde(with = "super::duration")] Duration);
+        Ok(Option::<Given>::deserialize(deserializer)?.map(|Given(duration)| duration))
+    }
+}
+
 /// `#[serde(deserialize_with = "crate::human::bytes")]` for a size in bytes.
 pub(crate) fn bytes<'de, D: Deserializer<'de>, T: TryFrom<u64>>(deserializer: D) -> Result<T, D::Error> {
     struct Size;

@@ -38,6 +38,10 @@ pub struct TenantConfig {
     pub limits: Limits,
     /// A suspended tenant's sessions and events are refused and its queued actions wait.
     pub suspended: bool,
+    /// How long its finished sessions are kept (1 s to 10 years); the host's `retention` when
+    /// not set.
+    #[serde(with = "crate::human::optional_duration", skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for TenantConfig {
@@ -54,9 +58,13 @@ impl Default for TenantConfig {
             deploys_per_minute: 30,
             limits: Limits::default(),
             suspended: false,
+            retention: None,
         }
     }
 }
+
+/// The longest retention a tenant may be given, in seconds: ten years.
+const MAX_RETENTION_SECS: u64 = 10 * 365 * 86_400;
 
 /// Checks that `value` of `field` is within `range`, naming the field otherwise.
 fn within<T: PartialOrd + std::fmt::Display>(
@@ -84,6 +92,9 @@ impl TenantConfig {
         within("max_apps", self.max_apps, 1..=10_000)?;
         within("max_versions", self.max_versions, 1..=10_000)?;
         within("deploys_per_minute", self.deploys_per_minute, 1..=10_000)?;
+        if let Some(retention) = self.retention {
+            within("retention", retention.as_secs(), 1..=MAX_RETENTION_SECS)?;
+        }
         self.limits.validate(pool_memory_bytes)
     }
 }

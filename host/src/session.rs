@@ -186,6 +186,10 @@ pub struct Session {
     pub counters: Counters,
     /// The most recent failure, also when an error action took over.
     pub last_failure: Option<Failure>,
+    /// When it finished (ms since the epoch): its retention counts from then, across restarts.
+    /// `None` while it is open, and in checkpoints written before this was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
 }
 
 impl Session {
@@ -198,6 +202,7 @@ impl Session {
             state: Vec::new(),
             counters: Counters::default(),
             last_failure: None,
+            finished_ms: None,
         })
     }
 

@@ -444,5 +444,6 @@ pub(crate) fn quarantined_session(stored: &str, reason: &str) -> Session {
         state: Vec::new(),
         counters: Counters::default(),
         last_failure: Some(failure),
+        finished_ms: None,
     }
 }

@@ -29,6 +29,7 @@ fn session() -> Session {
         state: Vec::new(),
         counters: Counters::default(),
         last_failure: None,
+        finished_ms: None,
     }
 }
 

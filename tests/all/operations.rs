@@ -229,3 +229,44 @@ fn a_deleted_tenants_session_ids_are_not_given_again_after_a_restart() {
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_tenants_own_retention_counts_from_the_end_across_a_restart() {
+    let dir = temp_dir("tenant-retention");
+    let open = || {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+        host_on(store, &dir.join("modules"))
+    };
+    let brief = std::time::Duration::from_secs(4);
+    let host = open();
+    let refused = host
+        .create_tenant("bad", TenantConfig { retention: Some(std::time::Duration::ZERO), ..TenantConfig::default() });
+    assert!(refused.expect_err("zero retention").chain().contains("`retention`"));
+    let events = host.subscribe();
+    host.create_tenant("brief", TenantConfig { retention: Some(brief), ..TenantConfig::default() }).expect("tenant");
+    host.create_tenant("kept", TenantConfig::default()).expect("tenant");
+    let mut ended = Vec::new();
+    for tenant in ["brief", "kept"] {
+        host.deploy(tenant, "patient", &wait_app(None)).expect("deploys");
+        let id = host.start_session(tenant, "patient", "start", Vec::new()).expect("starts");
+        wait_for(&events, id, waiting);
+        host.deliver(tenant, id, br#""x""#.to_vec(), None).expect("delivered");
+        wait_for(&events, id, Status::is_finished);
+        ended.push((tenant, id));
+    }
+    let finished_at = std::time::Instant::now();
+    drop(events);
+    drop(host);
+    // The retention passes while no host runs: the next one purges the session at once rather
+    // than counting it again from its start.
+    std::thread::sleep(brief.saturating_sub(finished_at.elapsed()));
+    let host = open();
+    let deadline = std::time::Instant::now() + brief / 2;
+    while host.session("brief", ended[0].1).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "its retention was counted again from the restart");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(host.session("kept", ended[1].1).is_ok(), "the host's retention (7 days) keeps the other");
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -71,7 +71,7 @@ impl Subject {
 
 fn session(status: Status, outputs: u64) -> Session {
     let counters = Counters { outputs, ..Counters::default() };
-    Session { app: "v1".into(), status, state: b"{}".to_vec(), counters, last_failure: None }
+    Session { app: "v1".into(), status, state: b"{}".to_vec(), counters, last_failure: None, finished_ms: None }
 }
 
 fn ready() -> Status {

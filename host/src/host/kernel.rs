@@ -180,8 +180,8 @@ impl Kernel {
             self.timers.arm(at, Due::Wait { session: id, seq });
         }
         // Counted before it is told, so whoever sees the end also sees it counted.
-        if effects.finished {
-            self.retention.finished(id);
+        if let Some(finished_ms) = effects.finished {
+            self.retention.finished(id, tenant.policy().retention, Some(finished_ms));
             tenant.close_session();
             self.dispatcher.with(|s| s.counters_mut(tenant.ix()).sessions_finished += 1);
         }

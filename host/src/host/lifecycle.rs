@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::error::QueueFull;
 use crate::failure::{Failure, FailureKind};
 use crate::sandbox::ActionOutcome;
-use crate::session::{Session, SessionId, Status};
+use crate::session::{Session, SessionId, Status, now_ms};
 use crate::store::{Appended, Checkpoint, InboxEvent, StoredSession, Unapplied};
 use std::collections::VecDeque;
 
@@ -52,8 +52,9 @@ pub(crate) struct Effects {
     /// Outputs released and the status now visible, for subscribers: (first output's number − 1,
     /// outputs, status).
     pub(crate) publish: Option<(u64, Vec<String>, Status)>,
-    /// The session has ended: count it finished.
-    pub(crate) finished: bool,
+    /// The session has ended (at this time, ms since the epoch): count it finished, and purge
+    /// it once its retention has passed.
+    pub(crate) finished: Option<u64>,
 }
 
 /// What the action due now needs from the session.
@@ -294,7 +295,7 @@ impl Lifecycle {
         self.phase = Phase::Idle;
         let mut effects = if self.session.status.is_finished() {
             self.phase = Phase::Finished;
-            Effects { finished: true, ..Effects::default() }
+            Effects { finished: Some(self.session.finished_ms.unwrap_or_else(now_ms)), ..Effects::default() }
         } else if self.cancel {
             self.end_cancelled(tenant)
         } else {
@@ -318,7 +319,7 @@ impl Lifecycle {
         self.phase = Phase::Stopped;
         self.visible = Status::Failed { failure };
         Effects {
-            finished: true,
+            finished: Some(now_ms()),
             publish: Some((self.released, Vec::new(), self.visible.clone())),
             ..Effects::default()
         }
@@ -380,6 +381,7 @@ impl Lifecycle {
     /// reports the inbox back as not applied (the store does the same with the rows it holds).
     fn checkpoint(&mut self, tenant: &str) -> Checkpoint {
         if self.session.status.is_finished() {
+            self.session.finished_ms.get_or_insert_with(now_ms);
             self.unapplied.extend(self.inbox.drain(..).map(|e| Unapplied { seq: e.seq, key: e.key }));
         }
         Checkpoint {

@@ -54,6 +54,7 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
         let open = !record.snapshot.status.is_finished();
         let version = record.snapshot.app.clone();
         let code = if open { Some(module(&version)?) } else { None };
+        let finished_ms = record.snapshot.finished_ms;
         let (life, effects) = Lifecycle::resumed(stored);
         core.dispatcher().with(|s| {
             let counters = s.counters_mut(tenant.ix());
@@ -63,8 +64,9 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
         if open {
             tenant.resumed_open();
         } else {
-            // When it finished is not stored: its retention counts from this start.
-            core.retention().finished(id);
+            // Its retention counts from when it finished (from this start for a session
+            // finished before that was kept).
+            core.retention().finished(id, tenant.policy().retention, finished_ms);
         }
         let entry = SessionEntry { tenant: tenant.clone(), app: app.name.clone(), app_ix: app.ix, version, code, life };
         core.sessions().shard(id).insert(id, entry);

@@ -1,12 +1,14 @@
 //! Retention: a finished session (done, failed, cancelled) is kept, with its outputs, inbox and
-//! idempotency keys, for the host's retention period, then purged from memory and from the store
-//! by one thread of its own, in batches, off the path of actions. A purged session answers
-//! `not_found` like one that never existed, and its id is never used again.
+//! idempotency keys, for its tenant's retention period (the host's unless the tenant has its
+//! own), counted from when it finished (stored with its last checkpoint, so restarts do not
+//! reset it), then purged from memory and from the store by one thread of its own, in batches,
+//! off the path of actions. A purged session answers `not_found` like one that never existed,
+//! and its id is never used again.
 
 use super::kernel::Kernel;
 use crate::error::Error;
-use crate::session::SessionId;
-use std::collections::VecDeque;
+use crate::session::{SessionId, now_ms};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -18,8 +20,8 @@ const RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Queue {
-    /// Sessions by the time they are due (the period is one for all, so this stays in order).
-    due: VecDeque<(Instant, SessionId)>,
+    /// Sessions by the time they are due.
+    due: BTreeSet<(Instant, SessionId)>,
     stopping: bool,
 }
 
@@ -39,12 +41,14 @@ impl Retention {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Session `id` has finished (or was found finished at start): purge it after the period.
-    pub(crate) fn finished(&self, id: SessionId) {
-        let due = Instant::now().checked_add(self.period);
+    /// Session `id` finished at `finished_ms` (ms since the epoch; `None`: now): purge it once
+    /// `period` (the host's when `None`) has passed since.
+    pub(crate) fn finished(&self, id: SessionId, period: Option<Duration>, finished_ms: Option<u64>) {
+        let age = finished_ms.map_or(Duration::ZERO, |at| Duration::from_millis(now_ms().saturating_sub(at)));
+        let due = Instant::now().checked_add(period.unwrap_or(self.period).saturating_sub(age));
         // A period too long to represent: kept for ever.
         if let Some(due) = due {
-            self.lock().due.push_back((due, id));
+            self.lock().due.insert((due, id));
             self.changed.notify_one();
         }
     }
@@ -63,14 +67,14 @@ impl Retention {
                 return None;
             }
             let now = Instant::now();
-            match queue.due.front() {
+            match queue.due.first() {
                 Some((due, _)) if *due <= now => {
                     let mut batch = Vec::new();
                     while batch.len() < BATCH
-                        && let Some(&(due, id)) = queue.due.front()
+                        && let Some(&(due, id)) = queue.due.first()
                         && due <= now
                     {
-                        queue.due.pop_front();
+                        queue.due.pop_first();
                         batch.push(id);
                     }
                     return Some(batch);
@@ -87,12 +91,7 @@ impl Retention {
     /// Puts a batch back to be tried again later (the store failed).
     fn retry(&self, batch: Vec<SessionId>) {
         let Some(due) = Instant::now().checked_add(RETRY) else { return };
-        let mut queue = self.lock();
-        // Behind everything due sooner, so the queue stays in order.
-        let at = queue.due.partition_point(|(d, _)| *d <= due);
-        for (n, id) in batch.into_iter().enumerate() {
-            queue.due.insert(at + n, (due, id));
-        }
+        self.lock().due.extend(batch.into_iter().map(|id| (due, id)));
     }
 }
 

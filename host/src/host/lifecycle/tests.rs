@@ -10,7 +10,14 @@ use crate::session::{Counters, Next, Wait};
 const TENANT: &str = "acme";
 
 fn session(status: Status) -> Session {
-    Session { app: "v1".into(), status, state: Vec::new(), counters: Counters::default(), last_failure: None }
+    Session {
+        app: "v1".into(),
+        status,
+        state: Vec::new(),
+        counters: Counters::default(),
+        last_failure: None,
+        finished_ms: None,
+    }
 }
 
 fn ready(action: &str) -> Status {
@@ -104,7 +111,7 @@ fn cancel_during_a_commit_ends_the_session_after_it() {
     let cancel = effects.checkpoint.expect("the cancellation is a checkpoint of its own");
     assert_eq!(cancel.snapshot.status, Status::Cancelled);
     let effects = life.committed(TENANT, cancel.outputs);
-    assert!(effects.finished);
+    assert!(effects.finished.is_some());
     assert_eq!(life.phase(), Phase::Finished);
 }
 
@@ -123,7 +130,7 @@ fn cancel_of_an_idle_session_reports_its_inbox_as_not_applied() {
     let effects = life.action_done(None, TENANT, Some(outcome(Next::Done(serde_json::Value::Null), &[])), 1);
     let checkpoint = effects.checkpoint.expect("checkpoint");
     assert_eq!(life.unapplied(), [Unapplied { seq: 4, key: Some("k4".into()) }]);
-    assert!(life.committed(TENANT, checkpoint.outputs).finished);
+    assert!(life.committed(TENANT, checkpoint.outputs).finished.is_some());
 }
 
 #[test]
@@ -137,7 +144,7 @@ fn an_event_racing_the_end_is_reported_back_never_dropped() {
     let (answer, _) = life.event_appended(Appended::New(9), b"yes".to_vec(), Some("k".into()));
     assert!(matches!(answer, Err(Error::NotApplied { .. })), "{answer:?}");
     assert_eq!(life.unapplied(), [Unapplied { seq: 9, key: Some("k".into()) }]);
-    assert!(life.committed(TENANT, checkpoint.outputs).finished);
+    assert!(life.committed(TENANT, checkpoint.outputs).finished.is_some());
     // After the end, an event is refused outright; a retry of a known key asks the store.
     assert!(matches!(life.accept_event(16, false), Err(Error::SessionState { .. })));
     assert!(!life.accept_event(16, true).expect("asks the store"));
@@ -151,7 +158,7 @@ fn a_failed_commit_stops_the_session_here_and_tells_its_watchers() {
     assert!(effects.checkpoint.is_some());
     let error = Error::ShuttingDown;
     let effects = life.commit_failed(&error);
-    assert!(effects.finished, "counted as ended");
+    assert!(effects.finished.is_some(), "counted as ended");
     let (_, outputs, status) = effects.publish.expect("its watchers hear the end");
     assert!(outputs.is_empty(), "nothing of the uncommitted action is released");
     assert!(matches!(status, Status::Failed { ref failure } if failure.kind == FailureKind::Trap));
