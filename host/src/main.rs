@@ -228,6 +228,16 @@ enum Command {
         /// Measure what a unit of fuel costs in each host call, beside plain wasm, instead.
         #[arg(long)]
         imports: bool,
+        /// Run many short sessions through SQLite with a short retention instead, printing the
+        /// database's size as it goes (it levels off once purging keeps up).
+        #[arg(long, conflicts_with_all = ["http", "imports"])]
+        soak: bool,
+        /// Sessions the soak runs.
+        #[arg(long, default_value_t = 200_000, requires = "soak")]
+        sessions: usize,
+        /// Retention of the soak's finished sessions, in seconds.
+        #[arg(long, default_value_t = 2.0, requires = "soak")]
+        retention_secs: f64,
         /// Only these figures, by letter (e.g. `abf`).
         #[arg(long, default_value = "")]
         only: String,
@@ -322,6 +332,9 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         }
         Command::Session(SessionCommand::Import { data_dir, snapshot }) => cli::drive::import(&data_dir, &snapshot),
         Command::Bench { seconds, http: true, store, .. } => cli::bench::bench_http(seconds, store.as_deref()),
+        Command::Bench { soak: true, sessions, retention_secs, .. } => {
+            cli::bench::soak(sessions, std::time::Duration::from_secs_f64(retention_secs.clamp(0.1, 3600.0)))
+        }
         Command::Bench { imports: true, .. } => {
             Ok(if cli::bench::imports()? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -239,13 +239,18 @@ fn purges_take_only_finished_sessions_and_ids_stay_used(kind: &str) {
     let subject = Subject::new(kind, "purge");
     let store = subject.open();
     store.commit(&[create(1, "acme"), create(2, "acme"), create(3, "acme")]).expect("commits");
+    store.commit(&[append(3, "e", Some("k")), append(2, "e", Some("k"))]).expect("appends");
+    // More outputs than one purge chunk holds (4096).
+    let many: Vec<String> = (0..5000).map(|n| format!("\"{n}\"")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
     store
-        .commit(&[checkpoint(3, "acme", done(), &["bye"], 1, None), checkpoint(1, "acme", done(), &[], 0, None)])
+        .commit(&[checkpoint(3, "acme", done(), &many, 5000, None), checkpoint(1, "acme", done(), &[], 0, None)])
         .expect("commits");
     let mut purged = store.purge(&[SessionId(2), SessionId(3), SessionId(1), SessionId(7)]).expect("purges");
     purged.sort();
     assert_eq!(purged, [SessionId(1), SessionId(3)], "only finished sessions in the store");
     assert!(outputs(&store, 3).is_empty());
+    assert_eq!(store.commit(&[append(2, "e", Some("k"))]).expect("appends"), [Written::Appended(Appended::Duplicate)]);
     let image = subject.open().load().expect("loads");
     assert_eq!(image.sessions.iter().map(|s| s.record.id.0).collect::<Vec<_>>(), [2]);
     assert_eq!(image.last_session_id, 3, "a purged id is never used again");

@@ -10,15 +10,19 @@
 //! `--store postgres://…` measures PostgreSQL instead).
 //!
 //! `--imports` measures the fuel charges of host calls against plain wasm (`bench/imports.rs`);
-//! `--http` measures event ingest over HTTP (`bench/http.rs`).
+//! `--http` measures event ingest over HTTP (`bench/http.rs`); `--soak` runs a few hundred
+//! thousand sessions through SQLite with a short retention and prints the database's size as
+//! it goes (`bench/soak.rs`).
 
 mod durable;
 mod http;
 mod imports;
 mod isolation;
+mod soak;
 
 pub(crate) use http::bench_http;
 pub(crate) use imports::imports;
+pub(crate) use soak::soak;
 
 use anyhow::Result;
 use std::path::PathBuf;

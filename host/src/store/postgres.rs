@@ -479,6 +479,7 @@ impl Store for PgStore {
         self.may_write()?;
         let fail = pg("purging finished sessions");
         let ids: Vec<i64> = sessions.iter().map(|s| sql_id(*s)).collect();
+        // The finished ones among them (finished sessions never open again).
         let finished: Vec<i64> = self
             .writer()?
             .query("SELECT id FROM sessions WHERE id = ANY($1) AND finished", &[&ids])
@@ -486,34 +487,30 @@ impl Store for PgStore {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let mut purged = Vec::with_capacity(finished.len());
-        for id in finished {
-            // Outputs a chunk per transaction, the writer let go between chunks: a session with
-            // hundreds of thousands of outputs does not hold every other commit up.
-            while self
-                .writer()?
-                .execute(
-                    "DELETE FROM outputs WHERE (session, seq) IN
-                     (SELECT session, seq FROM outputs WHERE session = $1 LIMIT $2)",
-                    &[&id, &PURGE_CHUNK],
-                )
-                .map_err(&fail)?
-                > 0
-            {}
-            let mut writer = self.writer()?;
-            let mut tx = writer.transaction().map_err(&fail)?;
-            if tx.execute("DELETE FROM sessions WHERE id = $1 AND finished", &[&id]).map_err(&fail)? == 0 {
-                continue;
-            }
-            for table in ["inbox", "event_keys", "outputs"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE session = $1"), &[&id]).map_err(&fail)?;
-            }
-            tx.execute("UPDATE meta SET value = greatest(value, $1) WHERE key = 'purged_up_to'", &[&id])
-                .map_err(&fail)?;
-            tx.commit().map_err(&fail)?;
-            purged.push(SessionId(u64_of(id)));
+        let Some(&highest) = finished.iter().max() else { return Ok(Vec::new()) };
+        // Outputs a chunk per transaction, the writer let go between chunks: sessions with
+        // hundreds of thousands of outputs do not hold every other commit up.
+        while self
+            .writer()?
+            .execute(
+                "DELETE FROM outputs WHERE (session, seq) IN
+                 (SELECT session, seq FROM outputs WHERE session = ANY($1) LIMIT $2)",
+                &[&finished, &PURGE_CHUNK],
+            )
+            .map_err(&fail)?
+            >= u64::try_from(PURGE_CHUNK).unwrap_or(u64::MAX)
+        {}
+        // The rest of the batch in one transaction.
+        let mut writer = self.writer()?;
+        let mut tx = writer.transaction().map_err(&fail)?;
+        for table in ["inbox", "event_keys", "outputs"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE session = ANY($1)"), &[&finished]).map_err(&fail)?;
         }
-        Ok(purged)
+        tx.execute("DELETE FROM sessions WHERE id = ANY($1) AND finished", &[&finished]).map_err(&fail)?;
+        tx.execute("UPDATE meta SET value = greatest(value, $1) WHERE key = 'purged_up_to'", &[&highest])
+            .map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(finished.into_iter().map(|id| SessionId(u64_of(id))).collect())
     }
 
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {

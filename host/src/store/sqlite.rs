@@ -375,45 +375,53 @@ impl Store for SqliteStore {
 
     fn purge(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
         let fail = sqlite("purging finished sessions");
-        let mut purged = Vec::new();
-        for &session in sessions {
-            let id = i64::try_from(session.0).unwrap_or(i64::MAX);
-            let finished = |conn: &Connection| -> Result<bool, StoreError> {
-                let finished: Option<i64> = conn
-                    .query_row("SELECT finished FROM sessions WHERE id = ?1", params![id], |r| r.get(0))
-                    .optional()
-                    .map_err(&fail)?;
-                Ok(finished == Some(1))
-            };
-            if !finished(&self.conn())? {
-                continue;
-            }
-            // Outputs a chunk per transaction, the writer lock let go between chunks: a session
-            // with hundreds of thousands of outputs does not hold every other commit up.
-            loop {
-                let deleted = self
-                    .conn()
-                    .execute(
-                        "DELETE FROM outputs WHERE rowid IN (SELECT rowid FROM outputs WHERE session = ?1 LIMIT ?2)",
-                        params![id, PURGE_CHUNK],
-                    )
-                    .map_err(&fail)?;
-                if deleted == 0 {
-                    break;
-                }
-            }
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(&fail)?;
-            for table in ["inbox", "event_keys", "outputs"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE session = ?1"), params![id]).map_err(&fail)?;
-            }
-            tx.execute("DELETE FROM sessions WHERE id = ?1 AND finished = 1", params![id]).map_err(&fail)?;
-            tx.execute("UPDATE meta SET value = max(value, ?1) WHERE key = 'purged_up_to'", params![id])
+        let json = |ids: &[i64]| serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+        let asked: Vec<i64> = sessions.iter().map(|s| i64::try_from(s.0).unwrap_or(i64::MAX)).collect();
+        // The finished ones among them (finished sessions never open again).
+        let finished: Vec<i64> = {
+            let conn = self.conn();
+            let mut query = conn
+                .prepare("SELECT id FROM sessions WHERE id IN (SELECT value FROM json_each(?1)) AND finished = 1")
                 .map_err(&fail)?;
-            tx.commit().map_err(&fail)?;
-            purged.push(session);
+            let rows = query.query_map(params![json(&asked)], |r| r.get(0)).map_err(&fail)?;
+            rows.collect::<Result<_, _>>().map_err(&fail)?
+        };
+        let Some(&highest) = finished.iter().max() else { return Ok(Vec::new()) };
+        let list = json(&finished);
+        // Outputs a chunk per transaction, the writer lock let go between chunks: sessions with
+        // hundreds of thousands of outputs do not hold every other commit up.
+        loop {
+            let deleted = self
+                .conn()
+                .execute(
+                    "DELETE FROM outputs WHERE rowid IN (SELECT rowid FROM outputs
+                         WHERE session IN (SELECT value FROM json_each(?1)) LIMIT ?2)",
+                    params![list, PURGE_CHUNK],
+                )
+                .map_err(&fail)?;
+            if i64::try_from(deleted).unwrap_or(i64::MAX) < PURGE_CHUNK {
+                break;
+            }
         }
-        Ok(purged)
+        // The rest of the batch in one transaction.
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(&fail)?;
+        for table in ["inbox", "event_keys", "outputs"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE session IN (SELECT value FROM json_each(?1))"),
+                params![list],
+            )
+            .map_err(&fail)?;
+        }
+        tx.execute(
+            "DELETE FROM sessions WHERE id IN (SELECT value FROM json_each(?1)) AND finished = 1",
+            params![list],
+        )
+        .map_err(&fail)?;
+        tx.execute("UPDATE meta SET value = max(value, ?1) WHERE key = 'purged_up_to'", params![highest])
+            .map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(finished.into_iter().map(|id| SessionId(u64::try_from(id).unwrap_or_default())).collect())
     }
 
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
