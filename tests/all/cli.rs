@@ -121,3 +121,17 @@ fn new_makes_a_script_whose_test_passes_and_whose_module_answers_a_call() {
     assert!(text(&call.stdout).contains("Transferring you to an agent."), "{}", text(&call.stdout));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_demo_splits_its_rush_hour_by_weight_and_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_turnstile"))
+        .args(["demo", "--sessions", "200"])
+        .output()
+        .expect("turnstile runs");
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "{printed}\n{}", text(&out.stderr));
+    let shares: Vec<&str> = printed.lines().filter(|l| l.contains("of the cost, weight share")).collect();
+    assert_eq!(shares.len(), 4, "{printed}");
+    assert!(shares.iter().all(|l| l.ends_with("within ±10%")), "{printed}");
+    assert!(printed.contains("mallory") && printed.contains("out_of_fuel"), "{printed}");
+}
