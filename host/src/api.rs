@@ -481,7 +481,7 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response,
     }
     let host = api.host.clone();
     let text = blocking(move || Ok(host.metrics().prometheus())).await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn readyz(State(api): State<Api>) -> Response {

@@ -1,14 +1,18 @@
 //! What the host counts, per tenant: actions, fuel burned, throttled time, failures by kind,
-//! queue depth and action latency. Read as a [`MetricsSnapshot`] or as Prometheus text.
+//! queue depth and action latency. Read as a [`MetricsSnapshot`] or as Prometheus text
+//! (`metrics/exposition.rs`, through the `prometheus-client` library).
 //!
 //! Latency is kept in a fixed log-linear histogram (no allocation per sample), from which p50 and
 //! p99 are read to within one bucket (12.5%).
+
+mod exposition;
+
+pub use exposition::CONTENT_TYPE;
 
 use crate::failure::FailureKind;
 use crate::sandbox::Usage;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Sub-buckets per power of two: latencies are kept to within 1/8 (12.5%).
@@ -24,11 +28,13 @@ const BUCKETS: usize = (64 - 3 + 1) * 8;
 pub struct Histogram {
     counts: Box<[u64; BUCKETS]>,
     total: u64,
+    /// The samples added up, in nanoseconds.
+    sum_ns: u64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { counts: Box::new([0; BUCKETS]), total: 0 }
+        Histogram { counts: Box::new([0; BUCKETS]), total: 0, sum_ns: 0 }
     }
 }
 
@@ -62,7 +68,34 @@ impl Histogram {
         for (n, count) in counts.iter_mut().enumerate() {
             *count = self.counts[n].saturating_sub(earlier.counts[n]);
         }
-        Histogram { counts, total: self.total.saturating_sub(earlier.total) }
+        Histogram {
+            counts,
+            total: self.total.saturating_sub(earlier.total),
+            sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns),
+        }
+    }
+
+    /// The samples added up.
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(self.sum_ns)
+    }
+
+    /// For each of `bounds` (ascending), how many samples fall between the bound before it and
+    /// it (to within a bucket: a bucket counts under the first bound that all of it is under).
+    pub fn between(&self, bounds: &[Duration]) -> Vec<u64> {
+        let mut index = 0;
+        bounds
+            .iter()
+            .map(|bound| {
+                let ns = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+                let mut seen = 0;
+                while index < BUCKETS && upper(index) <= ns {
+                    seen += self.counts[index];
+                    index += 1;
+                }
+                seen
+            })
+            .collect()
     }
 
     /// How many samples it holds.
@@ -74,6 +107,7 @@ impl Histogram {
         let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
         self.counts[bucket(ns)] += 1;
         self.total += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
     }
 
     /// The quantile `per_mille`/1000, as the upper bound of the bucket that holds it.
@@ -149,9 +183,9 @@ pub struct TenantMetrics {
     pub queue_depth: u64,
     /// Actions running now.
     pub in_flight: u64,
-    /// Sessions started.
+    /// Sessions started by this host (since it started: counters are the process's).
     pub sessions_started: u64,
-    /// Sessions done or failed.
+    /// Sessions that ended in this host: done, failed or cancelled.
     pub sessions_finished: u64,
     /// Median time from an action becoming ready to its completion, in µs.
     pub latency_p50_us: u64,
@@ -212,101 +246,15 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl MetricsSnapshot {
-    /// The snapshot in Prometheus text exposition format.
+    /// The snapshot in the Prometheus (OpenMetrics) text format ([`CONTENT_TYPE`]).
     pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, String)>| {
-            let _ = writeln!(out, "# HELP turnstile_{name} {help}\n# TYPE turnstile_{name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(out, "turnstile_{name}{{{labels}}} {value}");
-            }
-        };
-        let tenant = |t: &TenantMetrics| format!("tenant=\"{}\"", escape(&t.tenant));
-        let per = |f: fn(&TenantMetrics) -> String| self.tenants.iter().map(move |t| (tenant(t), f(t)));
-        family("actions_total", "counter", "Actions completed.", &mut per(|t| t.actions.to_string()));
-        family("fuel_burned_total", "counter", "Fuel burned by actions.", &mut per(|t| t.fuel.to_string()));
-        family(
-            "cost_fuel_total",
-            "counter",
-            "What actions were charged, in fuel: the larger of fuel burned and wall time at the host's fuel per second.",
-            &mut per(|t| t.cost.to_string()),
-        );
-        family(
-            "action_seconds_total",
-            "counter",
-            "Time actions held a worker (asleep, off the workers, not counted).",
-            &mut per(|t| format!("{:.6}", t.worker_us as f64 / 1e6)),
-        );
-        family(
-            "host_call_seconds_total",
-            "counter",
-            "Time actions spent inside host calls.",
-            &mut per(|t| format!("{:.6}", t.host_us as f64 / 1e6)),
-        );
-        family(
-            "throttled_seconds_total",
-            "counter",
-            "Time with work waiting on an empty fuel bucket.",
-            &mut per(|t| format!("{:.3}", t.throttled_ms as f64 / 1000.0)),
-        );
-        family("queue_depth", "gauge", "Actions waiting in pending queues.", &mut per(|t| t.queue_depth.to_string()));
-        family("in_flight", "gauge", "Actions running.", &mut per(|t| t.in_flight.to_string()));
-        family("sessions_started_total", "counter", "Sessions started.", &mut per(|t| t.sessions_started.to_string()));
-        family(
-            "sessions_finished_total",
-            "counter",
-            "Sessions done or failed.",
-            &mut per(|t| t.sessions_finished.to_string()),
-        );
-        let failures = self.tenants.iter().flat_map(|t| {
-            FailureKind::ALL.iter().map(move |kind| {
-                (format!("{},kind=\"{kind}\"", tenant(t)), t.failures.get(kind).copied().unwrap_or(0).to_string())
-            })
-        });
-        family("action_failures_total", "counter", "Failed actions by kind.", &mut failures.into_iter());
-        let latency = self.tenants.iter().flat_map(|t| {
-            [("0.5", t.latency_p50_us), ("0.99", t.latency_p99_us)]
-                .map(|(q, us)| (format!("{},quantile=\"{q}\"", tenant(t)), format!("{:.6}", us as f64 / 1e6)))
-        });
-        family("action_latency_seconds", "summary", "Ready-to-completed time of actions.", &mut latency.into_iter());
-        let _ = writeln!(out, "# HELP turnstile_sessions Sessions held.\n# TYPE turnstile_sessions gauge");
-        let _ = writeln!(out, "turnstile_sessions {}", self.sessions);
-        let _ = writeln!(
-            out,
-            "# HELP turnstile_sessions_waiting Sessions waiting for a customer.\n# TYPE turnstile_sessions_waiting gauge"
-        );
-        let _ = writeln!(out, "turnstile_sessions_waiting {}", self.waiting);
-        let _ = writeln!(
-            out,
-            "# HELP turnstile_sessions_quarantined Stored sessions set aside at start because they did not decode.\n# TYPE turnstile_sessions_quarantined gauge"
-        );
-        let _ = writeln!(out, "turnstile_sessions_quarantined {}", self.quarantined);
-        let _ = writeln!(
-            out,
-            "# HELP turnstile_output_streams Output streams open.\n# TYPE turnstile_output_streams gauge\nturnstile_output_streams {}",
-            self.output_streams
-        );
-        let _ = writeln!(
-            out,
-            "# HELP turnstile_store_up Whether the store takes writes (0 during an outage: new work is refused, checkpoints retried).\n# TYPE turnstile_store_up gauge\nturnstile_store_up {}",
-            u8::from(self.store_up)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP turnstile_store_failed_commits_total Group commits that failed because the store was unavailable.\n# TYPE turnstile_store_failed_commits_total counter\nturnstile_store_failed_commits_total {}",
-            self.store_failures
-        );
-        out
+        exposition::encode(self)
     }
 
     /// One tenant's figures.
     pub fn tenant(&self, name: &str) -> Option<&TenantMetrics> {
         self.tenants.iter().find(|t| t.tenant == name)
     }
-}
-
-fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -324,6 +272,12 @@ mod tests {
         for us in 1..=1000 {
             h.record(Duration::from_micros(us));
         }
+        let bounds = [Duration::from_micros(100), Duration::from_millis(1)];
+        let between = h.between(&bounds);
+        assert!((88..=100).contains(&between[0]), "{between:?}");
+        assert_eq!(between[0] + between[1] + (h.count() - between.iter().sum::<u64>()), 1000);
+        assert!(between[1] >= 880, "{between:?}");
+        assert_eq!(h.sum(), Duration::from_micros(500_500));
         let p50 = h.quantile(500).as_micros();
         let p99 = h.quantile(990).as_micros();
         assert!((500..=563).contains(&p50), "{p50}");

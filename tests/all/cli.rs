@@ -124,6 +124,7 @@ fn new_makes_a_script_whose_test_passes_and_whose_module_answers_a_call() {
 
 #[test]
 fn the_demo_splits_its_rush_hour_by_weight_and_says_so() {
+    let _measuring = crate::fixtures::measuring();
     let out = Command::new(env!("CARGO_BIN_EXE_turnstile"))
         .args(["demo", "--sessions", "200"])
         .output()

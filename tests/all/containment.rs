@@ -194,6 +194,7 @@ fn apps_and_versions_per_tenant_are_capped() {
 
 #[test]
 fn a_tenant_with_long_actions_on_many_apps_leaves_a_worker_to_the_others() {
+    let _measuring = crate::fixtures::measuring();
     let mut config = HostConfig { workers: 2, ..HostConfig::default() };
     config.runtime.engine.pool_instances = 16;
     let host = Host::new(config).expect("host");

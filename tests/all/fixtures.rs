@@ -1,6 +1,6 @@
 //! Shared fixtures: the example apps built to Wasm once per test run, runtimes, WAT modules.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use turnstile::{App, Limits, LocalSession, MemoryKv, Runtime, RuntimeConfig, Step};
 
 /// The bytes of an example app (`ivr_menu`, `order_bot`, `hostile`) built for `target`.
@@ -11,6 +11,13 @@ pub fn example_for(name: &str, target: &str) -> Vec<u8> {
 /// The bytes of an example app built for `wasm32-unknown-unknown`.
 pub fn example(name: &str) -> Vec<u8> {
     example_for(name, turnstile::examples::PLAIN)
+}
+
+/// Held by the tests that measure shares or latencies, and by those that load every core for
+/// seconds (the demo's rush hour): on a two-core machine one would skew the other's figures.
+pub fn measuring() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A runtime with the default limits, shared by the tests that need nothing special.

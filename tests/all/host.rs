@@ -94,6 +94,7 @@ fn cost_of(host: &Host, tenant: &str) -> u64 {
 
 #[test]
 fn saturating_tenants_share_the_pool_by_weight_in_real_cost() {
+    let _measuring = crate::fixtures::measuring();
     let host = host(2);
     let events = host.subscribe();
     let app = looping_app(3_000, 0);
@@ -122,6 +123,7 @@ fn saturating_tenants_share_the_pool_by_weight_in_real_cost() {
 
 #[test]
 fn a_tenant_over_its_rate_is_held_to_it_and_its_actions_wait_rather_than_fail() {
+    let _measuring = crate::fixtures::measuring();
     let host = host(2);
     let events = host.subscribe();
     let limits = Limits { fuel_per_action: 1_000_000, ..Limits::default() };
@@ -146,6 +148,7 @@ fn a_tenant_over_its_rate_is_held_to_it_and_its_actions_wait_rather_than_fail() 
 
 #[test]
 fn a_tenant_burning_its_whole_cap_does_not_hold_up_the_others() {
+    let _measuring = crate::fixtures::measuring();
     let host = host(2);
     let events = host.subscribe();
     let hostile_limits = Limits { fuel_per_action: 5_000_000, ..Limits::default() };
@@ -314,7 +317,10 @@ fn metrics_count_actions_fuel_and_failures_per_tenant_in_prometheus_text() {
     let text = metrics.prometheus();
     assert!(text.contains("turnstile_actions_total{tenant=\"acme\"} 5"), "{text}");
     assert!(text.contains("turnstile_action_failures_total{tenant=\"mallory\",kind=\"bad_next\"} 1"), "{text}");
-    assert!(text.contains("turnstile_action_latency_seconds{tenant=\"acme\",quantile=\"0.99\"}"), "{text}");
+    assert!(text.contains("turnstile_action_latency_seconds_count{tenant=\"acme\"} 5"), "{text}");
+    assert!(text.contains("turnstile_action_latency_seconds_bucket{le=\"+Inf\",tenant=\"acme\"} 5"), "{text}");
+    assert!(text.contains("# TYPE turnstile_action_failures counter"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with its EOF line");
 }
 
 #[test]

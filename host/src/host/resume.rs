@@ -56,11 +56,8 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
         let code = if open { Some(module(&version)?) } else { None };
         let finished_ms = record.snapshot.finished_ms;
         let (life, effects) = Lifecycle::resumed(stored);
-        core.dispatcher().with(|s| {
-            let counters = s.counters_mut(tenant.ix());
-            counters.sessions_started += 1;
-            counters.sessions_finished += u64::from(!open);
-        });
+        // Counters count what this host does from its start (as Prometheus expects of a
+        // process): a session taken back from the store was not started here.
         if open {
             tenant.resumed_open();
         } else {
