@@ -45,8 +45,9 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// A tenant, app, token or session that does not exist (or belongs to another tenant).
-    #[error("no such {what} `{name}`")]
+    /// A tenant, app, token or session that does not exist (or belongs to another tenant, or,
+    /// for a session, finished and was purged once its retention had passed).
+    #[error("no such {what} `{name}`{}", purged_hint(.what))]
     NotFound {
         /// What kind of thing.
         what: &'static str,
@@ -148,6 +149,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What a missing session may be: one that expired (the same words whatever the id, so that
+/// they tell nothing of another tenant's sessions).
+fn purged_hint(what: &str) -> &'static str {
+    if what == "session" { " (finished sessions are purged once their retention has passed)" } else { "" }
 }
 
 impl From<StoreError> for Error {

@@ -185,7 +185,9 @@ fn finished_sessions_are_purged_after_their_retention_and_their_ids_never_come_b
         assert!(std::time::Instant::now() < deadline, "the finished session was never purged");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert_eq!(host.session("t", finished).expect_err("purged").code(), "not_found");
+    let purged = host.session("t", finished).expect_err("purged");
+    assert_eq!(purged.code(), "not_found");
+    assert!(purged.to_string().contains("purged once their retention has passed"), "{purged}");
     assert!(host.outputs("t", finished, 0, 10).is_err());
     // A session still open is never purged.
     assert!(matches!(host.session("t", open_one).expect("kept").status, Status::Waiting { .. }));
