@@ -32,6 +32,9 @@ pub enum FailureKind {
     AbiMisuse,
     /// The session ran more actions than its loop guard allows.
     LoopGuard,
+    /// The action's key-value writes or outputs would take its tenant past a storage quota
+    /// (`max_kv_bytes`, `max_stored_output_bytes`): nothing of it was kept.
+    StorageQuota,
     /// The session's stored checkpoint could not be read when the host started: it was set aside
     /// (not an action failure: the session ends with it so that no restart trips over it).
     Quarantined,
@@ -39,7 +42,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FailureKind; 11] = [
+    pub const ALL: [FailureKind; 12] = [
         FailureKind::OutOfFuel,
         FailureKind::Deadline,
         FailureKind::MemoryLimit,
@@ -50,6 +53,7 @@ impl FailureKind {
         FailureKind::Trap,
         FailureKind::AbiMisuse,
         FailureKind::LoopGuard,
+        FailureKind::StorageQuota,
         FailureKind::Quarantined,
     ];
 
@@ -66,6 +70,7 @@ impl FailureKind {
             FailureKind::Trap => "trap",
             FailureKind::AbiMisuse => "abi_misuse",
             FailureKind::LoopGuard => "loop_guard",
+            FailureKind::StorageQuota => "storage_quota",
             FailureKind::Quarantined => "quarantined",
         }
     }

@@ -46,6 +46,7 @@ mod pool;
 mod resume;
 mod retention;
 mod sessions;
+mod storage;
 mod tenants;
 mod timers;
 mod tokens;
@@ -156,6 +157,7 @@ impl Host {
         let core = Arc::new(Kernel::new(runtime, config.store, bounds, config.max_inbox, config.retention));
         let image = core.store().load()?;
         resume::resume(&core, image)?;
+        core.measure_storage();
         let mut threads = Vec::new();
         for n in 0..config.workers {
             threads.push(pool::spawn_worker(core.clone(), n)?);
@@ -264,10 +266,14 @@ impl Host {
 
     /// Seeds keys in a tenant's key-value space.
     pub fn kv_put(&self, tenant: &str, writes: impl IntoIterator<Item = (String, Vec<u8>)>) -> Result<(), Error> {
-        if self.core.tenants().get(tenant).is_none() {
-            return Err(Error::not_found("tenant", tenant));
-        }
-        Ok(self.core.store().kv_put(tenant, writes.into_iter().collect())?)
+        let owner = self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
+        let writes: std::collections::BTreeMap<String, Vec<u8>> = writes.into_iter().collect();
+        let bytes = writes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        self.core.store().kv_put(tenant, writes)?;
+        // The operator's writes count against the quota (they are not refused by it).
+        let kv_bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        owner.storage().add(crate::store::StorageUsage { kv_bytes, ..Default::default() });
+        Ok(())
     }
 
     /// Deploys a version of a tenant's app; new sessions of the app start on it, sessions already
@@ -283,6 +289,9 @@ impl Host {
         // Whether these bytes were compiled before is the tenant's to know only if it deployed
         // them itself: another tenant's modules are none of its business.
         let seen_before = owner.has_version(&hash);
+        if !seen_before {
+            owner.storage().check_module(tenant, &owner.policy(), bytes.len())?;
+        }
         // Compiling happens before the admin lock: other tenants' deploys go on meanwhile.
         let deployment = self.runtime().deploy(bytes)?;
         let version = deployment.app;
@@ -290,6 +299,10 @@ impl Host {
         check_app_quota(&owner, app, version.hash())?;
         let record = AppRecord { tenant: tenant.to_owned(), app: app.to_owned(), version: version.hash().to_owned() };
         self.core.store().put_app(&record, bytes)?;
+        if !seen_before {
+            let module_bytes = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+            owner.storage().add(crate::store::StorageUsage { module_bytes, ..Default::default() });
+        }
         self.core.register_app(&admin, &owner, app, version.clone());
         Ok(AppVersion {
             app: app.to_owned(),
@@ -498,6 +511,7 @@ fn tenant_info(tenant: &tenants::Tenant) -> TenantInfo {
         name: tenant.name().to_string(),
         config: TenantConfig::clone(&tenant.policy()),
         open_sessions: tenant.open_sessions(),
+        storage: tenant.storage().now(),
         apps,
     }
 }

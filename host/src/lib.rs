@@ -92,5 +92,5 @@ pub use store::postgres::ClaimPolicy;
 pub use store::postgres::leases::{Lease, LeaseRow};
 pub use store::{
     AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, PgStore, Quarantined, SessionRecord, SqliteStore,
-    Store, StoreError, StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, open_store,
+    StorageUsage, Store, StoreError, StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, open_store,
 };

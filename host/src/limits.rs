@@ -38,6 +38,17 @@ pub struct TenantConfig {
     pub limits: Limits,
     /// A suspended tenant's sessions and events are refused and its queued actions wait.
     pub suspended: bool,
+    /// Bytes its key-value space may hold (keys and values).
+    #[serde(deserialize_with = "crate::human::bytes")]
+    pub max_kv_bytes: u64,
+    /// Bytes of outputs the store may keep for its sessions (until they are purged).
+    #[serde(deserialize_with = "crate::human::bytes")]
+    pub max_stored_output_bytes: u64,
+    /// Idempotency keys the store may keep for its sessions' events.
+    pub max_event_keys: u64,
+    /// Bytes of modules the store may keep for every version of its apps.
+    #[serde(deserialize_with = "crate::human::bytes")]
+    pub max_module_bytes: u64,
     /// How long its finished sessions are kept (1 s to 10 years); the host's `retention` when
     /// not set.
     #[serde(with = "crate::human::optional_duration", skip_serializing_if = "Option::is_none")]
@@ -58,6 +69,10 @@ impl Default for TenantConfig {
             deploys_per_minute: 30,
             limits: Limits::default(),
             suspended: false,
+            max_kv_bytes: 64 << 20,
+            max_stored_output_bytes: 1 << 30,
+            max_event_keys: 1_000_000,
+            max_module_bytes: 256 << 20,
             retention: None,
         }
     }
@@ -92,6 +107,10 @@ impl TenantConfig {
         within("max_apps", self.max_apps, 1..=10_000)?;
         within("max_versions", self.max_versions, 1..=10_000)?;
         within("deploys_per_minute", self.deploys_per_minute, 1..=10_000)?;
+        within("max_kv_bytes", self.max_kv_bytes, 1024..=1 << 40)?;
+        within("max_stored_output_bytes", self.max_stored_output_bytes, 1024..=1 << 44)?;
+        within("max_event_keys", self.max_event_keys, 1..=1 << 32)?;
+        within("max_module_bytes", self.max_module_bytes, 1024..=1 << 40)?;
         if let Some(retention) = self.retention {
             within("retention", retention.as_secs(), 1..=MAX_RETENTION_SECS)?;
         }

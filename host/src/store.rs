@@ -180,6 +180,36 @@ fn postgres_unavailable(error: &::postgres::Error) -> bool {
     }
 }
 
+/// What one tenant holds in the store: what its storage quotas are counted against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StorageUsage {
+    /// Bytes of its key-value space (keys and values).
+    pub kv_bytes: u64,
+    /// Bytes of the outputs kept for its sessions (until they are purged).
+    pub output_bytes: u64,
+    /// Idempotency keys kept for its sessions' events.
+    pub event_keys: u64,
+    /// Bytes of the modules of every version of its apps.
+    pub module_bytes: u64,
+}
+
+/// Adds up rows of (tenant, what: 0 kv bytes, 1 output bytes, 2 event keys, 3 module bytes,
+/// amount), as the SQL stores' usage queries give them.
+pub(crate) fn usage_of(rows: impl Iterator<Item = (String, i64, i64)>) -> BTreeMap<String, StorageUsage> {
+    let mut usage: BTreeMap<String, StorageUsage> = BTreeMap::new();
+    for (tenant, what, amount) in rows {
+        let amount = u64::try_from(amount).unwrap_or(0);
+        let tenant = usage.entry(tenant).or_default();
+        match what {
+            0 => tenant.kv_bytes += amount,
+            1 => tenant.output_bytes += amount,
+            2 => tenant.event_keys += amount,
+            _ => tenant.module_bytes += amount,
+        }
+    }
+    usage
+}
+
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantRecord {
@@ -423,6 +453,8 @@ pub trait Store: Send + Sync {
     fn purge(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError>;
     /// Sets keys in `tenant`'s key-value space outside any action (an operator seeding data).
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError>;
+    /// What each tenant holds in the store now (tenants holding nothing may be left out).
+    fn usage(&self) -> Result<BTreeMap<String, StorageUsage>, StoreError>;
 }
 
 /// The session a quarantined row comes back as: failed, saying why, so that its tenant sees it

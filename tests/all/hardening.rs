@@ -375,6 +375,9 @@ impl turnstile::Store for Faulty {
     ) -> Result<(), turnstile::StoreError> {
         self.inner.kv_put(tenant, writes)
     }
+    fn usage(&self) -> Result<std::collections::BTreeMap<String, turnstile::StorageUsage>, turnstile::StoreError> {
+        self.inner.usage()
+    }
 }
 
 fn faulty_host() -> (Host, std::sync::Arc<Faulty>) {

@@ -14,6 +14,7 @@ mod hardening;
 mod host;
 mod operations;
 mod outage;
+mod quotas;
 mod readme;
 mod sandbox;
 mod serve;

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tower::ServiceExt;
 use turnstile::api::{Api, router};
 use turnstile::{
-    AppRecord, Error, Host, Image, SessionEvent, SessionId, SqliteStore, Status, Store, StoreError, TenantConfig,
-    TenantRecord, TokenRecord, Write, Written,
+    AppRecord, Error, Host, Image, SessionEvent, SessionId, SqliteStore, Status, StorageUsage, Store, StoreError,
+    TenantConfig, TenantRecord, TokenRecord, Write, Written,
 };
 
 /// A store whose writes fail on command, as a full disk's would; reads go through.
@@ -67,6 +67,9 @@ impl Store for FailingStore {
     }
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
         self.fail(|| self.inner.kv_put(tenant, writes))
+    }
+    fn usage(&self) -> Result<BTreeMap<String, StorageUsage>, StoreError> {
+        self.inner.usage()
     }
 }
 

@@ -11,6 +11,7 @@ use super::health::{StoreHealth, StoreOutage};
 use super::lifecycle::{Effects, Lifecycle};
 use super::retention::Retention;
 use super::sessions::{SessionEntry, Sessions};
+use super::storage::{stored_by, written_by};
 use super::tenants::{Admin, AppEntry, Tenant, Tenants};
 use super::timers::{Due, Timers};
 use super::tokens::Tokens;
@@ -22,7 +23,7 @@ use crate::runtime::Runtime;
 use crate::sandbox::{ActionCall, ActionOutcome, ActionTask, Usage};
 use crate::scheduler::{Bounds, Dispatch};
 use crate::session::{Session, SessionId, Status, now_ms};
-use crate::store::{Appended, SessionRecord, Store, Write, Written};
+use crate::store::{Appended, SessionRecord, StorageUsage, Store, Write, Written};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -124,6 +125,20 @@ impl Kernel {
     /// The store outage under way, if any.
     pub(crate) fn store_outage(&self) -> Option<StoreOutage> {
         self.health.outage()
+    }
+
+    /// Asks the store what each tenant holds (at start, then every `storage::REMEASURE`).
+    pub(crate) fn measure_storage(&self) {
+        match self.store.usage() {
+            Ok(usage) => {
+                for tenant in self.tenants.all() {
+                    tenant.storage().measured(usage.get(&**tenant.name()).copied().unwrap_or_default());
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "measuring each tenant's storage failed: counting on from the last measure")
+            }
+        }
     }
 
     /// Sessions set aside at start because their stored rows did not decode.
@@ -288,6 +303,9 @@ impl Kernel {
                 let mut answer = Err(Error::not_found("session", session));
                 match written {
                     Ok(Written::Appended(appended)) => self.transition(session, None, |entry| {
+                        if key.is_some() && matches!(appended, Appended::New(_)) {
+                            entry.tenant.storage().add(StorageUsage { event_keys: 1, ..StorageUsage::default() });
+                        }
                         let (result, effects) = entry.life.event_appended(appended, event, key);
                         answer = result.map(Written::Appended);
                         effects
@@ -311,10 +329,14 @@ impl Kernel {
                     Err(Error::Store(error)) => (Err(Error::Store(error.clone())), Some(Error::Store(error))),
                     Err(error) => (Err(Error::ShuttingDown), Some(error)),
                 };
+                let stored = stored_by(&checkpoint);
                 let tenant = checkpoint.tenant;
                 let outputs = checkpoint.outputs;
                 self.transition(id, None, |entry| match &error {
-                    None => entry.life.committed(&tenant, outputs),
+                    None => {
+                        entry.tenant.storage().add(stored);
+                        entry.life.committed(&tenant, outputs)
+                    }
                     Some(error) => entry.life.commit_failed(error),
                 });
                 answer
@@ -360,6 +382,9 @@ impl Kernel {
         let ticket = Arc::new(Ticket::default());
         let mut shard = self.sessions.shard(id);
         let entry = Self::own(&mut shard, tenant, id)?;
+        if key.is_some() {
+            entry.tenant.storage().check_event_key(tenant, &entry.tenant.policy())?;
+        }
         let needs_slot = entry.life.accept_event(self.max_inbox, key.is_some())?;
         if needs_slot && let Err(full) = self.dispatcher.has_room(entry.app_ix) {
             entry.life.event_refused();
@@ -459,6 +484,16 @@ impl Kernel {
             let error_action = entry.code.as_ref().and_then(|app| app.error_action().map(str::to_owned));
             let tenant = entry.tenant.name().clone();
             let ran = outcome.is_some();
+            let mut outcome = outcome;
+            // Writes that would take the tenant past a storage quota are not kept.
+            if let Some(done) = &mut outcome
+                && let Ok(effects) = &done.result
+                && let Status::Ready { action, .. } = &entry.life.session().status
+                && let Some(refused) =
+                    entry.tenant.storage().refuse_effects(&entry.tenant.policy(), action, written_by(effects))
+            {
+                done.result = Err(refused);
+            }
             if let Some(Err(failure)) = outcome.as_ref().map(|o| &o.result) {
                 failed = Some(failure.kind);
             }

@@ -6,6 +6,7 @@
 //! and its id is never used again.
 
 use super::kernel::Kernel;
+use super::storage::REMEASURE;
 use crate::error::Error;
 use crate::session::{SessionId, now_ms};
 use std::collections::BTreeSet;
@@ -59,14 +60,19 @@ impl Retention {
         self.changed.notify_all();
     }
 
-    /// The next batch that is due, waiting for it; `None` once stopping.
-    fn next_batch(&self) -> Option<Vec<SessionId>> {
+    /// The next batch that is due, waiting for it at most `longest` (then an empty batch);
+    /// `None` once stopping.
+    fn next_batch(&self, longest: Duration) -> Option<Vec<SessionId>> {
         let mut queue = self.lock();
+        let until = Instant::now() + longest;
         loop {
             if queue.stopping {
                 return None;
             }
             let now = Instant::now();
+            if now >= until {
+                return Some(Vec::new());
+            }
             match queue.due.first() {
                 Some((due, _)) if *due <= now => {
                     let mut batch = Vec::new();
@@ -79,11 +85,10 @@ impl Retention {
                     }
                     return Some(batch);
                 }
-                Some((due, _)) => {
-                    let wait = due.saturating_duration_since(now);
+                due => {
+                    let wait = due.map_or(until, |(due, _)| (*due).min(until)).saturating_duration_since(now);
                     queue = self.changed.wait_timeout(queue, wait).unwrap_or_else(PoisonError::into_inner).0;
                 }
-                None => queue = self.changed.wait(queue).unwrap_or_else(PoisonError::into_inner),
             }
         }
     }
@@ -95,12 +100,21 @@ impl Retention {
     }
 }
 
-/// Starts the thread that purges what is due.
+/// Starts the thread that purges what is due, and measures each tenant's storage again every
+/// `storage::REMEASURE` (what purges freed shows then).
 pub(crate) fn spawn(kernel: Arc<Kernel>) -> Result<JoinHandle<()>, Error> {
     thread::Builder::new()
         .name("turnstile-retention".into())
         .spawn(move || {
-            while let Some(batch) = kernel.retention().next_batch() {
+            let mut measured = Instant::now();
+            while let Some(batch) = kernel.retention().next_batch(REMEASURE) {
+                if measured.elapsed() >= REMEASURE {
+                    kernel.measure_storage();
+                    measured = Instant::now();
+                }
+                if batch.is_empty() {
+                    continue;
+                }
                 // The store first: a session leaves memory only once it is gone for good.
                 match kernel.store().purge(&batch) {
                     // Only what the store deleted: a session stopped by a failed commit is not

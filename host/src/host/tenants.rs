@@ -1,10 +1,12 @@
 //! Tenants: each one's policy (stored once here; the scheduler holds the same `Arc`, never a
-//! copy), its apps with their versions, its key-value reader and its count of open sessions.
+//! copy), its apps with their versions, its key-value reader, its count of open sessions and
+//! its storage (`storage.rs`).
 //!
 //! Read without taking a lock: the maps are copy-on-write and swapped atomically, so the API's
 //! async threads and the workers never contend on them. Changes (rare: an operator's call, a
 //! deploy) are serialised by one admin lock.
 
+use super::storage::Storage;
 use crate::abi::KvRead;
 use crate::app::App;
 use crate::error::Error;
@@ -25,6 +27,8 @@ pub(crate) struct Tenant {
     kv: Arc<dyn KvRead>,
     apps: ArcSwap<BTreeMap<String, Arc<AppEntry>>>,
     open_sessions: AtomicU64,
+    /// What it holds in the store, against its storage quotas.
+    storage: Storage,
     /// When its deploys of the last minute began; held while it deploys (one at a time).
     deploys: Mutex<VecDeque<Instant>>,
 }
@@ -69,6 +73,7 @@ impl Tenant {
             policy: ArcSwap::new(policy),
             apps: ArcSwap::default(),
             open_sessions: AtomicU64::new(0),
+            storage: Storage::default(),
             deploys: Mutex::default(),
         }
     }
@@ -88,6 +93,10 @@ impl Tenant {
 
     pub(crate) fn set_policy(&self, policy: Arc<TenantConfig>) {
         self.policy.store(policy);
+    }
+
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub(crate) fn kv(&self) -> &Arc<dyn KvRead> {

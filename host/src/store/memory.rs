@@ -2,8 +2,8 @@
 //! from it (that is how recovery is tested without a disk); nothing survives the process.
 
 use super::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, Store, StoreError, StoredSession, TenantRecord,
-    TokenRecord, Unapplied, Write, Written,
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, StorageUsage, Store, StoreError, StoredSession,
+    TenantRecord, TokenRecord, Unapplied, Write, Written,
 };
 use crate::session::SessionId;
 use std::collections::{BTreeMap, HashMap};
@@ -206,5 +206,26 @@ impl Store for MemoryStore {
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
         self.lock().kv.entry(tenant.to_owned()).or_default().extend(writes);
         Ok(())
+    }
+
+    fn usage(&self) -> Result<BTreeMap<String, StorageUsage>, StoreError> {
+        let inner = self.lock();
+        let mut usage: BTreeMap<String, StorageUsage> = BTreeMap::new();
+        let bytes = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        for (tenant, kv) in &inner.kv {
+            usage.entry(tenant.clone()).or_default().kv_bytes = kv.iter().map(|(k, v)| bytes(k.len() + v.len())).sum();
+        }
+        for stored in inner.sessions.values() {
+            let tenant = usage.entry(stored.record.tenant.clone()).or_default();
+            tenant.output_bytes += stored.outputs.iter().map(|o| bytes(o.len())).sum::<u64>();
+            tenant.event_keys += bytes(stored.keys.len());
+        }
+        let versions: std::collections::BTreeSet<(&str, &str)> =
+            inner.app_versions.iter().map(|a| (a.tenant.as_str(), a.version.as_str())).collect();
+        for (tenant, version) in versions {
+            let module = inner.modules.get(version).map_or(0, |m| bytes(m.len()));
+            usage.entry(tenant.to_owned()).or_default().module_bytes += module;
+        }
+        Ok(usage)
     }
 }

@@ -11,7 +11,7 @@
 //! committed group survives the server's crash); reads (outputs, key-value look-ups) on a small
 //! pool of other connections, so a slow reader never holds a commit up.
 
-use super::{AppRecord, Image, Store, StoreError, TenantRecord, TokenRecord, Write, Written};
+use super::{AppRecord, Image, StorageUsage, Store, StoreError, TenantRecord, TokenRecord, Write, Written, usage_of};
 use crate::session::SessionId;
 use load::{load_catalogue, load_sessions};
 use postgres::{Client, NoTls, Transaction};
@@ -472,6 +472,26 @@ impl Store for PgStore {
                     .map(|r| r.get(0)))
             },
             "reading the key-value space",
+        )
+    }
+
+    fn usage(&self) -> Result<BTreeMap<String, StorageUsage>, StoreError> {
+        self.read(
+            |client| {
+                let rows = client.query(
+                    "SELECT tenant, 0::bigint, SUM(octet_length(key) + octet_length(value))::bigint FROM kv GROUP BY tenant
+                     UNION ALL SELECT s.tenant, 1, SUM(octet_length(o.body))::bigint
+                         FROM outputs o JOIN sessions s ON s.id = o.session GROUP BY s.tenant
+                     UNION ALL SELECT s.tenant, 2, COUNT(*)
+                         FROM event_keys k JOIN sessions s ON s.id = k.session GROUP BY s.tenant
+                     UNION ALL SELECT v.tenant, 3, SUM(octet_length(m.bytes))::bigint
+                         FROM (SELECT DISTINCT tenant, version FROM app_versions) v
+                         JOIN modules m ON m.hash = v.version GROUP BY v.tenant",
+                    &[],
+                )?;
+                Ok(usage_of(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, Option<i64>>(2).unwrap_or(0)))))
+            },
+            "measuring each tenant's storage",
         )
     }
 

@@ -8,8 +8,8 @@
 //! through a small pool of read-only connections: in WAL mode a reader never waits for a writer.
 
 use super::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, Quarantined, SessionRecord, Store, StoreError, StoredSession,
-    TenantRecord, TokenRecord, Unapplied, Write, Written, quarantined_session,
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, Quarantined, SessionRecord, StorageUsage, Store, StoreError,
+    StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, quarantined_session, usage_of,
 };
 use crate::session::SessionId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -370,6 +370,27 @@ impl Store for SqliteStore {
                     .optional()
             },
             "reading the key-value space",
+        )
+    }
+
+    fn usage(&self) -> Result<BTreeMap<String, StorageUsage>, StoreError> {
+        self.read(
+            |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT tenant, 0, SUM(length(CAST(key AS BLOB)) + length(value)) FROM kv GROUP BY tenant
+                     UNION ALL SELECT s.tenant, 1, SUM(length(CAST(o.body AS BLOB)))
+                         FROM outputs o JOIN sessions s ON s.id = o.session GROUP BY s.tenant
+                     UNION ALL SELECT s.tenant, 2, COUNT(*)
+                         FROM event_keys k JOIN sessions s ON s.id = k.session GROUP BY s.tenant
+                     UNION ALL SELECT v.tenant, 3, SUM(length(m.bytes))
+                         FROM (SELECT DISTINCT tenant, version FROM app_versions) v
+                         JOIN modules m ON m.hash = v.version GROUP BY v.tenant",
+                )?;
+                let rows =
+                    query.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<i64>>(2)?.unwrap_or(0))))?;
+                Ok(usage_of(rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter()))
+            },
+            "measuring each tenant's storage",
         )
     }
 

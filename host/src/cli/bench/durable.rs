@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use turnstile::{
-    AppRecord, Image, SessionId, Store, StoreError, TenantConfig, TenantRecord, TokenRecord, Write, Written,
+    AppRecord, Image, SessionId, StorageUsage, Store, StoreError, TenantConfig, TenantRecord, TokenRecord, Write,
+    Written,
 };
 
 /// A store that times its group commits on the way through.
@@ -54,6 +55,9 @@ impl Store for Timed {
     }
     fn kv_put(&self, tenant: &str, writes: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
         self.inner.kv_put(tenant, writes)
+    }
+    fn usage(&self) -> Result<BTreeMap<String, StorageUsage>, StoreError> {
+        self.inner.usage()
     }
 }
 
