@@ -23,7 +23,7 @@ use crate::limits::TenantConfig;
 use crate::session::SessionId;
 use crate::store::PgStore;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -121,7 +121,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{app}", get(get_app))
-        .route("/v1/sessions", post(start_session))
+        .route("/v1/sessions", post(start_session).get(list_sessions))
         .route("/v1/sessions/{session}", get(get_session).delete(cancel_session))
         .route("/v1/sessions/{session}/events", post(deliver))
         .route("/v1/sessions/{session}/outputs", get(stream::outputs))
@@ -418,6 +418,34 @@ async fn start_session(
     })
     .await?;
     Ok((StatusCode::CREATED, Json(session_json(&view))).into_response())
+}
+
+/// The most sessions one page lists.
+const SESSION_PAGE: usize = 1000;
+
+/// `GET /v1/sessions?after=ID&limit=N`: the tenant's sessions, in id order, a page at a time.
+async fn list_sessions(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (mut after, mut limit) = (0u64, 100usize);
+    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", format!("`{name}`: {what}"));
+        match name {
+            "after" => after = value.parse().map_err(|_| bad("a session id"))?,
+            "limit" => {
+                limit =
+                    value.parse().ok().filter(|n| (1..=SESSION_PAGE).contains(n)).ok_or_else(|| bad("1 to 1000"))?;
+            }
+            _ => return Err(bad("unknown parameter (`after`, `limit`)")),
+        }
+    }
+    let host = api.host.clone();
+    let sessions = blocking(move || host.tenant_sessions(&tenant, SessionId(after), limit)).await?;
+    let next = (sessions.len() == limit).then(|| sessions.last().map(|s| s.id.0)).flatten();
+    Ok(Json(json!({ "sessions": sessions.iter().map(session_json).collect::<Vec<_>>(), "next_after": next })))
 }
 
 async fn get_session(

@@ -388,6 +388,13 @@ impl Host {
         self.core.view(tenant, session)
     }
 
+    /// `tenant`'s sessions held here (open, and finished ones not yet purged) with ids after
+    /// `after`, in id order, at most `limit`.
+    pub fn tenant_sessions(&self, tenant: &str, after: SessionId, limit: usize) -> Result<Vec<SessionView>, Error> {
+        self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
+        Ok(self.core.list(tenant, after, limit))
+    }
+
     /// A session's released outputs numbered after `after`, at most `limit`, from the store.
     pub fn outputs(&self, tenant: &str, session: SessionId, after: u64, limit: usize) -> Result<Vec<Output>, Error> {
         self.core.view(tenant, session)?;

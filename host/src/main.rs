@@ -151,6 +151,17 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// List the tenant's sessions, one line each: id, app, status, outputs (tenant).
+    Sessions {
+        /// Only sessions with ids after this one (the previous page's last).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// A session's status, step, counters and last failure (tenant).
     Status {
         /// The session's id.
@@ -311,6 +322,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             cli::client::send(&remote.client()?, session, &event, key.as_deref())
         }
         Command::Status { session, remote } => cli::client::session(&remote.client()?, session),
+        Command::Sessions { after, limit, remote } => cli::client::sessions(&remote.client()?, after, limit),
         Command::Tail { session, remote } => cli::client::tail(&remote.client()?, session),
         Command::Cluster(ClusterCommand::Status { remote }) => cli::client::cluster_status(&remote.client()?),
         Command::Tenants { create, remote } => cli::client::tenants(&remote.client()?, create.as_deref()),

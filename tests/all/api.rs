@@ -233,7 +233,14 @@ async fn a_tenant_can_neither_reach_nor_detect_another_tenants_things() {
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     let (_, acme_session) = server.call(Method::GET, &session, Some(&mine), None, Vec::new()).await;
     assert_eq!(code(&acme_session), "not_found");
-    // Listings show only one's own: a new version of acme's `ivr` is not other's.
+    // Listings show only one's own: other's sessions list lists its one session, not acme's.
+    let (status, listed) = server.call(Method::GET, "/v1/sessions", Some(&mine), None, Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<u64> =
+        listed["sessions"].as_array().expect("a list").iter().filter_map(|s| s["id"].as_u64()).collect();
+    assert_eq!(ids.len(), 1, "{listed}");
+    assert!(!ids.contains(&theirs), "{listed}");
+    // A new version of acme's `ivr` is not other's.
     let (status, _) =
         server.call(Method::PUT, "/v1/apps/ivr", Some(&mine), Some("application/wasm"), example("order_bot")).await;
     assert_eq!(status, StatusCode::CREATED);

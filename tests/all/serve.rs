@@ -250,6 +250,19 @@ fn the_client_takes_a_script_from_nothing_to_an_answered_call() {
     let (ok, out, err) = client(&token, &["tail", &id]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("Goodbye.") && out.trim_end().ends_with("end: done"), "{out}");
+    // The tenant's sessions, a page at a time.
+    let (ok, second, err) = client(&token, &["start", "ivr"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = client(&token, &["sessions", "--limit", "1"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("{id}  ivr")) && out.contains(" done ") && out.contains(&format!("more: --after {id}")),
+        "{out}"
+    );
+    let (ok, out, err) = client(&token, &["sessions", "--after", &id]);
+    assert!(ok && out.contains(second.trim()) && !out.contains("more:"), "{out}{err}");
+    let (ok, _, err) = client(&token, &["sessions", "--limit", "0"]);
+    assert!(!ok && err.contains("bad_query"), "{err}");
     // A refusal is the server's code and message, and exit status 1.
     let (ok, _, err) = client(&token, &["deploy", "bad", "Cargo.toml"]);
     assert!(!ok && err.contains("not_wasm:"), "{err}");

@@ -35,6 +35,12 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ("get", "/v1/apps", Auth::Tenant, "List the tenant's apps: current version, actions, every version."),
     ("get", "/v1/apps/{app}", Auth::Tenant, "Read an app: current version, actions, every version."),
     ("post", "/v1/sessions", Auth::Tenant, "Start a session: {\"app\", \"entry\" (default start), \"input\"}."),
+    (
+        "get",
+        "/v1/sessions",
+        Auth::Tenant,
+        "The tenant's sessions held (open, and finished ones not yet purged) in id order: ?after=ID&limit=1..1000 (default 100); next_after is the cursor of the next page.",
+    ),
     ("get", "/v1/sessions/{session}", Auth::Tenant, "Read a session: status, step, counters, last failure."),
     ("delete", "/v1/sessions/{session}", Auth::Tenant, "Cancel a session."),
     (

@@ -107,6 +107,25 @@ pub(crate) fn send(client: &Client, session: u64, event: &str, key: Option<&str>
     print(&json_of(client.answer(request.send(event.as_bytes()))?)?)
 }
 
+/// `turnstile sessions [--after ID] [--limit N]`: one line a session, then the cursor of the
+/// next page if there is one.
+pub(crate) fn sessions(client: &Client, after: u64, limit: usize) -> Result<ExitCode> {
+    let page = json_of(client.get(&format!("/v1/sessions?after={after}&limit={limit}"))?)?;
+    for session in page["sessions"].as_array().into_iter().flatten() {
+        println!(
+            "{:>10}  {:<24} {:<10} {} outputs",
+            session["id"],
+            session["app"].as_str().unwrap_or(""),
+            session["status"].as_str().unwrap_or(""),
+            session["outputs"]
+        );
+    }
+    if let Some(next) = page["next_after"].as_u64() {
+        println!("more: --after {next}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `turnstile session SESSION`: its status, step, counters and failure.
 pub(crate) fn session(client: &Client, session: u64) -> Result<ExitCode> {
     print(&json_of(client.get(&format!("/v1/sessions/{session}"))?)?)
