@@ -196,10 +196,14 @@ impl Host {
         let _admin = self.core.tenants().admin();
         let tenant = self.core.tenants().get(name).ok_or_else(|| Error::not_found("tenant", name))?;
         self.core.store().put_tenant(&TenantRecord { name: name.to_owned(), config: config.clone() })?;
+        let retention_changed = tenant.policy().retention != config.retention;
         let policy = Arc::new(config);
         tenant.set_policy(policy.clone());
         self.core.dispatcher().with(|s| s.set_policy(tenant.ix(), policy));
         self.core.dispatcher().wake_all();
+        if retention_changed {
+            self.core.retention_changed(&tenant);
+        }
         Ok(())
     }
 

@@ -35,7 +35,9 @@ pub(crate) mod duration {
         match Written::deserialize(deserializer)
             .map_err(|_| de::Error::custom("a duration is written like \"250ms\", \"1s\", \"2m\", \"1h\" or \"7d\""))?
         {
-            Written::Legacy { secs, nanos } => Ok(Duration::new(secs, 0) + Duration::from_nanos(u64::from(nanos))),
+            Written::Legacy { secs, nanos } => Duration::new(secs, 0)
+                .checked_add(Duration::from_nanos(u64::from(nanos)))
+                .ok_or_else(|| de::Error::custom("the duration is out of range")),
             Written::Text(text) => parse(&text).map_err(de::Error::custom),
         }
     }
@@ -138,5 +140,18 @@ mod tests {
         assert_eq!(parse_bytes("12"), Ok(12));
         assert!(parse_bytes("64 parsecs").is_err());
         assert!(parse_bytes("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn the_old_form_out_of_range_is_refused_not_a_panic() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Holder(
+            #[serde(with = "duration")]
+            #[expect(dead_code, reason = "only ever refused")]
+            Duration,
+        );
+        let huge = serde_json::json!({ "secs": u64::MAX, "nanos": 1_000_000_000u32 });
+        let refused = serde_json::from_value::<Holder>(huge).expect_err("out of range");
+        assert!(refused.to_string().contains("out of range"), "{refused}");
     }
 }

@@ -272,3 +272,37 @@ fn a_tenants_own_retention_counts_from_the_end_across_a_restart() {
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_changed_retention_applies_to_sessions_already_finished() {
+    let dir = temp_dir("retention-change");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    let host = host_on(store, &dir.join("modules"));
+    let events = host.subscribe();
+    let keep =
+        |secs: u64| TenantConfig { retention: Some(std::time::Duration::from_secs(secs)), ..TenantConfig::default() };
+    host.create_tenant("shortened", keep(3600)).expect("tenant");
+    host.create_tenant("lengthened", keep(1)).expect("tenant");
+    let mut ended = Vec::new();
+    // The lengthened one finishes first: its old retention comes due before the other's new one.
+    for tenant in ["lengthened", "shortened"] {
+        host.deploy(tenant, "patient", &wait_app(None)).expect("deploys");
+        let id = host.start_session(tenant, "patient", "start", Vec::new()).expect("starts");
+        wait_for(&events, id, waiting);
+        host.deliver(tenant, id, br#""x""#.to_vec(), None).expect("delivered");
+        wait_for(&events, id, Status::is_finished);
+        ended.push(id);
+    }
+    // A legal hold: one tenant's retention goes from 1 s to an hour, the other's from an hour to 1 s.
+    host.update_tenant("lengthened", keep(3600)).expect("updated");
+    host.update_tenant("shortened", keep(1)).expect("updated");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while host.session("shortened", ended[1]).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "a shortened retention was not applied");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // By now the lengthened tenant's old second has long passed, and its session is kept.
+    assert!(host.session("lengthened", ended[0]).is_ok(), "a lengthened retention was not applied");
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}

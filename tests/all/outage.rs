@@ -282,3 +282,24 @@ fn a_full_disk_refuses_new_sessions_loses_none_and_is_forgotten_once_freed() {
 fn health_quiet() -> std::time::Duration {
     std::time::Duration::from_secs(2)
 }
+
+#[test]
+fn a_cancel_meeting_a_failing_store_is_answered_at_once_and_lands_when_it_is_back() {
+    let dir = temp_dir("outage-cancel");
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    let store = Arc::new(FailingStore { inner: sqlite, failing: AtomicBool::new(false), refused: 0.into() });
+    let host = host_on(store.clone(), &dir.join("modules"));
+    let events = host.subscribe();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+    let id = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+    wait_for(&events, id, waiting);
+    // The store fails before anything has told the host: the cancel itself meets it, and its
+    // caller is answered (not acknowledged) rather than kept waiting for the store.
+    store.failing.store(true, Ordering::SeqCst);
+    unavailable(host.cancel_session("t", id));
+    store.failing.store(false, Ordering::SeqCst);
+    wait_for(&events, id, |status| matches!(status, Status::Cancelled));
+    // The host stops cleanly, with nothing left waiting.
+    drop(host);
+}

@@ -210,7 +210,8 @@ impl CommitQueue {
     pub(crate) fn wait(&self, ticket: &Arc<Ticket>, store: &dyn Store, apply: Apply<'_>) -> Result<Written, Error> {
         loop {
             // While the store is down the retry thread leads: a caller would meet it at once.
-            let retrying = self.health.retrying();
+            // (Once the host is closing that thread is gone: callers lead, and are answered.)
+            let retrying = self.health.retrying() && !self.health.closing();
             let state = self.lock();
             if !state.committing && !state.queue.is_empty() && !retrying {
                 self.lead(state, store, apply, Some(ticket));
@@ -255,7 +256,15 @@ impl CommitQueue {
                 group.into_iter().map(|q| (q.write, q.ticket)).unzip();
             match commit_group(store, &writes) {
                 Ok(results) => {
-                    self.health.committed();
+                    // A group whose outcome the store could not tell is no sign it is back.
+                    let unknown = results.iter().find_map(|r| match r {
+                        Err(Error::Store(error)) if error.is_ambiguous() => Some(error.clone()),
+                        _ => None,
+                    });
+                    match unknown {
+                        Some(error) => drop(self.health.failed_with(error, false)),
+                        None => self.health.committed(),
+                    }
                     apply(writes, tickets, results);
                     state = self.lock();
                 }
@@ -294,7 +303,9 @@ impl CommitQueue {
     /// The store is unavailable: answers the group's creations and events, and those queued
     /// behind it, with the outage; puts its checkpoints back at the head of the queue, in order,
     /// for the retry thread (answers them too when the host is closing: a restart resumes their
-    /// sessions from their last checkpoint).
+    /// sessions from their last checkpoint). A caller waiting for a kept checkpoint (a cancel)
+    /// is answered with the outage at once rather than kept waiting for the store: not
+    /// acknowledged, its cancel lands when the store is back.
     fn keep_for_retry(
         &self,
         error: StoreError,
@@ -314,9 +325,13 @@ impl CommitQueue {
             if keeps(&queued.write) { kept.push(queued) } else { answered.push(queued) }
         }
         let retry = !kept.is_empty();
+        let waiting: Vec<Arc<Ticket>> = kept.iter_mut().filter_map(|q| q.ticket.take()).collect();
         state.queue = kept;
         drop(state);
         let error = self.health.failed(error, retry);
+        for ticket in waiting {
+            ticket.settle(Err(Error::Store(error.clone())));
+        }
         let results = answered.iter().map(|_| Err(Error::Store(error.clone()))).collect();
         let (writes, tickets) = answered.into_iter().map(|q| (q.write, q.ticket)).unzip();
         apply(writes, tickets, results);

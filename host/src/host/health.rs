@@ -69,8 +69,13 @@ impl StoreHealth {
     /// A group commit failed with `error` (one the store may recover from); `retry` if it kept
     /// checkpoints to try again. Returns the error, shared, to answer the group's callers with.
     pub(crate) fn failed(&self, error: StoreError, retry: bool) -> Arc<StoreError> {
+        self.failed_with(Arc::new(error), retry)
+    }
+
+    /// [`StoreHealth::failed`] with an error already shared (a commit the store could not tell
+    /// the outcome of: an outage, though nothing is kept to retry).
+    pub(crate) fn failed_with(&self, error: Arc<StoreError>, retry: bool) -> Arc<StoreError> {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let error = Arc::new(error);
         let now = Instant::now();
         let mut state = self.lock();
         match &mut state.outage {

@@ -76,16 +76,6 @@ impl Kernel {
         &self.retention
     }
 
-    /// Drops purged sessions from memory (only finished ones: nothing else is ever purged).
-    pub(crate) fn forget_finished(&self, sessions: &[SessionId]) {
-        for &id in sessions {
-            let mut shard = self.sessions.shard(id);
-            if shard.get(&id).is_some_and(|entry| entry.life.session().status.is_finished()) {
-                shard.remove(&id);
-            }
-        }
-    }
-
     pub(crate) fn runtime(&self) -> &Runtime {
         &self.runtime
     }
@@ -125,20 +115,6 @@ impl Kernel {
     /// The store outage under way, if any.
     pub(crate) fn store_outage(&self) -> Option<StoreOutage> {
         self.health.outage()
-    }
-
-    /// Asks the store what each tenant holds (at start, then every `storage::REMEASURE`).
-    pub(crate) fn measure_storage(&self) {
-        match self.store.usage() {
-            Ok(usage) => {
-                for tenant in self.tenants.all() {
-                    tenant.storage().measured(usage.get(&**tenant.name()).copied().unwrap_or_default());
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "measuring each tenant's storage failed: counting on from the last measure")
-            }
-        }
     }
 
     /// Sessions set aside at start because their stored rows did not decode.
@@ -423,19 +399,6 @@ impl Kernel {
             self.wait_for(&ticket)?;
         }
         Ok(())
-    }
-
-    /// `tenant`'s sessions after `after`, in id order, at most `limit`, as they stand. (A scan
-    /// of every shard: a page costs a pass over the sessions held.)
-    pub(crate) fn list(&self, tenant: &str, after: SessionId, limit: usize) -> Vec<SessionView> {
-        let mut ids = Vec::new();
-        self.sessions.each(|id, entry| {
-            if id > after && &**entry.tenant.name() == tenant {
-                ids.push(id);
-            }
-        });
-        ids.sort_unstable();
-        ids.into_iter().take(limit).filter_map(|id| self.view(tenant, id).ok()).collect()
     }
 
     /// A session of `tenant` as it stands.

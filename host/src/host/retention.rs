@@ -7,6 +7,7 @@
 
 use super::kernel::Kernel;
 use super::storage::REMEASURE;
+use super::tenants::Tenant;
 use crate::error::Error;
 use crate::session::{SessionId, now_ms};
 use std::collections::BTreeSet;
@@ -36,6 +37,11 @@ pub(crate) struct Retention {
 impl Retention {
     pub(crate) fn new(period: Duration) -> Retention {
         Retention { period, queue: Mutex::default(), changed: Condvar::new() }
+    }
+
+    /// The host's retention (tenants without one of their own).
+    pub(crate) fn period(&self) -> Duration {
+        self.period
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -100,6 +106,55 @@ impl Retention {
     }
 }
 
+impl Kernel {
+    /// Of sessions whose retention was due when it was counted, those still due under their
+    /// tenant's retention now (an operator may have changed it since): the rest are counted
+    /// again. Sessions no longer held (purged already) are left out.
+    pub(crate) fn still_due(&self, batch: Vec<SessionId>) -> Vec<SessionId> {
+        let now = now_ms();
+        batch
+            .into_iter()
+            .filter(|&id| {
+                let shard = self.sessions().shard(id);
+                let Some(entry) = shard.get(&id) else { return false };
+                let (retention, finished_ms) = (entry.tenant.policy().retention, entry.life.session().finished_ms);
+                drop(shard);
+                let period = retention.unwrap_or(self.retention().period());
+                let due_ms =
+                    finished_ms.map(|at| at.saturating_add(u64::try_from(period.as_millis()).unwrap_or(u64::MAX)));
+                match due_ms {
+                    Some(due_ms) if due_ms > now => {
+                        self.retention().finished(id, retention, finished_ms);
+                        false
+                    }
+                    _ => true,
+                }
+            })
+            .collect()
+    }
+
+    /// `tenant`'s retention changed: its finished sessions are counted again under the new one
+    /// (an earlier count that comes due first is checked against it then).
+    pub(crate) fn retention_changed(&self, tenant: &Tenant) {
+        let retention = tenant.policy().retention;
+        self.sessions().each(|id, entry| {
+            if std::ptr::eq(Arc::as_ptr(&entry.tenant), tenant) && entry.life.session().status.is_finished() {
+                self.retention().finished(id, retention, entry.life.session().finished_ms);
+            }
+        });
+    }
+
+    /// Drops purged sessions from memory (only finished ones: nothing else is ever purged).
+    pub(crate) fn forget_finished(&self, sessions: &[SessionId]) {
+        for &id in sessions {
+            let mut shard = self.sessions().shard(id);
+            if shard.get(&id).is_some_and(|entry| entry.life.session().status.is_finished()) {
+                shard.remove(&id);
+            }
+        }
+    }
+}
+
 /// Starts the thread that purges what is due, and measures each tenant's storage again every
 /// `storage::REMEASURE` (what purges freed shows then).
 pub(crate) fn spawn(kernel: Arc<Kernel>) -> Result<JoinHandle<()>, Error> {
@@ -112,6 +167,8 @@ pub(crate) fn spawn(kernel: Arc<Kernel>) -> Result<JoinHandle<()>, Error> {
                     kernel.measure_storage();
                     measured = Instant::now();
                 }
+                // Checked against the tenants' retention now: an operator may have changed it.
+                let batch = kernel.still_due(batch);
                 if batch.is_empty() {
                     continue;
                 }

@@ -114,3 +114,19 @@ impl Storage {
         Ok(())
     }
 }
+
+impl super::kernel::Kernel {
+    /// Asks the store what each tenant holds (at start, then every `storage::REMEASURE`).
+    pub(crate) fn measure_storage(&self) {
+        match self.store().usage() {
+            Ok(usage) => {
+                for tenant in self.tenants().all() {
+                    tenant.storage().measured(usage.get(&**tenant.name()).copied().unwrap_or_default());
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "measuring each tenant's storage failed: counting on from the last measure")
+            }
+        }
+    }
+}

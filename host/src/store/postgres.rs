@@ -39,6 +39,8 @@ const IDLE_IN_TRANSACTION_MS: u64 = 2000;
 
 /// Outputs deleted per transaction when a session is purged.
 const PURGE_CHUNK: i64 = 4096;
+/// How long a commit whose `COMMIT` got no answer waits for the server to say what became of it.
+const COMMIT_STATUS_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Idle read connections kept for reuse.
 const READERS_KEPT: usize = 4;
@@ -204,12 +206,17 @@ impl PgStore {
     }
 
     /// Whether the transaction `xid`, whose `COMMIT` got no answer, committed: asked of the
-    /// server on a new connection, a few times over about a second (its backend may still be
-    /// finishing it). `None` if the server could not tell.
+    /// server on a new connection, again and again for up to [`COMMIT_STATUS_PATIENCE`] (its
+    /// backend may still be finishing it, or the server restarting). `None` if it could not
+    /// tell by then. (Nothing else can commit meanwhile: this is the writer.)
     fn commit_status(&self, xid: i64) -> Option<bool> {
-        for attempt in 0..5u32 {
+        let started = std::time::Instant::now();
+        for attempt in 0u32.. {
             if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(50) * (1 << attempt));
+                if started.elapsed() >= COMMIT_STATUS_PATIENCE {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50).saturating_mul(1 << attempt.min(5)));
             }
             let asked = self.writer().and_then(|mut writer| {
                 let row = writer
