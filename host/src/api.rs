@@ -509,7 +509,16 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response,
         return Err(ApiError::unauthorized());
     }
     let host = api.host.clone();
-    let text = blocking(move || Ok(host.metrics().prometheus())).await?;
+    let cluster = api.cluster.clone();
+    let text = blocking(move || {
+        let mut metrics = host.metrics();
+        metrics.cluster = cluster.map(|store| {
+            let (held, taken_over) = store.shards_held();
+            crate::metrics::ClusterMetrics { shards: store.shard_count(), held, taken_over }
+        });
+        Ok(metrics.prometheus())
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 

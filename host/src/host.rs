@@ -453,6 +453,7 @@ impl Host {
                 .collect();
             (rows, u64::try_from(s.pending_total()).unwrap_or(u64::MAX))
         });
+        let (fenced_writes, commits) = self.core.commit_figures();
         let (mut sessions, mut waiting) = (0u64, 0u64);
         self.core.sessions().each(|_, entry| {
             sessions += 1;
@@ -467,6 +468,9 @@ impl Host {
             output_streams: self.core.bus().watcher_count(),
             store_up: self.core.store_outage().is_none(),
             store_failures: self.core.health().failures(),
+            commits,
+            fenced_writes,
+            cluster: None,
         }
     }
 

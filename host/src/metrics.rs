@@ -216,6 +216,36 @@ pub struct MetricsSnapshot {
     pub store_up: bool,
     /// Group commits that failed because the store was unavailable, since the host started.
     pub store_failures: u64,
+    /// Group commits: how many, their writes, how long each took.
+    pub commits: CommitStats,
+    /// Writes the store refused because another host holds their session's shard now.
+    pub fenced_writes: u64,
+    /// The shard leases this host holds, on a PostgreSQL store (filled in by whoever knows the
+    /// store: the server).
+    pub cluster: Option<ClusterMetrics>,
+}
+
+/// Group commits since the host started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CommitStats {
+    /// Groups committed (or failed).
+    pub groups: u64,
+    /// Writes in them.
+    pub writes: u64,
+    /// How long each group's commit took.
+    #[serde(skip)]
+    pub latency: Histogram,
+}
+
+/// A cluster host's shard leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClusterMetrics {
+    /// Shards of the database.
+    pub shards: u32,
+    /// Shards whose lease this host holds now.
+    pub held: u32,
+    /// Of those, the ones it took over (held by a host before).
+    pub taken_over: u32,
 }
 
 impl TenantMetrics {

@@ -308,6 +308,14 @@ fn a_standby_server_takes_over_the_calls_of_a_killed_one() {
         printed.contains(": 64 of 64 shards") && !printed.contains(&node),
         "the new node holds them all:\n{printed}"
     );
+    // Its metrics say so too: every shard held, every one taken over from the node before.
+    let (status, metrics) = request(port, "GET", "/metrics", ADMIN, "text/plain", b"");
+    assert_eq!(status, 200);
+    for line in
+        ["turnstile_cluster_shards 64", "turnstile_cluster_shards_held 64", "turnstile_cluster_shards_taken_over 64"]
+    {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
     next.kill().expect("stops");
     next.wait().expect("reaped");
 }

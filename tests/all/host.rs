@@ -321,6 +321,10 @@ fn metrics_count_actions_fuel_and_failures_per_tenant_in_prometheus_text() {
     assert!(text.contains("turnstile_action_latency_seconds_bucket{le=\"+Inf\",tenant=\"acme\"} 5"), "{text}");
     assert!(text.contains("# TYPE turnstile_action_failures counter"), "{text}");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with its EOF line");
+    assert!(text.contains("turnstile_fenced_writes_total 0"), "{text}");
+    assert!(text.contains("turnstile_commit_latency_seconds_bucket{le=\"+Inf\"}"), "{text}");
+    assert!(metrics.commits.groups >= 1 && metrics.commits.writes >= metrics.commits.groups, "{:?}", metrics.commits);
+    assert!(!text.contains("turnstile_cluster_shards"), "no cluster figures without a cluster");
 }
 
 #[test]

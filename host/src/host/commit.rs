@@ -24,9 +24,11 @@
 
 use super::health::StoreHealth;
 use crate::error::Error;
+use crate::metrics::CommitStats;
 use crate::store::{Store, StoreError, Write, Written};
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Where a caller waiting for its write learns the outcome (or that it is to lead).
 #[derive(Default)]
@@ -97,6 +99,8 @@ struct State {
 pub(crate) struct CommitQueue {
     state: Mutex<State>,
     health: Arc<StoreHealth>,
+    /// Groups committed, their writes and latency (for the metrics).
+    stats: Mutex<CommitStats>,
 }
 
 /// What carries out a committed group's results: every write's effects, every ticket settled.
@@ -153,7 +157,19 @@ impl CommitQueue {
     }
 
     pub(crate) fn new(health: Arc<StoreHealth>) -> CommitQueue {
-        CommitQueue { state: Mutex::default(), health }
+        CommitQueue { state: Mutex::default(), health, stats: Mutex::default() }
+    }
+
+    fn record(&self, writes: usize, took: Duration) {
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        stats.groups += 1;
+        stats.writes += u64::try_from(writes).unwrap_or(u64::MAX);
+        stats.latency.record(took);
+    }
+
+    /// The group commits so far.
+    pub(crate) fn stats(&self) -> CommitStats {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Queues a write (callers hold the session's lock).
@@ -254,7 +270,10 @@ impl CommitQueue {
             drop(state);
             let (writes, tickets): (Vec<Write>, Vec<Option<Arc<Ticket>>>) =
                 group.into_iter().map(|q| (q.write, q.ticket)).unzip();
-            match commit_group(store, &writes) {
+            let started = Instant::now();
+            let outcome = commit_group(store, &writes);
+            self.record(writes.len(), started.elapsed());
+            match outcome {
                 Ok(results) => {
                     // A group whose outcome the store could not tell is no sign it is back.
                     let unknown = results.iter().find_map(|r| match r {

@@ -42,6 +42,8 @@ pub(crate) struct Kernel {
     bus: Bus,
     max_inbox: usize,
     quarantined: AtomicU64,
+    /// Writes refused because another host holds their session's shard now.
+    fenced: AtomicU64,
     retention: Retention,
 }
 
@@ -68,6 +70,7 @@ impl Kernel {
             bus: Bus::default(),
             max_inbox,
             quarantined: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
             retention: Retention::new(retention),
         }
     }
@@ -120,6 +123,11 @@ impl Kernel {
     /// Sessions set aside at start because their stored rows did not decode.
     pub(crate) fn quarantined(&self) -> u64 {
         self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Writes refused as fenced, and the group commits so far.
+    pub(crate) fn commit_figures(&self) -> (u64, crate::metrics::CommitStats) {
+        (self.fenced.load(Ordering::Relaxed), self.commits.stats())
     }
 
     pub(crate) fn count_quarantined(&self, n: u64) {
@@ -246,6 +254,9 @@ impl Kernel {
 
     /// Carries out one committed (or failed) write; the answer for the caller waiting for it.
     fn apply_write(&self, write: Write, written: Result<Written, Error>) -> Result<Written, Error> {
+        if matches!(written, Ok(Written::Fenced)) {
+            self.fenced.fetch_add(1, Ordering::Relaxed);
+        }
         // A creation or an event refused because this host no longer holds the session's shard
         // (another host took it over) was not written: never acknowledged.
         let written = match (&write, written) {

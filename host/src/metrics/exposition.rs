@@ -37,31 +37,27 @@ struct FailureLabels {
 const LATENCY_BOUNDS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Every tenant's latency histogram, encoded from the host's own (log-linear, finer) one.
+/// A family of latency histograms (one per label set), encoded from the host's own
+/// (log-linear, finer) ones.
 #[derive(Debug)]
-struct Latency(Vec<(String, super::Histogram)>);
+struct Latencies<L> {
+    name: &'static str,
+    help: &'static str,
+    rows: Vec<(L, super::Histogram)>,
+}
 
-impl Collector for Latency {
+impl<L: EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> Collector for Latencies<L> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
-            "action_latency",
-            "Ready-to-completed time of actions.",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        for (tenant, histogram) in &self.0 {
+        let mut family =
+            encoder.encode_descriptor(self.name, self.help, Some(&Unit::Seconds), MetricType::Histogram)?;
+        for (labels, histogram) in &self.rows {
             // Each bucket's own count (the library adds them up).
             let counts = histogram.between(&LATENCY_BOUNDS.map(Duration::from_secs_f64));
             let rest = histogram.count() - counts.iter().sum::<u64>();
             let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS.iter().copied().zip(counts).collect();
             buckets.push((f64::INFINITY, rest));
             let sum = histogram.sum().as_secs_f64();
-            family.encode_family(&TenantLabel { tenant: tenant.clone() })?.encode_histogram::<NoLabelSet>(
-                sum,
-                histogram.count(),
-                &buckets,
-                None,
-            )?;
+            family.encode_family(labels)?.encode_histogram::<NoLabelSet>(sum, histogram.count(), &buckets, None)?;
         }
         Ok(())
     }
@@ -166,8 +162,16 @@ pub(super) fn encode(snapshot: &MetricsSnapshot) -> String {
         }
     }
     registry.register("action_failures", "Failed actions by kind", failures);
-    registry
-        .register_collector(Box::new(Latency(tenants.iter().map(|t| (t.tenant.clone(), t.latency.clone())).collect())));
+    registry.register_collector(Box::new(Latencies {
+        name: "action_latency",
+        help: "Ready-to-completed time of actions.",
+        rows: tenants.iter().map(|t| (TenantLabel { tenant: t.tenant.clone() }, t.latency.clone())).collect(),
+    }));
+    registry.register_collector(Box::new(Latencies {
+        name: "commit_latency",
+        help: "Time one group commit took (one transaction, with the writes of every tenant in it).",
+        rows: vec![(Vec::<(String, String)>::new(), snapshot.commits.latency.clone())],
+    }));
     let host_gauge = |registry: &mut Registry, name: &str, help: &str, value: u64| {
         let gauge = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
@@ -188,9 +192,40 @@ pub(super) fn encode(snapshot: &MetricsSnapshot) -> String {
         "Whether the store takes writes (0 during an outage: new work is refused, checkpoints retried)",
         u64::from(snapshot.store_up),
     );
-    let failed = Counter::<u64>::default();
-    failed.inc_by(snapshot.store_failures);
-    registry.register("store_failed_commits", "Group commits that failed because the store was unavailable", failed);
+    let host_counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    };
+    host_counter(
+        &mut registry,
+        "store_failed_commits",
+        "Group commits that failed because the store was unavailable",
+        snapshot.store_failures,
+    );
+    host_counter(&mut registry, "commits", "Group commits", snapshot.commits.groups);
+    host_counter(&mut registry, "committed_writes", "Writes in group commits", snapshot.commits.writes);
+    host_counter(
+        &mut registry,
+        "fenced_writes",
+        "Writes refused because another host holds their session's shard now",
+        snapshot.fenced_writes,
+    );
+    if let Some(cluster) = snapshot.cluster {
+        host_gauge(&mut registry, "cluster_shards", "Shards of the shared database", u64::from(cluster.shards));
+        host_gauge(
+            &mut registry,
+            "cluster_shards_held",
+            "Shards whose lease this host holds now",
+            u64::from(cluster.held),
+        );
+        host_gauge(
+            &mut registry,
+            "cluster_shards_taken_over",
+            "Shards this host took over from a host that held them before",
+            u64::from(cluster.taken_over),
+        );
+    }
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);

@@ -31,6 +31,8 @@ pub(super) struct Claim {
     renewed: Instant,
     /// Set once a shard was lost or renewal failed too long: nothing more is written.
     lost: bool,
+    /// Shards it took that had been held before (by another node, or an earlier run of this one).
+    taken_over: u32,
 }
 
 impl Claim {
@@ -86,8 +88,16 @@ impl PgStore {
             let sent = Instant::now();
             if let Some(held) = self.acquire_all(&policy.node, policy.lease)? {
                 let epochs = held.iter().map(|l| (l.shard, l.epoch)).collect();
-                *self.claim.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Claim { node: policy.node.clone(), lease: policy.lease, epochs, renewed: sent, lost: false });
+                let taken_over = u32::try_from(held.iter().filter(|l| l.epoch > 1).count()).unwrap_or(u32::MAX);
+                let claim = Claim {
+                    node: policy.node.clone(),
+                    lease: policy.lease,
+                    epochs,
+                    renewed: sent,
+                    lost: false,
+                    taken_over,
+                };
+                *self.claim.lock().unwrap_or_else(PoisonError::into_inner) = Some(claim);
                 let store = Arc::downgrade(self);
                 std::thread::Builder::new()
                     .name("turnstile-leases".into())
@@ -116,6 +126,16 @@ impl PgStore {
     /// The node this store holds its claim for, if it does.
     pub fn claim_node(&self) -> Option<String> {
         self.claim.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|c| c.node.clone())
+    }
+
+    /// Shards this store holds a live lease on now (none without a claim, or once it is lost),
+    /// and of those it took, how many had been held before (taken over).
+    pub fn shards_held(&self) -> (u32, u32) {
+        let claim = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+        claim.as_ref().map_or((0, 0), |c| {
+            let live = (0..self.shards).filter(|&s| c.epoch(s).is_some()).count();
+            (u32::try_from(live).unwrap_or(u32::MAX), c.taken_over)
+        })
     }
 
     /// Whether this store acts for its node and still holds every shard.
