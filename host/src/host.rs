@@ -18,6 +18,7 @@
 //! (a session's state machine: transitions return effects), `dispatch` (the scheduler behind
 //! its lock), `commit` (group commit with tickets), `timers` (wait timeouts, sleeping actions),
 //! `bus` (subscribers and watchers), `health` (store outages: retries, refusing new work),
+//! `retention` (what comes due when), `storage` (quotas), `housekeeping` (purges, measures),
 //! `resume` (loading a store), `pool` (workers), `kernel` (the paths through them), `views`
 //! (what readers see).
 //!
@@ -39,6 +40,7 @@ mod bus;
 mod commit;
 mod dispatch;
 mod health;
+mod housekeeping;
 mod ingest;
 mod kernel;
 mod lifecycle;
@@ -166,8 +168,9 @@ impl Host {
         threads.push(core.timers().spawn(move |due| firing.fire(due))?);
         let (ingest, thread) = ingest::spawn(core.clone())?;
         threads.push(thread);
-        threads.push(retention::spawn(core.clone())?);
-        threads.push(health::spawn_retry(core.clone())?);
+        threads.push(housekeeping::spawn(core.clone())?);
+        let retrier = core.clone();
+        threads.push(health::spawn_retry(core.health().clone(), move || retrier.retry_commits())?);
         Ok(Host { core, ingest: Mutex::new(Some(ingest)), threads })
     }
 
@@ -396,7 +399,15 @@ impl Host {
     /// `after`, in id order, at most `limit`.
     pub fn tenant_sessions(&self, tenant: &str, after: SessionId, limit: usize) -> Result<Vec<SessionView>, Error> {
         self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
-        Ok(self.core.list(tenant, after, limit))
+        // A scan of every shard: a page costs a pass over the sessions held.
+        let mut ids = Vec::new();
+        self.core.sessions().each(|id, entry| {
+            if id > after && &**entry.tenant.name() == tenant {
+                ids.push(id);
+            }
+        });
+        ids.sort_unstable();
+        Ok(ids.into_iter().take(limit).filter_map(|id| self.core.view(tenant, id).ok()).collect())
     }
 
     /// A session's released outputs numbered after `after`, at most `limit`, from the store.

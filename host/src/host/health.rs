@@ -172,14 +172,17 @@ impl StoreHealth {
     }
 }
 
-/// Starts the retry thread: while the store is down it commits the kept checkpoints again after
-/// each pause; it ends when the host closes.
-pub(crate) fn spawn_retry(kernel: Arc<super::kernel::Kernel>) -> Result<std::thread::JoinHandle<()>, Error> {
+/// Starts the retry thread: while the store is down it calls `retry` (commit what is kept)
+/// after each pause; it ends when the host closes.
+pub(crate) fn spawn_retry(
+    health: Arc<StoreHealth>,
+    retry: impl Fn() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, Error> {
     std::thread::Builder::new()
         .name("turnstile-commit-retry".into())
         .spawn(move || {
-            while kernel.health().next_retry() {
-                kernel.retry_commits();
+            while health.next_retry() {
+                retry();
             }
         })
         .map_err(|e| Error::io("starting the commit retry thread", e))

@@ -111,7 +111,7 @@ impl Kernel {
         &self.bus
     }
 
-    pub(crate) fn health(&self) -> &StoreHealth {
+    pub(crate) fn health(&self) -> &Arc<StoreHealth> {
         &self.health
     }
 

@@ -18,7 +18,7 @@ use crate::store::{Checkpoint, StorageUsage};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How often the store is asked again what each tenant holds.
+/// How often the store is asked again what each tenant holds (`housekeeping.rs`).
 pub(crate) const REMEASURE: Duration = Duration::from_secs(30);
 
 /// One tenant's storage, as last measured plus what was committed since.
@@ -112,21 +112,5 @@ impl Storage {
             return Err(Error::Quota { owner: format!("tenant `{tenant}`"), what: "stored module bytes", count: held });
         }
         Ok(())
-    }
-}
-
-impl super::kernel::Kernel {
-    /// Asks the store what each tenant holds (at start, then every `storage::REMEASURE`).
-    pub(crate) fn measure_storage(&self) {
-        match self.store().usage() {
-            Ok(usage) => {
-                for tenant in self.tenants().all() {
-                    tenant.storage().measured(usage.get(&**tenant.name()).copied().unwrap_or_default());
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "measuring each tenant's storage failed: counting on from the last measure")
-            }
-        }
     }
 }

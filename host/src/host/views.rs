@@ -89,18 +89,3 @@ pub struct AppVersion {
     /// (whether another tenant's compile was reused is none of this tenant's business).
     pub source: CompileSource,
 }
-
-impl super::kernel::Kernel {
-    /// `tenant`'s sessions after `after`, in id order, at most `limit`, as they stand. (A scan
-    /// of every shard: a page costs a pass over the sessions held.)
-    pub(crate) fn list(&self, tenant: &str, after: SessionId, limit: usize) -> Vec<SessionView> {
-        let mut ids = Vec::new();
-        self.sessions().each(|id, entry| {
-            if id > after && &**entry.tenant.name() == tenant {
-                ids.push(id);
-            }
-        });
-        ids.sort_unstable();
-        ids.into_iter().take(limit).filter_map(|id| self.view(tenant, id).ok()).collect()
-    }
-}
