@@ -59,6 +59,15 @@ impl Ticket {
         self.changed.notify_one();
     }
 
+    /// Sleeps until it is no longer waiting: answered, or asked to lead.
+    fn await_turn(&self) -> MutexGuard<'_, TicketState> {
+        let mut state = self.lock();
+        while matches!(*state, TicketState::Waiting) {
+            state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        state
+    }
+
     fn is_settled(&self) -> bool {
         matches!(*self.lock(), TicketState::Done(_) | TicketState::Taken)
     }
@@ -202,10 +211,7 @@ impl CommitQueue {
         let baton = Arc::new(Ticket::default());
         state.relief = Some(baton.clone());
         drop(state);
-        let mut mine = baton.lock();
-        while matches!(*mine, TicketState::Waiting) {
-            mine = baton.changed.wait(mine).unwrap_or_else(PoisonError::into_inner);
-        }
+        let mine = baton.await_turn();
         if let TicketState::Lead = *mine {
             drop(mine);
             let state = self.lock();
@@ -235,10 +241,7 @@ impl CommitQueue {
                 let mut state = state;
                 state.waiters.push_back(ticket.clone());
                 drop(state);
-                let mut mine = ticket.lock();
-                while matches!(*mine, TicketState::Waiting) {
-                    mine = ticket.changed.wait(mine).unwrap_or_else(PoisonError::into_inner);
-                }
+                let mut mine = ticket.await_turn();
                 if let TicketState::Lead = *mine {
                     *mine = TicketState::Waiting;
                     drop(mine);
