@@ -13,7 +13,7 @@
 
 use super::{AppRecord, Image, StorageUsage, Store, StoreError, TenantRecord, TokenRecord, Write, Written, usage_of};
 use crate::session::SessionId;
-use load::{load_catalogue, load_sessions};
+use load::{load_catalogue, load_sessions, snapshot};
 use postgres::{Client, NoTls, Transaction};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -335,11 +335,7 @@ impl Store for PgStore {
         let mut writer = self.writer()?;
         let fail = pg("loading");
         // One snapshot for every table read (a session's inbox and its row as of one moment).
-        let mut tx = writer
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .map_err(&fail)?;
+        let mut tx = snapshot(&mut writer, "loading")?;
         let mut image = Image::default();
         load_catalogue(&mut tx, &mut image)?;
         image.sessions = load_sessions(&mut tx, None, &mut image.quarantined)?;

@@ -12,7 +12,7 @@
 //! long group commit; they lock lease rows in shard order, as commits do, so the two never
 //! deadlock.
 
-use super::load::load_sessions;
+use super::load::{load_sessions, snapshot};
 use super::{PgStore, kills_connection, pg, u64_of};
 use crate::store::{Quarantined, StoreError, StoredSession};
 use postgres::Client;
@@ -195,15 +195,10 @@ impl PgStore {
     pub fn load_shards(&self, shards: &[u32]) -> Result<(Vec<StoredSession>, Vec<Quarantined>), StoreError> {
         let shards: Vec<i32> = shards.iter().map(|s| i32::try_from(*s).unwrap_or(i32::MAX)).collect();
         let mut writer = self.writer()?;
-        let fail = pg("loading shards");
-        let mut tx = writer
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .map_err(&fail)?;
+        let mut tx = snapshot(&mut writer, "loading shards")?;
         let mut quarantined = Vec::new();
         let sessions = load_sessions(&mut tx, Some(&shards), &mut quarantined)?;
-        tx.commit().map_err(&fail)?;
+        tx.commit().map_err(pg("loading shards"))?;
         Ok((sessions, quarantined))
     }
 }

@@ -12,6 +12,12 @@ use postgres::Transaction;
 use std::collections::BTreeMap;
 
 /// Tenants, apps, modules and tokens.
+/// A transaction that reads every table as of one moment (repeatable read): a session's inbox
+/// and its row agree.
+pub(super) fn snapshot<'a>(client: &'a mut postgres::Client, op: &'static str) -> Result<Transaction<'a>, StoreError> {
+    client.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().map_err(pg(op))
+}
+
 pub(super) fn load_catalogue(tx: &mut Transaction<'_>, image: &mut Image) -> Result<(), StoreError> {
     let fail = pg("loading");
     for row in tx.query("SELECT name, config FROM tenants ORDER BY name", &[]).map_err(&fail)? {
