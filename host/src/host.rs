@@ -446,6 +446,18 @@ impl Host {
         self.core.watch(tenant, session)
     }
 
+    /// Takes one of `tenant`'s output-stream places (`max_streams`), given back when the slot
+    /// is dropped (the stream ends or its client goes).
+    pub fn open_stream(&self, tenant: &str) -> Result<StreamSlot, Error> {
+        let owner = self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
+        owner.open_stream(owner.policy().max_streams).map_err(|count| Error::Quota {
+            owner: format!("tenant `{tenant}`"),
+            what: "open output streams",
+            count,
+        })?;
+        Ok(StreamSlot { tenant: owner })
+    }
+
     /// Events of every session from now on (one receiver per call).
     pub fn subscribe(&self) -> mpsc::Receiver<SessionEvent> {
         self.core.bus().subscribe()
@@ -495,6 +507,17 @@ impl Host {
     pub fn peak_in_flight(&self, tenant: &str, app: &str) -> Option<u32> {
         let app = self.core.tenants().get(tenant)?.app(app)?;
         Some(self.core.dispatcher().with(|s| s.peak_in_flight(app.ix)))
+    }
+}
+
+/// One of a tenant's output-stream places, held while its stream is open.
+pub struct StreamSlot {
+    tenant: Arc<tenants::Tenant>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.tenant.close_stream();
     }
 }
 

@@ -80,7 +80,10 @@ pub use engine::EngineConfig;
 pub use error::Error;
 pub use error::QueueFull;
 pub use failure::{Failure, FailureKind};
-pub use host::{AppInfo, AppVersion, Delivery, Host, HostConfig, Output, SessionEvent, SessionView, TenantInfo};
+pub use host::{
+    AppInfo, AppVersion, Delivery, Host, HostConfig, Output, SessionEvent, SessionView, StoreOutage, StreamSlot,
+    TenantInfo,
+};
 pub use limits::{DeployLimits, Limits, TenantConfig};
 pub use local::{LocalSession, MemoryKv, Step};
 pub use metrics::{Histogram, MetricsSnapshot, TenantMetrics};

@@ -38,6 +38,8 @@ pub struct TenantConfig {
     pub limits: Limits,
     /// A suspended tenant's sessions and events are refused and its queued actions wait.
     pub suspended: bool,
+    /// Output streams (SSE) it may hold open at once: no tenant takes every connection.
+    pub max_streams: u32,
     /// Bytes its key-value space may hold (keys and values).
     #[serde(deserialize_with = "crate::human::bytes")]
     pub max_kv_bytes: u64,
@@ -69,6 +71,7 @@ impl Default for TenantConfig {
             deploys_per_minute: 30,
             limits: Limits::default(),
             suspended: false,
+            max_streams: 256,
             max_kv_bytes: 64 << 20,
             max_stored_output_bytes: 1 << 30,
             max_event_keys: 1_000_000,
@@ -107,6 +110,7 @@ impl TenantConfig {
         within("max_apps", self.max_apps, 1..=10_000)?;
         within("max_versions", self.max_versions, 1..=10_000)?;
         within("deploys_per_minute", self.deploys_per_minute, 1..=10_000)?;
+        within("max_streams", self.max_streams, 1..=100_000)?;
         within("max_kv_bytes", self.max_kv_bytes, 1024..=1 << 40)?;
         within("max_stored_output_bytes", self.max_stored_output_bytes, 1024..=1 << 44)?;
         within("max_event_keys", self.max_event_keys, 1..=1 << 32)?;

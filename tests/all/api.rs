@@ -452,3 +452,37 @@ async fn quotas_take_durations_and_sizes_as_people_write_them() {
     assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"), "{body}");
     assert!(body["message"].as_str().unwrap_or("").contains("limits.wall_time: `5`: give a unit"), "{body}");
 }
+
+#[tokio::test]
+async fn a_tenant_holds_at_most_its_output_streams_and_another_is_not_held_to_them() {
+    let server = Server::new();
+    let (mine, id) = server.tenant("acme").await;
+    let (theirs, their_id) = server.tenant("other").await;
+    let (status, _) = server.json(Method::PUT, "/v1/tenants/acme", ADMIN, json!({ "max_streams": 2 })).await;
+    assert_eq!(status, StatusCode::OK);
+    let open = |token: &str, session: u64| {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/v1/sessions/{session}/outputs"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request");
+        server.router.clone().oneshot(request)
+    };
+    // Two streams held open (their bodies not read: a waiting session's stream stays open).
+    let first = open(&mine, id).await.expect("answers");
+    let second = open(&mine, id).await.expect("answers");
+    assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
+    let third = open(&mine, id).await.expect("answers");
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = third.into_body().collect().await.expect("body").to_bytes();
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(code(&body), "quota_exceeded", "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("open output streams"), "{body}");
+    // Another tenant is not held to acme's streams.
+    assert_eq!(open(&theirs, their_id).await.expect("answers").status(), StatusCode::OK);
+    // A stream given up frees its place.
+    drop(first);
+    assert_eq!(open(&mine, id).await.expect("answers").status(), StatusCode::OK);
+    drop(second);
+}

@@ -3,7 +3,7 @@
 //! down.
 
 use super::{Api, ApiError, Tenant, blocking, session_id};
-use crate::host::{Host, SessionEvent};
+use crate::host::{Host, SessionEvent, StreamSlot};
 use crate::session::{SessionId, Status};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -28,12 +28,14 @@ pub(super) async fn outputs(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = session_id(&id)?;
+    let slot = api.host.open_stream(&tenant)?;
     let after: u64 =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     let host = api.host.clone();
     let watched = tenant.clone();
     let (view, events) = blocking(move || host.watch_session(&watched, id)).await?;
     let feed = OutputFeed {
+        _slot: slot,
         closing: api.closing.subscribe(),
         host: api.host.clone(),
         tenant,
@@ -81,6 +83,8 @@ pub(super) async fn outputs(
 
 /// What an output stream has yet to send.
 struct OutputFeed {
+    /// The tenant's stream place, given back when the stream is dropped.
+    _slot: StreamSlot,
     closing: watch::Receiver<bool>,
     host: Arc<Host>,
     tenant: String,

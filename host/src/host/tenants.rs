@@ -27,6 +27,8 @@ pub(crate) struct Tenant {
     kv: Arc<dyn KvRead>,
     apps: ArcSwap<BTreeMap<String, Arc<AppEntry>>>,
     open_sessions: AtomicU64,
+    /// Output streams it holds open.
+    streams: AtomicU64,
     /// What it holds in the store, against its storage quotas.
     storage: Storage,
     /// When its deploys of the last minute began; held while it deploys (one at a time).
@@ -73,6 +75,7 @@ impl Tenant {
             policy: ArcSwap::new(policy),
             apps: ArcSwap::default(),
             open_sessions: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
             storage: Storage::default(),
             deploys: Mutex::default(),
         }
@@ -117,6 +120,17 @@ impl Tenant {
         let mut apps = BTreeMap::clone(&self.apps.load());
         apps.insert(app.name.to_string(), Arc::new(app));
         self.apps.store(Arc::new(apps));
+    }
+
+    /// Counts one more open output stream, unless it already has `max`; the count so far.
+    pub(crate) fn open_stream(&self, max: u32) -> Result<(), u64> {
+        self.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < u64::from(max)).then_some(n + 1))
+            .map(drop)
+    }
+
+    pub(crate) fn close_stream(&self) {
+        self.streams.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn open_sessions(&self) -> u64 {
