@@ -404,3 +404,66 @@ fn an_overdue_claim_is_renewed_by_the_next_commit_not_given_up() {
     assert_eq!(store.commit(&[checkpoint(1, 0, "kept")]).expect("commits"), [Written::Committed]);
     assert!(store.holds_claim());
 }
+
+/// A host paused past its lease (SIGSTOP: a long GC pause, a frozen VM) comes back a zombie: a
+/// standby has taken its shards over meanwhile. Its first renewal finds them taken, and it
+/// exits 3 (to be started again as a standby) without writing anything: the call the standby
+/// finished stays finished, with one output.
+#[test]
+fn a_paused_server_that_lost_its_shards_exits_and_writes_nothing() {
+    use crate::serve::{ADMIN, json_body, request, start_server, wait_until};
+    use std::ffi::OsStr;
+    let schema = PgSchema::new("zombie");
+    let config = crate::durability::temp_dir("zombie-config").join("turnstile.toml");
+    std::fs::write(&config, "[cluster]\nlease = \"1s\"\n").expect("config");
+    let (dir_a, dir_b) = (crate::durability::temp_dir("zombie-a"), crate::durability::temp_dir("zombie-b"));
+    let args = |dir: &std::path::Path| {
+        [
+            OsStr::new("--config").to_owned(),
+            config.clone().into_os_string(),
+            "--store".into(),
+            schema.url.clone().into(),
+            "--data-dir".into(),
+            dir.as_os_str().to_owned(),
+        ]
+    };
+    let a_args = args(&dir_a);
+    let (mut zombie, port) = start_server(&a_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    let (status, _) = request(port, "POST", "/v1/tenants", ADMIN, "application/json", br#"{"name":"bank"}"#);
+    assert_eq!(status, 201);
+    let (_, body) = request(port, "POST", "/v1/tenants/bank/tokens", ADMIN, "application/json", b"");
+    let token = json_body(&body)["token"].as_str().expect("token").to_owned();
+    let app = crate::durability::wait_app(None);
+    assert_eq!(request(port, "PUT", "/v1/apps/call", &token, "application/wasm", &app).0, 201);
+    let (status, body) = request(port, "POST", "/v1/sessions", &token, "application/json", br#"{"app":"call"}"#);
+    assert_eq!(status, 201, "{body}");
+    let session = format!("/v1/sessions/{}", json_body(&body)["id"].as_u64().expect("id"));
+    wait_until("the call to wait", || {
+        json_body(&request(port, "GET", &session, &token, "", b"").1)["status"] == "waiting"
+    });
+
+    let b_args = args(&dir_b);
+    let standby = std::thread::spawn(move || start_server(&b_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>()));
+    let pause = |signal: &str| {
+        let sent = std::process::Command::new("kill").args([signal, &zombie.id().to_string()]).status();
+        assert!(sent.expect("kill runs").success());
+    };
+    pause("-STOP");
+    let (mut standby, port) = standby.join().expect("the standby takes over");
+    let (status, body) = request(port, "POST", &format!("{session}/events"), &token, "text/plain", b"\"answered\"");
+    assert_eq!(status, 202, "{body}");
+    wait_until("the call to end", || json_body(&request(port, "GET", &session, &token, "", b"").1)["status"] == "done");
+
+    // The zombie wakes up: it finds its leases taken and exits 3.
+    pause("-CONT");
+    let (exited, code) = std::sync::mpsc::channel();
+    std::thread::spawn(move || exited.send(zombie.wait().expect("reaped")));
+    let status = code.recv_timeout(Duration::from_secs(30)).expect("the zombie exits");
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    let view = json_body(&request(port, "GET", &session, &token, "", b"").1);
+    assert_eq!((view["status"].as_str(), view["outputs"].as_u64()), (Some("done"), Some(1)), "{view}");
+    let cluster = json_body(&request(port, "GET", "/v1/cluster", ADMIN, "", b"").1);
+    assert_eq!(cluster["holds_all_shards"], true, "{cluster}");
+    standby.kill().expect("stops");
+    standby.wait().expect("reaped");
+}
