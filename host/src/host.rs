@@ -489,7 +489,7 @@ impl Host {
             waiting,
             quarantined: self.core.quarantined(),
             output_streams: self.core.bus().watcher_count(),
-            store_up: self.core.store_outage().is_none(),
+            store_up: self.core.health().outage().is_none(),
             store_failures: self.core.health().failures(),
             commits,
             fenced_writes,
@@ -500,7 +500,7 @@ impl Host {
     /// The store outage under way, if any: new work is refused (`store_unavailable`) and
     /// checkpoints are retried until the store takes writes again.
     pub fn store_outage(&self) -> Option<StoreOutage> {
-        self.core.store_outage()
+        self.core.health().outage()
     }
 
     /// The most actions of `tenant`'s `app` that were ever in the action list at once.

@@ -7,7 +7,7 @@
 use super::bus::{Bus, SessionEvent};
 use super::commit::{CommitQueue, Ticket};
 use super::dispatch::{Dispatcher, Work};
-use super::health::{StoreHealth, StoreOutage};
+use super::health::StoreHealth;
 use super::lifecycle::{Effects, Lifecycle};
 use super::retention::Retention;
 use super::sessions::{SessionEntry, Sessions};
@@ -113,11 +113,6 @@ impl Kernel {
 
     pub(crate) fn health(&self) -> &Arc<StoreHealth> {
         &self.health
-    }
-
-    /// The store outage under way, if any.
-    pub(crate) fn store_outage(&self) -> Option<StoreOutage> {
-        self.health.outage()
     }
 
     /// Sessions set aside at start because their stored rows did not decode.
@@ -477,7 +472,7 @@ impl Kernel {
                 && let Ok(effects) = &done.result
                 && let Status::Ready { action, .. } = &entry.life.session().status
                 && let Some(refused) =
-                    entry.tenant.storage().refuse_effects(&entry.tenant.policy(), action, written_by(effects))
+                    entry.tenant.storage().refuse_effects(|| entry.tenant.policy(), action, written_by(effects))
             {
                 done.result = Err(refused);
             }

@@ -15,6 +15,7 @@ use crate::failure::{Failure, FailureKind};
 use crate::limits::TenantConfig;
 use crate::sandbox::Effects;
 use crate::store::{Checkpoint, StorageUsage};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -80,8 +81,17 @@ impl Storage {
     }
 
     /// Why `action`'s effects may not be kept (they would take the tenant past a quota), if so.
-    pub(crate) fn refuse_effects(&self, policy: &TenantConfig, action: &str, adds: StorageUsage) -> Option<Failure> {
-        let now = self.now();
+    /// An action that writes nothing (most) costs no more than this check of its sizes.
+    pub(crate) fn refuse_effects(
+        &self,
+        policy: impl FnOnce() -> Arc<TenantConfig>,
+        action: &str,
+        adds: StorageUsage,
+    ) -> Option<Failure> {
+        if adds.kv_bytes == 0 && adds.output_bytes == 0 {
+            return None;
+        }
+        let (policy, now) = (policy(), self.now());
         let over = |held: u64, adds: u64, max: u64| adds > 0 && held.saturating_add(adds) > max;
         let (what, held, max) = if over(now.kv_bytes, adds.kv_bytes, policy.max_kv_bytes) {
             ("key-value space", now.kv_bytes, policy.max_kv_bytes)
