@@ -41,6 +41,10 @@ pub struct ServeConfig {
     /// How long finished sessions are kept (with their outputs) before they are purged.
     #[serde(default = "default_retention", with = "crate::human::duration")]
     pub retention: std::time::Duration,
+    /// How long a compiled module no session holds stays in memory; then it is evicted and
+    /// loaded again when a session needs it.
+    #[serde(default = "default_module_idle", with = "crate::human::duration")]
+    pub module_idle: std::time::Duration,
     /// Connection, timeout and upload limits of the HTTP server.
     #[serde(default)]
     pub http: crate::api::HttpLimits,
@@ -84,6 +88,10 @@ impl ClusterConfig {
 
 fn default_retention() -> std::time::Duration {
     HostConfig::default().retention
+}
+
+fn default_module_idle() -> std::time::Duration {
+    HostConfig::default().module_idle
 }
 
 /// The pool's size and the memory ceiling of one instance.

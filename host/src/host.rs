@@ -18,8 +18,8 @@
 //! (a session's state machine: transitions return effects), `dispatch` (the scheduler behind
 //! its lock), `commit` (group commit with tickets), `timers` (wait timeouts, sleeping actions),
 //! `bus` (subscribers and watchers), `health` (store outages: retries, refusing new work),
-//! `retention` (what comes due when), `storage` (quotas), `housekeeping` (purges, measures),
-//! `resume` (loading a store), `pool` (workers), `kernel` (the paths through them), `views`
+//! `retention` (what comes due when), `storage` (quotas), `housekeeping` (purges, measures,
+//! evictions), `modules` (compiled code on demand), `resume` (loading a store), `pool` (workers), `kernel` (the paths through them), `views`
 //! (what readers see).
 //!
 //! # Locks, and their order
@@ -31,7 +31,8 @@
 //!    hot path;
 //! 4. the commit queue (`commit.rs`): appending a write, taking a group;
 //! 5. the timers (`timers.rs`) and the bus (`bus.rs`): arming a timer, adding a watcher; the
-//!    store's health (`health.rs`): noting a failed or a successful commit.
+//!    store's health (`health.rs`): noting a failed or a successful commit; the runtime's table
+//!    of compiled modules (`runtime.rs`): a look-up or an eviction, never a compile.
 //!
 //! Tenants, apps and tokens are read with no lock at all (copy-on-write maps), so the API's
 //! async threads never block on them.
@@ -44,6 +45,7 @@ mod housekeeping;
 mod ingest;
 mod kernel;
 mod lifecycle;
+mod modules;
 mod pool;
 mod resume;
 mod retention;
@@ -86,6 +88,10 @@ pub struct HostConfig {
     pub max_inbox: usize,
     /// How long a finished session (with its outputs, inbox and keys) is kept before it is purged.
     pub retention: Duration,
+    /// How long a compiled module no session holds stays in memory after it was last asked for;
+    /// past it, it is evicted and loaded again (from the store, through the disk cache) when a
+    /// session needs it.
+    pub module_idle: Duration,
     /// Where tenants, apps, checkpoints, inboxes and key-value spaces are kept; a store that
     /// already holds data is resumed from.
     pub store: Arc<dyn Store>,
@@ -101,6 +107,7 @@ impl Default for HostConfig {
             max_pending_total: 200_000,
             max_inbox: 16,
             retention: Duration::from_secs(7 * 86_400),
+            module_idle: Duration::from_secs(600),
             store: Arc::new(MemoryStore::default()),
         }
     }
@@ -168,7 +175,7 @@ impl Host {
         threads.push(core.timers().spawn(move |due| firing.fire(due))?);
         let (ingest, thread) = ingest::spawn(core.clone())?;
         threads.push(thread);
-        threads.push(housekeeping::spawn(core.clone())?);
+        threads.push(housekeeping::spawn(core.clone(), config.module_idle)?);
         let retrier = core.clone();
         threads.push(health::spawn_retry(core.health().clone(), move || retrier.retry_commits())?);
         Ok(Host { core, ingest: Mutex::new(Some(ingest)), threads })
@@ -310,7 +317,7 @@ impl Host {
             let module_bytes = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
             owner.storage().add(crate::store::StorageUsage { module_bytes, ..Default::default() });
         }
-        self.core.register_app(&admin, &owner, app, version.clone());
+        self.core.register_app(&admin, &owner, app, Arc::new(version.info().clone()));
         Ok(AppVersion {
             app: app.to_owned(),
             version: version.hash().to_owned(),
@@ -493,6 +500,7 @@ impl Host {
             store_failures: self.core.health().failures(),
             commits,
             fenced_writes,
+            modules: self.runtime().compile_stats(),
             cluster: None,
         }
     }
@@ -551,8 +559,8 @@ fn tenant_info(tenant: &tenants::Tenant) -> TenantInfo {
         .values()
         .map(|app| AppInfo {
             name: app.name.to_string(),
-            version: app.current.hash().to_owned(),
-            actions: app.current.info().actions.clone(),
+            version: app.current.hash.clone(),
+            actions: app.current.actions.clone(),
             versions: app.versions.clone(),
         })
         .collect();

@@ -220,6 +220,8 @@ pub struct MetricsSnapshot {
     pub commits: CommitStats,
     /// Writes the store refused because another host holds their session's shard now.
     pub fenced_writes: u64,
+    /// Compiled modules: how deploys got theirs, how many are held, loaded again and evicted.
+    pub modules: crate::runtime::CompileStats,
     /// The shard leases this host holds, on a PostgreSQL store (filled in by whoever knows the
     /// store: the server).
     pub cluster: Option<ClusterMetrics>,

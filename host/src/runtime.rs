@@ -10,7 +10,8 @@ use crate::limits::{DeployLimits, Limits};
 use crate::sandbox::{self, ActionCall, ActionOutcome, ActionTask, Attempt, Usage};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 use wasmtime::Linker;
 
 mod compiler;
@@ -47,7 +48,8 @@ pub struct Deployment {
     pub source: CompileSource,
 }
 
-/// How many deploys compiled, hit the disk cache, or reused an app this runtime had.
+/// How many deploys compiled, hit the disk cache, or reused an app this runtime had; how many
+/// modules it holds compiled now, and how many it loaded again after leaving them unused.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CompileStats {
     /// Deploys that compiled.
@@ -56,6 +58,19 @@ pub struct CompileStats {
     pub disk_cache: u64,
     /// Deploys of bytes already deployed here.
     pub already_deployed: u64,
+    /// Modules held compiled in memory now.
+    pub loaded: u64,
+    /// Stored modules loaded (compiled, or read from the disk cache) without a deploy: at start
+    /// for the sessions that resume, and on demand after an unused module was evicted.
+    pub reloads: u64,
+    /// Unused modules evicted from memory.
+    pub evicted: u64,
+}
+
+/// A module held compiled, and when it was last asked for.
+struct Loaded {
+    app: Arc<App>,
+    used: Instant,
 }
 
 /// How running tasks are told that work waits: a flag they read at every epoch check, and a
@@ -84,14 +99,16 @@ pub struct Runtime {
     limits: Arc<Limits>,
     deploy_limits: DeployLimits,
     max_memory_bytes: usize,
-    /// Apps deployed here, by hash, while anything (an app's version, a session) still holds
-    /// them: a module no one uses any more is dropped, compiled code and all.
-    apps: Mutex<HashMap<String, Weak<App>>>,
+    /// Modules held compiled, by hash: kept while a session holds them, evicted
+    /// ([`Runtime::evict_idle`]) once nothing has held or asked for them for a while.
+    apps: Mutex<HashMap<String, Loaded>>,
     /// Runs compiles: bounded in number and time, one per module hash.
     compiler: Arc<compiler::Compiler>,
     compiled: AtomicU64,
     disk_cache: AtomicU64,
     already_deployed: AtomicU64,
+    reloads: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl Runtime {
@@ -121,6 +138,8 @@ impl Runtime {
             compiled: AtomicU64::new(0),
             disk_cache: AtomicU64::new(0),
             already_deployed: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         })
     }
 
@@ -157,15 +176,11 @@ impl Runtime {
         Ok(Deployment { app: self.keep(hash, app), source })
     }
 
-    /// Compiles a module this host accepted before (a stored version, at start) without the
-    /// complexity caps or the compile time limit: what was deployed stays loadable when an
-    /// operator tightens the caps or a cold cache makes compiling slow. The memory and table
-    /// maxima still hold (the pool can't go over them), and so does everything the ABI requires.
-    pub(crate) fn reload(&self, bytes: &[u8]) -> Result<Arc<App>, Error> {
-        let hash = app::module_hash(bytes);
-        if let Some(app) = self.loaded(&hash) {
-            return Ok(app);
-        }
+    /// What a module this host accepted before holds (its actions), read without compiling it
+    /// and without the complexity caps: what was deployed stays loadable when an operator
+    /// tightens the caps. The memory and table maxima still hold (the pool can't go over them),
+    /// and so does everything the ABI requires.
+    pub(crate) fn inspect_stored(&self, bytes: &[u8]) -> Result<ModuleInfo, Error> {
         let lifted = DeployLimits {
             max_module_bytes: usize::MAX,
             max_functions: u32::MAX,
@@ -177,27 +192,53 @@ impl Runtime {
             max_module_cost: u64::MAX,
             ..self.deploy_limits.clone()
         };
-        let info = app::inspect(bytes, &lifted)?;
+        Ok(app::inspect(bytes, &lifted)?)
+    }
+
+    /// The compiled module `hash`, if it is held here (it counts as used now).
+    pub(crate) fn loaded(&self, hash: &str) -> Option<Arc<App>> {
+        let mut apps = self.apps();
+        let loaded = apps.get_mut(hash)?;
+        loaded.used = Instant::now();
+        Some(loaded.app.clone())
+    }
+
+    /// Compiles a module this host accepted before (a stored version: at start, or again after it
+    /// was evicted) as [`Runtime::inspect_stored`] reads it, without the compile time limit: a
+    /// cold cache that makes compiling slow can't keep a stored version from loading.
+    pub(crate) fn reload(&self, bytes: &[u8]) -> Result<Arc<App>, Error> {
+        let hash = app::module_hash(bytes);
+        if let Some(app) = self.loaded(&hash) {
+            return Ok(app);
+        }
+        let info = self.inspect_stored(bytes)?;
         let app = App::compile(self.engine.wasmtime(), [&self.sync_linker, &self.task_linker], bytes, info)?;
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(self.keep(hash, Arc::new(app)))
     }
 
     /// Keeps `app` as the loaded app of its hash, unless one is loaded already (then that one).
     fn keep(&self, hash: String, app: Arc<App>) -> Arc<App> {
-        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
-        apps.retain(|_, app| app.strong_count() > 0);
-        match apps.get(&hash).and_then(Weak::upgrade) {
-            Some(loaded) => loaded,
-            None => {
-                apps.insert(hash, Arc::downgrade(&app));
-                app
-            }
-        }
+        let mut apps = self.apps();
+        let loaded = apps.entry(hash).or_insert(Loaded { app, used: Instant::now() });
+        loaded.used = Instant::now();
+        loaded.app.clone()
     }
 
-    /// An app of these bytes' hash, if one is loaded here.
-    fn loaded(&self, hash: &str) -> Option<Arc<App>> {
-        self.apps.lock().unwrap_or_else(PoisonError::into_inner).get(hash).and_then(Weak::upgrade)
+    /// Drops the compiled code of every module that no session holds and no one asked for in
+    /// `idle`; the next session of such a module loads it again from the store's bytes (through
+    /// the disk cache). Returns how many were dropped.
+    pub fn evict_idle(&self, idle: Duration) -> usize {
+        let mut apps = self.apps();
+        let before = apps.len();
+        apps.retain(|_, loaded| Arc::strong_count(&loaded.app) > 1 || loaded.used.elapsed() < idle);
+        let evicted = before - apps.len();
+        self.evicted.fetch_add(u64::try_from(evicted).unwrap_or(u64::MAX), Ordering::Relaxed);
+        evicted
+    }
+
+    fn apps(&self) -> MutexGuard<'_, HashMap<String, Loaded>> {
+        self.apps.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How deploys obtained their code so far.
@@ -206,6 +247,9 @@ impl Runtime {
             compiled: self.compiled.load(Ordering::Relaxed),
             disk_cache: self.disk_cache.load(Ordering::Relaxed),
             already_deployed: self.already_deployed.load(Ordering::Relaxed),
+            loaded: u64::try_from(self.apps().len()).unwrap_or(u64::MAX),
+            reloads: self.reloads.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
         }
     }
 

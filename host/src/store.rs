@@ -445,6 +445,8 @@ pub trait Store: Send + Sync {
     fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError>;
     /// A session's released outputs numbered after `after`, oldest first, at most `limit`.
     fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
+    /// The bytes of the module `hash` (an app version), if they are stored.
+    fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// The value under `key` in `tenant`'s key-value space.
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Deletes finished sessions past their retention with everything kept for them (inbox,

@@ -142,8 +142,12 @@ fn compiles_each_module_once_also_across_runtimes_sharing_a_cache() {
     assert_eq!(held.source, CompileSource::Compiled);
     assert_eq!(first.deploy(&bytes).expect("deploys").source, CompileSource::AlreadyDeployed);
     assert_eq!(first.compile_stats().compiled, 1);
-    // A module no one holds any more is dropped from memory (compiled code and all).
+    // A module no one holds is kept until it has been idle long enough, then evicted from
+    // memory (compiled code and all).
     drop(held);
+    assert_eq!(first.evict_idle(std::time::Duration::from_secs(60)), 0);
+    assert_eq!(first.evict_idle(std::time::Duration::ZERO), 1);
+    assert_eq!(first.compile_stats().loaded, 0);
     assert_eq!(first.deploy(&bytes).expect("deploys").source, CompileSource::DiskCache);
     drop(first);
 

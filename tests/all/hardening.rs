@@ -362,6 +362,9 @@ impl turnstile::Store for Faulty {
     ) -> Result<Vec<(u64, String)>, turnstile::StoreError> {
         self.inner.outputs(session, after, limit)
     }
+    fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, turnstile::StoreError> {
+        self.inner.module(hash)
+    }
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, turnstile::StoreError> {
         self.inner.kv_get(tenant, key)
     }

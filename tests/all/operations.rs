@@ -1,4 +1,4 @@
-//! Operating a host: an online backup taken while sessions move on.
+//! Operating a host: backups under load, upgrades, retention, and compiled modules evicted when unused.
 
 use crate::durability::{host_on, temp_dir, wait_app, wait_for, waiting};
 use std::sync::Arc;
@@ -303,6 +303,69 @@ fn a_changed_retention_applies_to_sessions_already_finished() {
     }
     // By now the lengthened tenant's old second has long passed, and its session is kept.
     assert!(host.session("lengthened", ended[0]).is_ok(), "a lengthened retention was not applied");
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls `done` until it holds (a background thread's work has no event to wait for), failing
+/// with `what` after 30 s.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn unused_compiled_modules_leave_memory_and_load_again_on_demand() {
+    let dir = temp_dir("module-eviction");
+    let open = |module_idle| {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+        let mut config = turnstile::HostConfig { workers: 2, store, module_idle, ..turnstile::HostConfig::default() };
+        config.runtime.engine.pool_instances = 8;
+        config.runtime.engine.cache_dir = Some(dir.join("modules"));
+        turnstile::Host::new(config).expect("host starts")
+    };
+    let host = open(std::time::Duration::ZERO);
+    let events = host.subscribe();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "held", &wait_app(None)).expect("deploys");
+    host.deploy("t", "idle", &wait_app(Some(60_000))).expect("deploys");
+    let held = host.start_session("t", "held", "start", Vec::new()).expect("starts");
+    wait_for(&events, held, waiting);
+    // The idle app's code leaves memory; the other stays while its session is open.
+    eventually("the unused module was never evicted", || {
+        let modules = host.metrics().modules;
+        modules.loaded == 1 && modules.evicted >= 1
+    });
+    let reloads = host.metrics().modules.reloads;
+    // A session of the evicted app loads it again, and runs as before.
+    let again = host.start_session("t", "idle", "start", Vec::new()).expect("starts");
+    assert_eq!(host.metrics().modules.reloads, reloads + 1, "the evicted module was not loaded again");
+    wait_for(&events, again, waiting);
+    for session in [again, held] {
+        host.deliver("t", session, br#""hello""#.to_vec(), None).expect("delivered");
+        wait_for(&events, session, Status::is_finished);
+        assert_eq!(crate::fixtures::outputs_of(&host, "t", session), [r#""hello""#]);
+    }
+    // With every session finished nothing holds compiled code.
+    eventually("modules of finished sessions were kept", || host.metrics().modules.loaded == 0);
+    assert!(host.metrics().prometheus().contains("turnstile_modules_loaded 0"));
+    drop(events);
+    drop(host);
+    // At start only the versions of open sessions are compiled (none here); the others when a
+    // session needs them.
+    let host = open(std::time::Duration::from_secs(600));
+    assert_eq!(host.metrics().modules.loaded, 0, "a start compiled versions no session needed");
+    let events = host.subscribe();
+    let after = host.start_session("t", "held", "start", Vec::new()).expect("starts after a restart");
+    wait_for(&events, after, waiting);
+    assert_eq!((host.metrics().modules.loaded, host.metrics().modules.reloads), (1, 1));
+    // Asking for an action the app does not have is still answered with the ones it has.
+    let unknown = host.start_session("t", "idle", "nope", Vec::new()).expect_err("no such action");
+    assert_eq!(unknown.code(), "unknown_action");
+    drop(events);
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -59,6 +59,9 @@ impl Store for FailingStore {
     fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
         self.inner.outputs(session, after, limit)
     }
+    fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.module(hash)
+    }
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.kv_get(tenant, key)
     }

@@ -56,6 +56,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
         max_pending_total: config.queues.total,
         max_inbox: config.queues.inbox,
         retention: config.retention,
+        module_idle: config.module_idle,
         ..HostConfig::default()
     };
     if let Some(workers) = config.workers {

@@ -1,7 +1,8 @@
 //! The host's upkeep, off the path of actions, on one thread of its own: finished sessions
 //! purged once their retention has passed (checked against their tenant's retention at that
-//! moment, so an operator's change applies to sessions already finished), and each tenant's
-//! storage measured from the store again every `storage::REMEASURE`.
+//! moment, so an operator's change applies to sessions already finished), each tenant's
+//! storage measured from the store again every `storage::REMEASURE`, and compiled modules left
+//! unused for `module_idle` evicted (`modules.rs`).
 
 use super::kernel::Kernel;
 use super::storage::REMEASURE;
@@ -10,7 +11,7 @@ use crate::error::Error;
 use crate::session::{SessionId, now_ms};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl Kernel {
     /// Of sessions whose retention was due when it was counted, those still due under their
@@ -75,17 +76,23 @@ impl Kernel {
     }
 }
 
-/// Starts the thread that purges what is due, and measures each tenant's storage again every
-/// `storage::REMEASURE` (what purges freed shows then).
-pub(crate) fn spawn(kernel: Arc<Kernel>) -> Result<JoinHandle<()>, Error> {
+/// Starts the thread that purges what is due, measures each tenant's storage again every
+/// `storage::REMEASURE` (what purges freed shows then), and evicts modules unused for
+/// `module_idle` (looked for every half of it, between 1 s and `REMEASURE`).
+pub(crate) fn spawn(kernel: Arc<Kernel>, module_idle: Duration) -> Result<JoinHandle<()>, Error> {
+    let evict_every = (module_idle / 2).clamp(Duration::from_secs(1), REMEASURE);
     thread::Builder::new()
         .name("turnstile-retention".into())
         .spawn(move || {
-            let mut measured = Instant::now();
-            while let Some(batch) = kernel.retention().next_batch(REMEASURE) {
+            let (mut measured, mut evicted) = (Instant::now(), Instant::now());
+            while let Some(batch) = kernel.retention().next_batch(evict_every) {
                 if measured.elapsed() >= REMEASURE {
                     kernel.measure_storage();
                     measured = Instant::now();
+                }
+                if evicted.elapsed() >= evict_every {
+                    kernel.evict_idle_modules(module_idle);
+                    evicted = Instant::now();
                 }
                 // Checked against the tenants' retention now: an operator may have changed it.
                 let batch = kernel.still_due(batch);

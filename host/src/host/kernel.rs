@@ -16,7 +16,7 @@ use super::tenants::{Admin, AppEntry, Tenant, Tenants};
 use super::timers::{Due, Timers};
 use super::tokens::Tokens;
 use super::views::{Delivery, SessionView};
-use crate::app::App;
+use crate::app::ModuleInfo;
 use crate::error::Error;
 use crate::limits::TenantConfig;
 use crate::runtime::Runtime;
@@ -139,8 +139,8 @@ impl Kernel {
     }
 
     /// Makes `version` the current version of `tenant`'s `app` (the caller has stored it).
-    pub(crate) fn register_app(&self, admin: &Admin<'_>, tenant: &Tenant, app: &str, version: Arc<App>) {
-        let hash = version.hash().to_owned();
+    pub(crate) fn register_app(&self, admin: &Admin<'_>, tenant: &Tenant, app: &str, version: Arc<ModuleInfo>) {
+        let hash = version.hash.clone();
         let (ix, mut versions) = match tenant.app(app) {
             Some(existing) => (existing.ix, existing.versions.clone()),
             None => (self.dispatcher.with(|s| s.add_app(tenant.ix())), Vec::new()),
@@ -198,6 +198,10 @@ impl Kernel {
         let mut shard = self.sessions.shard(id);
         let Some(entry) = shard.get_mut(&id) else { return };
         let mut effects = transition(entry);
+        if effects.finished.is_some() {
+            // Its compiled code is held while it is open, no longer (modules.rs evicts it).
+            entry.code = None;
+        }
         if let Some(checkpoint) = effects.checkpoint.take() {
             self.commits.enqueue(Write::Checkpoint(checkpoint), ticket);
         }
@@ -547,7 +551,7 @@ impl Kernel {
         if input.len() > policy.limits.max_input_bytes {
             return Err(Error::EventTooLarge { size: input.len(), limit: policy.limits.max_input_bytes });
         }
-        let version = app_entry.current.clone();
+        let version = self.code(&app_entry.current.hash)?;
         let session = Session::start(&version, entry_action, input)?;
         self.dispatcher.has_room(app_entry.ix).map_err(Error::QueueFull)?;
         if !tenant.open_session(policy.max_sessions) {

@@ -7,7 +7,7 @@
 use super::kernel::Kernel;
 use super::lifecycle::Lifecycle;
 use super::sessions::SessionEntry;
-use crate::app::App;
+use crate::app::ModuleInfo;
 use crate::error::Error;
 use crate::session::SessionId;
 use crate::store::{Image, StoreError};
@@ -16,16 +16,18 @@ use std::sync::Arc;
 
 /// Rebuilds the host's state from what the store holds.
 pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
-    let mut loaded: HashMap<String, Arc<App>> = HashMap::new();
-    let mut module = |hash: &str| -> Result<Arc<App>, Error> {
-        if let Some(app) = loaded.get(hash) {
-            return Ok(app.clone());
+    let bytes = |hash: &str| image.modules.get(hash).ok_or_else(|| StoreError::MissingModule(hash.to_owned()));
+    // Each app version is read (not compiled) once; only the versions of open sessions are
+    // compiled now, the others when a session needs them. Both without the deploy caps and time
+    // limit: a version accepted once stays loadable.
+    let mut read: HashMap<String, Arc<ModuleInfo>> = HashMap::new();
+    let mut info = |hash: &str| -> Result<Arc<ModuleInfo>, Error> {
+        if let Some(info) = read.get(hash) {
+            return Ok(info.clone());
         }
-        let bytes = image.modules.get(hash).ok_or_else(|| StoreError::MissingModule(hash.to_owned()))?;
-        // Loaded without the deploy caps and time limit: a version accepted once stays loadable.
-        let app = core.runtime().reload(bytes)?;
-        loaded.insert(hash.to_owned(), app.clone());
-        Ok(app)
+        let info = Arc::new(core.runtime().inspect_stored(bytes(hash)?)?);
+        read.insert(hash.to_owned(), info.clone());
+        Ok(info)
     };
     let admin = core.tenants().admin();
     for tenant in &image.tenants {
@@ -35,7 +37,7 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
     // version makes it current again).
     for app in image.app_versions.iter().chain(&image.apps) {
         let Some(tenant) = core.tenants().get(&app.tenant) else { continue };
-        core.register_app(&admin, &tenant, &app.app, module(&app.version)?);
+        core.register_app(&admin, &tenant, &app.app, info(&app.version)?);
     }
     drop(admin);
     for token in &image.tokens {
@@ -53,7 +55,7 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
         let Some(app) = tenant.app(&record.app) else { continue };
         let open = !record.snapshot.status.is_finished();
         let version = record.snapshot.app.clone();
-        let code = if open { Some(module(&version)?) } else { None };
+        let code = if open { Some(core.runtime().reload(bytes(&version)?)?) } else { None };
         let finished_ms = record.snapshot.finished_ms;
         let (life, effects) = Lifecycle::resumed(stored);
         // Counters count what this host does from its start (as Prometheus expects of a

@@ -8,7 +8,7 @@
 
 use super::storage::Storage;
 use crate::abi::KvRead;
-use crate::app::App;
+use crate::app::ModuleInfo;
 use crate::error::Error;
 use crate::limits::TenantConfig;
 use crate::scheduler::{AppIx, TenantIx};
@@ -45,8 +45,9 @@ pub(crate) struct AppEntry {
     pub(crate) name: Arc<str>,
     /// Its place in the scheduler.
     pub(crate) ix: AppIx,
-    /// The version new sessions start on.
-    pub(crate) current: Arc<App>,
+    /// The version new sessions start on (what it holds: its compiled code is the runtime's,
+    /// loaded when a session needs it).
+    pub(crate) current: Arc<ModuleInfo>,
     /// Every version it has had (module hashes), oldest first.
     pub(crate) versions: Vec<String>,
 }

@@ -211,6 +211,19 @@ pub(super) fn encode(snapshot: &MetricsSnapshot) -> String {
         "Writes refused because another host holds their session's shard now",
         snapshot.fenced_writes,
     );
+    host_gauge(
+        &mut registry,
+        "modules_loaded",
+        "Compiled modules held in memory (those no session held or asked for lately are evicted)",
+        snapshot.modules.loaded,
+    );
+    host_counter(
+        &mut registry,
+        "module_reloads",
+        "Stored modules loaded without a deploy: at start for resumed sessions, and after an eviction",
+        snapshot.modules.reloads,
+    );
+    host_counter(&mut registry, "modules_evicted", "Unused compiled modules evicted from memory", snapshot.modules.evicted);
     if let Some(cluster) = snapshot.cluster {
         host_gauge(&mut registry, "cluster_shards", "Shards of the shared database", u64::from(cluster.shards));
         host_gauge(

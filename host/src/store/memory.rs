@@ -186,6 +186,10 @@ impl Store for MemoryStore {
         Ok((after + 1..).zip(stored.outputs.iter().skip(skip).take(limit).cloned()).collect())
     }
 
+    fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().modules.get(hash).cloned())
+    }
+
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().kv.get(tenant).and_then(|space| space.get(key)).cloned())
     }

@@ -467,6 +467,13 @@ impl Store for PgStore {
         )
     }
 
+    fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(
+            |client| Ok(client.query_opt("SELECT bytes FROM modules WHERE hash = $1", &[&hash])?.map(|r| r.get(0))),
+            "reading a module",
+        )
+    }
+
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(
             |client| {

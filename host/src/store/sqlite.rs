@@ -363,6 +363,17 @@ impl Store for SqliteStore {
         )
     }
 
+    fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(
+            |conn| {
+                conn.prepare_cached("SELECT bytes FROM modules WHERE hash = ?1")?
+                    .query_row(params![hash], |r| r.get(0))
+                    .optional()
+            },
+            "reading a module",
+        )
+    }
+
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(
             |conn| {
