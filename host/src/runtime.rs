@@ -107,7 +107,7 @@ pub struct Runtime {
     compiled: AtomicU64,
     disk_cache: AtomicU64,
     already_deployed: AtomicU64,
-    reloads: AtomicU64,
+    reloads: Arc<AtomicU64>,
     evicted: AtomicU64,
 }
 
@@ -138,7 +138,7 @@ impl Runtime {
             compiled: AtomicU64::new(0),
             disk_cache: AtomicU64::new(0),
             already_deployed: AtomicU64::new(0),
-            reloads: AtomicU64::new(0),
+            reloads: Arc::default(),
             evicted: AtomicU64::new(0),
         })
     }
@@ -212,9 +212,15 @@ impl Runtime {
             return Ok(app);
         }
         let info = self.inspect_stored(bytes)?;
-        let app = App::compile(self.engine.wasmtime(), [&self.sync_linker, &self.task_linker], bytes, info)?;
-        self.reloads.fetch_add(1, Ordering::Relaxed);
-        Ok(self.keep(hash, Arc::new(app)))
+        let (engine, owned) = (self.engine.wasmtime().clone(), bytes.to_vec());
+        let linkers = (self.sync_linker.clone(), self.task_linker.clone());
+        let reloads = self.reloads.clone();
+        let (app, _) = self.compiler.compile_stored(&hash, move || {
+            let app = App::compile(&engine, [&linkers.0, &linkers.1], &owned, info)?;
+            reloads.fetch_add(1, Ordering::Relaxed);
+            Ok((app, CompileSource::Compiled))
+        })?;
+        Ok(self.keep(hash, app))
     }
 
     /// Keeps `app` as the loaded app of its hash, unless one is loaded already (then that one).

@@ -223,7 +223,12 @@ pub(super) fn encode(snapshot: &MetricsSnapshot) -> String {
         "Stored modules loaded without a deploy: at start for resumed sessions, and after an eviction",
         snapshot.modules.reloads,
     );
-    host_counter(&mut registry, "modules_evicted", "Unused compiled modules evicted from memory", snapshot.modules.evicted);
+    host_counter(
+        &mut registry,
+        "modules_evicted",
+        "Unused compiled modules evicted from memory",
+        snapshot.modules.evicted,
+    );
     if let Some(cluster) = snapshot.cluster {
         host_gauge(&mut registry, "cluster_shards", "Shards of the shared database", u64::from(cluster.shards));
         host_gauge(

@@ -8,6 +8,9 @@
 //! thread, holding its slot; the deploy caps checked before it (compile cost per function and per
 //! module, `DeployLimits`) keep that end seconds away. Stopping it sooner would take a compile
 //! process of its own.
+//!
+//! Stored modules loaded again (at start, or after an eviction) share the slots and the single
+//! flight, without the time limit: a hundred sessions of an evicted module load it once.
 
 use crate::app::{App, DeployError};
 use crate::runtime::CompileSource;
@@ -47,16 +50,16 @@ impl Flight {
     }
 
     /// Waits for the outcome until the compile has run for `timeout` (the wait for a slot does
-    /// not count); `None` if it has not come by then.
-    fn wait(&self, timeout: Duration) -> Option<Outcome> {
+    /// not count; no timeout: until it comes); `None` if it has not come by then.
+    fn wait(&self, timeout: Option<Duration>) -> Option<Outcome> {
         let mut state = lock(&self.state);
         loop {
             if let Some(outcome) = state.outcome.as_ref() {
                 return Some(outcome.clone());
             }
-            state = match state.began {
-                None => self.changed.wait(state).unwrap_or_else(PoisonError::into_inner),
-                Some(began) => {
+            state = match (state.began, timeout) {
+                (None, _) | (_, None) => self.changed.wait(state).unwrap_or_else(PoisonError::into_inner),
+                (Some(began), Some(timeout)) => {
                     let left = (began + timeout).checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
                     self.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0
                 }
@@ -101,16 +104,37 @@ impl Compiler {
         }
     }
 
-    /// The compile of the module `hash` by `job`: this caller's own, or the one already under way.
+    /// The compile of the module `hash` by `job` for a deploy: this caller's own, or the one
+    /// already under way; refused past the time limit.
     pub(crate) fn compile(
         self: &Arc<Self>,
         hash: &str,
         job: impl FnOnce() -> Result<(App, CompileSource), DeployError> + Send + 'static,
     ) -> Outcome {
-        let timed_out = || DeployError::CompileTimeout { seconds: self.timeout.as_secs().max(1) };
         if lock(&self.timed_out).contains(hash) {
-            return Err(timed_out());
+            return Err(DeployError::CompileTimeout { seconds: self.timeout.as_secs().max(1) });
         }
+        self.run(hash, Some(self.timeout), job)
+    }
+
+    /// The compile of a stored module (accepted before): bounded in number and single-flight like
+    /// a deploy's, so that many sessions of an evicted module load it once, but given the time it
+    /// takes (a cold cache must not keep a stored version from loading).
+    pub(crate) fn compile_stored(
+        self: &Arc<Self>,
+        hash: &str,
+        job: impl FnOnce() -> Result<(App, CompileSource), DeployError> + Send + 'static,
+    ) -> Outcome {
+        self.run(hash, None, job)
+    }
+
+    fn run(
+        self: &Arc<Self>,
+        hash: &str,
+        timeout: Option<Duration>,
+        job: impl FnOnce() -> Result<(App, CompileSource), DeployError> + Send + 'static,
+    ) -> Outcome {
+        let timed_out = || DeployError::CompileTimeout { seconds: self.timeout.as_secs().max(1) };
         let (flight, lead) = {
             let mut flights = lock(&self.flights);
             match flights.get(hash) {
@@ -123,9 +147,9 @@ impl Compiler {
             }
         };
         if lead {
-            self.start(hash, &flight, job);
+            self.start(hash, &flight, timeout, job);
         }
-        match flight.wait(self.timeout) {
+        match flight.wait(timeout) {
             Some(outcome) => outcome,
             None => {
                 tracing::warn!(module = hash, seconds = self.timeout.as_secs(), "a compile ran out of time");
@@ -136,19 +160,24 @@ impl Compiler {
         }
     }
 
-    /// Takes a slot (waiting for one) and runs `job` on a thread of its own.
+    /// Takes a slot (waiting for one, at most `timeout`) and runs `job` on a thread of its own.
     fn start(
         self: &Arc<Self>,
         hash: &str,
         flight: &Arc<Flight>,
+        timeout: Option<Duration>,
         job: impl FnOnce() -> Result<(App, CompileSource), DeployError> + Send + 'static,
     ) {
         {
             // A slot within the time one compile may take, or a refusal: a deploy never waits
             // without end behind compiles that ran out of time and still hold their slots.
-            let deadline = Instant::now() + self.timeout;
+            let deadline = timeout.map(|timeout| Instant::now() + timeout);
             let mut free = lock(&self.free);
             while *free == 0 {
+                let Some(deadline) = deadline else {
+                    free = self.freed.wait(free).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                };
                 let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                     drop(free);
                     flight.finish(Err(DeployError::CompileBusy));
