@@ -126,6 +126,199 @@
 //! fn start(ctx: &mut Ctx) -> u32 { 0 } // ... and Next, not something else
 //! ```
 //!
+//! ## Each feature, by example
+//!
+//! Every example below is a complete app fragment with a unit test on the [`testing`] host; the
+//! same code compiled to Wasm runs on a Turnstile server.
+//!
+//! ### State: what a session remembers between actions
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use turnstile_sdk::{action, Ctx, Next};
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Order {
+//!     items: Vec<String>,
+//! }
+//!
+//! #[action]
+//! fn add(ctx: &mut Ctx<Order>) -> Next {
+//!     let item = ctx.input_str().to_owned();
+//!     ctx.state_mut().items.push(item); // written back when the action returns
+//!     if ctx.state().items.len() < 2 { Next::wait("add") } else { Next::done_with(&ctx.state().items) }
+//! }
+//! # #[cfg(not(target_arch = "wasm32"))]
+//! # {
+//! let mut host = turnstile_sdk::testing::TestHost::new();
+//! host.set_input("tea");
+//! assert_eq!(host.run(add).next, serde_json::json!({ "wait": { "action": "add" } }));
+//! host.set_input("cake");
+//! assert_eq!(host.run(add).next, serde_json::json!({ "done": ["tea", "cake"] }));
+//! # }
+//! ```
+//!
+//! ### Input: the event that woke the action
+//!
+//! Bytes ([`Ctx::input`]), text ([`Ctx::input_str`]) or JSON ([`Ctx::input_json`]). The first
+//! action of a session gets the session's initial input; an action after a wait gets the
+//! customer's event; after a [`Next::goto`] or a timeout the input is empty.
+//!
+//! ```
+//! use serde::Deserialize;
+//! use turnstile_sdk::{action, Ctx, Level, Next};
+//!
+//! #[derive(Deserialize)]
+//! struct Message {
+//!     text: String,
+//! }
+//!
+//! #[action]
+//! fn chat(ctx: &mut Ctx) -> Next {
+//!     match ctx.input_json::<Message>() {
+//!         Ok(message) => ctx.say(format!("You wrote: {}", message.text)),
+//!         Err(error) => ctx.log(Level::Warn, format!("not a message: {error}")),
+//!     }
+//!     Next::wait("chat")
+//! }
+//! # #[cfg(not(target_arch = "wasm32"))]
+//! # {
+//! let mut host = turnstile_sdk::testing::TestHost::new();
+//! host.set_input_json(&serde_json::json!({ "text": "hello" }));
+//! assert_eq!(host.run(chat).said(), ["You wrote: hello"]);
+//! host.set_input("not json");
+//! assert_eq!(host.run(chat).log.len(), 1);
+//! # }
+//! ```
+//!
+//! ### Outputs: what the customer's channel receives
+//!
+//! Each output is one JSON value, released to the session's readers (`GET
+//! /v1/sessions/{id}/outputs`) once the action's checkpoint is durable, in order, numbered.
+//!
+//! ```
+//! use turnstile_sdk::{action, Ctx, Next};
+//!
+//! #[action]
+//! fn start(ctx: &mut Ctx) -> Next {
+//!     ctx.say("Welcome.");
+//!     ctx.play("https://example.com/jingle.wav");
+//!     ctx.emit(&serde_json::json!({ "type": "screen_pop", "customer": 42 })); // any JSON
+//!     ctx.transfer("sales");
+//!     Next::done()
+//! }
+//! # #[cfg(not(target_arch = "wasm32"))]
+//! # {
+//! let out = turnstile_sdk::testing::TestHost::new().run(start);
+//! assert_eq!(out.outputs.len(), 4);
+//! assert_eq!(out.outputs[3], serde_json::json!({ "type": "transfer", "queue": "sales" }));
+//! # }
+//! ```
+//!
+//! ### Key-value: the tenant's data, shared by its sessions
+//!
+//! Reads see what is committed; writes are committed with the action's checkpoint (all or
+//! nothing), and count against the tenant's `max_kv_bytes`.
+//!
+//! ```
+//! use turnstile_sdk::{action, Ctx, Next};
+//!
+//! #[action]
+//! fn count_call(ctx: &mut Ctx) -> Next {
+//!     let calls: u64 = ctx.kv_get_str("calls").and_then(|v| v.parse().ok()).unwrap_or(0);
+//!     ctx.kv_set("calls", (calls + 1).to_string());
+//!     Next::done_with(&(calls + 1))
+//! }
+//! # #[cfg(not(target_arch = "wasm32"))]
+//! # {
+//! let mut host = turnstile_sdk::testing::TestHost::new();
+//! host.set_kv("calls", "41");
+//! assert_eq!(host.run(count_call).next, serde_json::json!({ "done": 42 }));
+//! assert_eq!(host.kv()["calls"], b"42");
+//! # }
+//! ```
+//!
+//! ### Waiting for the customer, with a timeout
+//!
+//! The session is checkpointed and holds no worker while it waits; the timer survives a restart
+//! (it fires with what was left of it).
+//!
+//! ```
+//! use turnstile_sdk::{action, Ctx, Next};
+//!
+//! #[action]
+//! fn ask(ctx: &mut Ctx) -> Next {
+//!     ctx.gather("Enter your account number.", 8);
+//!     Next::wait("account").timeout_ms(10_000).on_timeout("no_answer")
+//! }
+//!
+//! #[action]
+//! fn no_answer(ctx: &mut Ctx) -> Next {
+//!     ctx.say("Transferring you to an agent.");
+//!     ctx.transfer("agents");
+//!     Next::done()
+//! }
+//! # #[action]
+//! # fn account(ctx: &mut Ctx) -> Next { Next::done() }
+//! # #[cfg(not(target_arch = "wasm32"))]
+//! # {
+//! let out = turnstile_sdk::testing::TestHost::new().run(ask);
+//! assert_eq!(
+//!     out.next,
+//!     serde_json::json!({ "wait": { "action": "account", "timeout_ms": 10000, "on_timeout": "no_answer" } })
+//! );
+//! # }
+//! ```
+//!
+//! ### Errors: the error action
+//!
+//! An action fails when it panics (the message is logged at [`Level::Error`] and becomes the
+//! failure's message), traps, runs out of fuel or time, or breaks a limit; nothing it did is
+//! kept. If the app exports an action named `on_error`, the session goes there with the input
+//! `{"failure":{"kind":…,"action":…,"message":…}}` instead of failing; otherwise the session
+//! ends failed with that failure.
+//!
+//! ```
+//! use serde::Deserialize;
+//! use turnstile_sdk::{action, Ctx, Next};
+//!
+//! #[derive(Deserialize)]
+//! struct Failed {
+//!     failure: Failure,
+//! }
+//! #[derive(Deserialize)]
+//! struct Failure {
+//!     kind: String,
+//!     action: String,
+//! }
+//!
+//! #[action]
+//! fn lookup(ctx: &mut Ctx) -> Next {
+//!     let id: u32 = ctx.input_str().parse().expect("an account number"); // panics on bad input
+//!     Next::done_with(&id)
+//! }
+//!
+//! #[action]
+//! fn on_error(ctx: &mut Ctx) -> Next {
+//!     let failed: Failed = ctx.input_json().expect("the host's failure document");
+//!     ctx.say("Sorry, something went wrong. An agent will take your call.");
+//!     ctx.transfer("agents");
+//!     Next::done_with(&serde_json::json!({ "failed": failed.failure.action, "kind": failed.failure.kind }))
+//! }
+//! # #[cfg(not(target_arch = "wasm32"))]
+//! # {
+//! let mut host = turnstile_sdk::testing::TestHost::new();
+//! host.set_input("not a number");
+//! let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.run(lookup)));
+//! assert!(failed.is_err(), "natively, the panic reaches the test");
+//! host.set_input_json(&serde_json::json!({
+//!     "failure": { "kind": "trap", "action": "lookup", "message": "an account number" }
+//! }));
+//! let out = host.run(on_error);
+//! assert_eq!(out.next, serde_json::json!({ "done": { "failed": "lookup", "kind": "trap" } }));
+//! # }
+//! ```
+//!
 //! ## Guest ABI v1 (what the SDK implements)
 //!
 //! Imports from module `"turnstile"`, integers `i32` unless noted, pointers are offsets into the
