@@ -73,6 +73,15 @@ struct Loaded {
     used: Instant,
 }
 
+/// Keeps `app` as the loaded app of its hash in `apps`, unless one is loaded already (then that
+/// one).
+fn keep(apps: &Mutex<HashMap<String, Loaded>>, hash: String, app: Arc<App>) -> Arc<App> {
+    let mut apps = apps.lock().unwrap_or_else(PoisonError::into_inner);
+    let loaded = apps.entry(hash).or_insert(Loaded { app, used: Instant::now() });
+    loaded.used = Instant::now();
+    loaded.app.clone()
+}
+
 /// How running tasks are told that work waits: a flag they read at every epoch check, and a
 /// poke that makes them check now.
 pub(crate) struct Preemption {
@@ -101,7 +110,7 @@ pub struct Runtime {
     max_memory_bytes: usize,
     /// Modules held compiled, by hash: kept while a session holds them, evicted
     /// ([`Runtime::evict_idle`]) once nothing has held or asked for them for a while.
-    apps: Mutex<HashMap<String, Loaded>>,
+    apps: Arc<Mutex<HashMap<String, Loaded>>>,
     /// Runs compiles: bounded in number and time, one per module hash.
     compiler: Arc<compiler::Compiler>,
     compiled: AtomicU64,
@@ -134,7 +143,7 @@ impl Runtime {
             limits: Arc::new(config.limits),
             deploy_limits,
             max_memory_bytes: config.engine.max_memory_bytes,
-            apps: Mutex::default(),
+            apps: Arc::default(),
             compiled: AtomicU64::new(0),
             disk_cache: AtomicU64::new(0),
             already_deployed: AtomicU64::new(0),
@@ -159,21 +168,21 @@ impl Runtime {
         let (engine, cache) = (self.engine.wasmtime().clone(), self.engine.cache());
         let counts = move || cache.as_ref().map(|c| (c.cache_hits(), c.cache_misses()));
         let linkers = (self.sync_linker.clone(), self.task_linker.clone());
-        let owned = bytes.to_vec();
-        let hash = info.hash.clone();
-        let (app, source) = self.compiler.compile(&hash, move || {
+        let (owned, apps, hash) = (bytes.to_vec(), self.apps.clone(), info.hash.clone());
+        // Kept before the compile's flight ends: a deploy or a start that comes after it finds it.
+        let (app, source) = self.compiler.compile(&info.hash.clone(), move || {
             let before = counts();
             let app = App::compile(&engine, [&linkers.0, &linkers.1], &owned, info)?;
             // A hit, unless a compile beside this one missed meanwhile (then it is unclear).
             let hit = matches!((before, counts()), (Some((hb, mb)), Some((ha, ma))) if ha > hb && ma == mb);
-            Ok((app, if hit { CompileSource::DiskCache } else { CompileSource::Compiled }))
+            Ok((keep(&apps, hash, Arc::new(app)), if hit { CompileSource::DiskCache } else { CompileSource::Compiled }))
         })?;
         match source {
             CompileSource::DiskCache => &self.disk_cache,
             _ => &self.compiled,
         }
         .fetch_add(1, Ordering::Relaxed);
-        Ok(Deployment { app: self.keep(hash, app), source })
+        Ok(Deployment { app, source })
     }
 
     /// What a module this host accepted before holds (its actions), read without compiling it
@@ -214,21 +223,18 @@ impl Runtime {
         let info = self.inspect_stored(bytes)?;
         let (engine, owned) = (self.engine.wasmtime().clone(), bytes.to_vec());
         let linkers = (self.sync_linker.clone(), self.task_linker.clone());
-        let reloads = self.reloads.clone();
+        let (reloads, apps, key) = (self.reloads.clone(), self.apps.clone(), hash.clone());
+        // Kept before the compile's flight ends: a start that comes after it finds the module.
         let (app, _) = self.compiler.compile_stored(&hash, move || {
+            // A flight that ended between this caller's look-up and its own flight kept it.
+            if let Some(app) = apps.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+                return Ok((app.app.clone(), CompileSource::AlreadyDeployed));
+            }
             let app = App::compile(&engine, [&linkers.0, &linkers.1], &owned, info)?;
             reloads.fetch_add(1, Ordering::Relaxed);
-            Ok((app, CompileSource::Compiled))
+            Ok((keep(&apps, key, Arc::new(app)), CompileSource::Compiled))
         })?;
-        Ok(self.keep(hash, app))
-    }
-
-    /// Keeps `app` as the loaded app of its hash, unless one is loaded already (then that one).
-    fn keep(&self, hash: String, app: Arc<App>) -> Arc<App> {
-        let mut apps = self.apps();
-        let loaded = apps.entry(hash).or_insert(Loaded { app, used: Instant::now() });
-        loaded.used = Instant::now();
-        loaded.app.clone()
+        Ok(app)
     }
 
     /// Drops the compiled code of every module that no session holds and no one asked for in

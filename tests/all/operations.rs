@@ -1,6 +1,7 @@
 //! Operating a host: backups under load, upgrades, retention, and compiled modules evicted when unused.
 
 use crate::durability::{host_on, temp_dir, wait_app, wait_for, waiting};
+use crate::serve::wait_until;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use turnstile::{SqliteStore, Status, Store, TenantConfig};
@@ -307,16 +308,6 @@ fn a_changed_retention_applies_to_sessions_already_finished() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Polls `done` until it holds (a background thread's work has no event to wait for), failing
-/// with `what` after 30 s.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn unused_compiled_modules_leave_memory_and_load_again_on_demand() {
     let dir = temp_dir("module-eviction");
@@ -335,7 +326,7 @@ fn unused_compiled_modules_leave_memory_and_load_again_on_demand() {
     let held = host.start_session("t", "held", "start", Vec::new()).expect("starts");
     wait_for(&events, held, waiting);
     // The idle app's code leaves memory; the other stays while its session is open.
-    eventually("the unused module was never evicted", || {
+    wait_until("the unused module to be evicted", || {
         let modules = host.metrics().modules;
         modules.loaded == 1 && modules.evicted >= 1
     });
@@ -359,7 +350,7 @@ fn unused_compiled_modules_leave_memory_and_load_again_on_demand() {
         assert_eq!(crate::fixtures::outputs_of(&host, "t", session), [r#""hello""#]);
     }
     // With every session finished nothing holds compiled code.
-    eventually("modules of finished sessions were kept", || host.metrics().modules.loaded == 0);
+    wait_until("the modules of finished sessions to be evicted", || host.metrics().modules.loaded == 0);
     assert!(host.metrics().prometheus().contains("turnstile_modules_loaded 0"));
     drop(events);
     drop(host);

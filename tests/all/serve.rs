@@ -54,7 +54,14 @@ pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// `turnstile serve` on an ephemeral port with these extra arguments, and the port it bound.
 pub(crate) fn start_server(args: &[&OsStr]) -> (Child, u16) {
+    start_server_in(&std::env::temp_dir(), args)
+}
+
+/// [`start_server`] run from the directory `cwd` (relative paths in its arguments and its
+/// configuration are taken from there).
+fn start_server_in(cwd: &std::path::Path, args: &[&OsStr]) -> (Child, u16) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_turnstile"))
+        .current_dir(cwd)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .env("TURNSTILE_ADMIN_TOKEN", ADMIN)
@@ -272,6 +279,31 @@ fn the_client_takes_a_script_from_nothing_to_an_answered_call() {
     assert!(ok && out.contains("bank: suspended"), "{out}{err}");
     let (ok, _, err) = client(&token, &["start", "ivr"]);
     assert!(!ok && err.contains("tenant_suspended"), "{err}");
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
+    assert!(server.wait().expect("ends").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_example_configuration_serves_with_its_relative_data_directory() {
+    // As the README shows it: `serve --config turnstile.example.toml` from the directory that
+    // holds it, whose `data_dir = "turnstile-data"` is relative (the port is the test's own).
+    let dir = temp_dir("example-config");
+    let config = turnstile::examples::repository_root().join("turnstile.example.toml");
+    std::fs::copy(config, dir.join("turnstile.example.toml")).expect("copied");
+    let (mut server, port) = start_server_in(&dir, &[OsStr::new("--config"), OsStr::new("turnstile.example.toml")]);
+    // The example seeds a tenant; a token for it deploys and runs a call.
+    let (status, body) = request(port, "POST", "/v1/tenants/first-bank/tokens", ADMIN, "application/json", b"");
+    assert_eq!(status, 201, "{body}");
+    let token = json_body(&body)["token"].as_str().expect("a token").to_owned();
+    let (status, body) = request(port, "PUT", "/v1/apps/ivr", &token, "application/wasm", &example("ivr_menu"));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) =
+        request(port, "POST", "/v1/sessions", &token, "application/json", br#"{"app":"ivr","entry":"start"}"#);
+    assert_eq!(status, 201, "{body}");
+    for made in ["turnstile-data/turnstile.db", "turnstile-data/modules"] {
+        assert!(dir.join(made).exists(), "{made} was not made under the directory serve ran in");
+    }
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
     assert!(server.wait().expect("ends").success());
     let _ = std::fs::remove_dir_all(&dir);

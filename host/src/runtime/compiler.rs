@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What a compile produced, shared by every deploy that waited for it.
-type Outcome = Result<(Arc<App>, CompileSource), DeployError>;
+pub(crate) type Outcome = Result<(Arc<App>, CompileSource), DeployError>;
 
 /// One compile under way, and the deploys waiting for it.
 #[derive(Default)]
@@ -106,11 +106,7 @@ impl Compiler {
 
     /// The compile of the module `hash` by `job` for a deploy: this caller's own, or the one
     /// already under way; refused past the time limit.
-    pub(crate) fn compile(
-        self: &Arc<Self>,
-        hash: &str,
-        job: impl FnOnce() -> Result<(App, CompileSource), DeployError> + Send + 'static,
-    ) -> Outcome {
+    pub(crate) fn compile(self: &Arc<Self>, hash: &str, job: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
         if lock(&self.timed_out).contains(hash) {
             return Err(DeployError::CompileTimeout { seconds: self.timeout.as_secs().max(1) });
         }
@@ -123,7 +119,7 @@ impl Compiler {
     pub(crate) fn compile_stored(
         self: &Arc<Self>,
         hash: &str,
-        job: impl FnOnce() -> Result<(App, CompileSource), DeployError> + Send + 'static,
+        job: impl FnOnce() -> Outcome + Send + 'static,
     ) -> Outcome {
         self.run(hash, None, job)
     }
@@ -132,7 +128,7 @@ impl Compiler {
         self: &Arc<Self>,
         hash: &str,
         timeout: Option<Duration>,
-        job: impl FnOnce() -> Result<(App, CompileSource), DeployError> + Send + 'static,
+        job: impl FnOnce() -> Outcome + Send + 'static,
     ) -> Outcome {
         let timed_out = || DeployError::CompileTimeout { seconds: self.timeout.as_secs().max(1) };
         let (flight, lead) = {
@@ -166,7 +162,7 @@ impl Compiler {
         hash: &str,
         flight: &Arc<Flight>,
         timeout: Option<Duration>,
-        job: impl FnOnce() -> Result<(App, CompileSource), DeployError> + Send + 'static,
+        job: impl FnOnce() -> Outcome + Send + 'static,
     ) {
         {
             // A slot within the time one compile may take, or a refusal: a deploy never waits
@@ -193,7 +189,7 @@ impl Compiler {
         let run = move || {
             let _slot = slot;
             finished.begin();
-            finished.finish(job().map(|(app, source)| (Arc::new(app), source)));
+            finished.finish(job());
             lock(&compiler.flights).remove(&key);
         };
         if let Err(error) = std::thread::Builder::new().name("turnstile-compile".into()).spawn(run) {
