@@ -280,18 +280,6 @@ pub fn inspect(bytes: &[u8], limits: &DeployLimits) -> Result<ModuleInfo, Deploy
                 too_complex("locals in one function", locals, u64::from(limits.max_locals))?;
                 code_bytes += size;
                 too_complex("bytes of code", code_bytes, u64::try_from(limits.max_code_bytes).unwrap_or(u64::MAX))?;
-                let cost = compile_cost(body, locals).map_err(invalid)?;
-                too_complex(
-                    "units of compile cost (locals × branches) in one function",
-                    cost,
-                    limits.max_function_cost,
-                )?;
-                compile_cost_total = compile_cost_total.saturating_add(cost);
-                too_complex(
-                    "units of compile cost (locals × branches) in all",
-                    compile_cost_total,
-                    limits.max_module_cost,
-                )?;
             }
             Payload::ImportSection(section) => {
                 for import in section.clone().into_imports() {
@@ -314,7 +302,11 @@ pub fn inspect(bytes: &[u8], limits: &DeployLimits) -> Result<ModuleInfo, Deploy
         match validator.payload(&payload).map_err(invalid)? {
             ValidPayload::Func(func, body) => {
                 let mut func = func.into_validator(Default::default());
-                func.validate(&body).map_err(invalid)?;
+                let cost = validate_costing(&mut func, &body).map_err(invalid)?;
+                let what = "units of compile cost (values live × branches)";
+                too_complex(&format!("{what} in one function"), cost, limits.max_function_cost)?;
+                compile_cost_total = compile_cost_total.saturating_add(cost);
+                too_complex(&format!("{what} in all"), compile_cost_total, limits.max_module_cost)?;
             }
             ValidPayload::End(end) => types = Some(end),
             _ => {}
@@ -410,30 +402,46 @@ pub fn inspect(bytes: &[u8], limits: &DeployLimits) -> Result<ModuleInfo, Deploy
     })
 }
 
-/// An upper bound on how hard a function is to compile: its locals times the places where control
-/// can branch. Register allocation tracks every live value across every block, so a function with
-/// thousands of locals live across thousands of branches takes time quadratic in its size (4 000
-/// locals updated under 4 000 `if`s — 72 KB — took 12 s here); capping this product keeps compile
-/// time linear in the bytes.
-fn compile_cost(body: &wasmparser::FunctionBody<'_>, locals: u64) -> Result<u64, wasmparser::BinaryReaderError> {
+/// Validates a function body, operator by operator, and returns an upper bound on how hard it
+/// is to compile: the values that can be live at once (parameters, locals and the deepest operand
+/// stack, block parameters included) times the places where control can branch. Register
+/// allocation tracks every live value across every block, so a function with thousands of values
+/// live across thousands of branches takes time quadratic in its size (4 000 locals updated under
+/// 4 000 `if`s — 72 KB — took 12 s here; so did parameters in place of the locals); capping this
+/// product keeps compile time linear in the bytes.
+fn validate_costing(
+    func: &mut wasmparser::FuncValidator<wasmparser::ValidatorResources>,
+    body: &wasmparser::FunctionBody<'_>,
+) -> Result<u64, wasmparser::BinaryReaderError> {
     use wasmparser::Operator;
-    let mut branches = 1u64;
-    let mut operators = body.get_operators_reader()?;
+    let mut reader = body.get_binary_reader();
+    func.read_locals(&mut reader)?;
+    let mut operators = wasmparser::OperatorsReader::new(reader);
+    let (mut branches, mut deepest) = (1u64, 0u32);
     while !operators.eof() {
-        match operators.read()? {
+        let offset = operators.original_position();
+        let operator = operators.read()?;
+        if matches!(
+            operator,
             Operator::Block { .. }
-            | Operator::Loop { .. }
-            | Operator::If { .. }
-            | Operator::Else
-            | Operator::Br { .. }
-            | Operator::BrIf { .. }
-            | Operator::BrTable { .. }
-            | Operator::BrOnNull { .. }
-            | Operator::BrOnNonNull { .. } => branches += 1,
-            _ => {}
+                | Operator::Loop { .. }
+                | Operator::If { .. }
+                | Operator::Else
+                | Operator::Br { .. }
+                | Operator::BrIf { .. }
+                | Operator::BrTable { .. }
+                | Operator::BrOnNull { .. }
+                | Operator::BrOnNonNull { .. }
+        ) {
+            branches += 1;
         }
+        func.op(offset, &operator)?;
+        deepest = deepest.max(func.operand_stack_height());
     }
-    Ok(branches.saturating_mul(locals.max(1)))
+    let end = operators.original_position();
+    operators.get_binary_reader().finish_expression(&func.visitor(end))?;
+    let live = u64::from(func.len_locals()) + u64::from(deepest);
+    Ok(branches.saturating_mul(live.max(1)))
 }
 
 /// A deployed app version: validated, compiled, ready to instantiate (linked both for

@@ -77,6 +77,51 @@ fn a_compile_bomb_is_refused_in_seconds_while_another_tenant_deploys_and_runs() 
     });
 }
 
+/// [`compile_bomb`]'s live values held instead of locals as a helper's 1 000 parameters (the
+/// most a function type may have) updated under 4 000 `if`s, or as 2 000 values on the operand
+/// stack live across 2 000 `if`s: both over the default cap of 2 000 000.
+fn parameter_and_stack_bombs() -> [Vec<u8>; 2] {
+    let mut updates = String::new();
+    for n in 0..4_000 {
+        let k = n % 1_000;
+        updates.push_str(&format!("local.get 0 i32.wrap_i64 if local.get {k} i64.const 1 i64.add local.set {k} end "));
+    }
+    let parameters = wat(&format!(
+        r#"(module (memory (export "memory") 1)
+             (func $helper (param {params}) (result i64) {updates} local.get 1)
+             (func (export "start") (result i32) i32.const 0))"#,
+        params = "i64 ".repeat(1_000)
+    ));
+    let (mut pushes, mut branches, mut sums) = (String::new(), String::new(), String::new());
+    for k in 0..2_000 {
+        pushes.push_str(&format!("i64.const {k} "));
+        branches.push_str("local.get 0 if local.get 0 i32.const 1 i32.add local.set 0 end ");
+        if k > 0 {
+            sums.push_str("i64.add ");
+        }
+    }
+    let stack = wat(&format!(
+        r#"(module (memory (export "memory") 1)
+             (func (export "start") (result i32) (local i32) {pushes} {branches} {sums} drop i32.const 0))"#
+    ));
+    [parameters, stack]
+}
+
+#[test]
+fn values_live_as_parameters_or_on_the_operand_stack_count_in_the_compile_cost() {
+    // A tenant that declares no locals could otherwise keep as many values live across as many
+    // branches (a red-team finding: 1 000 parameters under 64 000 `if`s passed the cap and took
+    // a minute and gigabytes to compile).
+    let runtime = crate::fixtures::runtime();
+    for bomb in parameter_and_stack_bombs() {
+        let started = Instant::now();
+        let refused = runtime.deploy(&bomb).err().expect("the bomb is refused");
+        assert_eq!(refused.code(), "module_too_complex", "{refused}");
+        assert!(refused.to_string().contains("compile cost"), "{refused}");
+        assert!(started.elapsed() < Duration::from_secs(5), "refused after {:?}", started.elapsed());
+    }
+}
+
 #[test]
 fn a_compile_over_its_time_is_refused_and_so_are_the_same_bytes_later_while_others_compile() {
     // Caps this permissive let the bomb reach the compiler; the time limit stops it there.
