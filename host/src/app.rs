@@ -128,6 +128,12 @@ pub enum DeployError {
     /// Every compile slot stayed busy for as long as a compile may take.
     #[error("every compile slot is busy: try again shortly")]
     CompileBusy,
+    /// The tenant's previous module ran out of compile time and is still compiling: a tenant
+    /// holds one compile at a time.
+    #[error(
+        "your previous module ran out of compile time and is still compiling: deploy again when it is done (a few seconds)"
+    )]
+    CompileRunning,
 }
 
 impl DeployError {
@@ -149,6 +155,7 @@ impl DeployError {
             DeployError::Compile(_) => "compile_failed",
             DeployError::CompileTimeout { .. } => "compile_timeout",
             DeployError::CompileBusy => "compile_busy",
+            DeployError::CompileRunning => "compile_running",
         }
     }
 }

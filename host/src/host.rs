@@ -300,6 +300,8 @@ impl Host {
         // No compile for a version the store could not keep now.
         self.core.health().check()?;
         let _turn = owner.deploy_turn()?;
+        // Held by the compile until it ends, even past its time limit: one slot per tenant.
+        let hold = owner.hold_compile()?;
         // Whether these bytes were compiled before is the tenant's to know only if it deployed
         // them itself: another tenant's modules are none of its business.
         let seen_before = owner.has_version(&hash);
@@ -307,7 +309,7 @@ impl Host {
             owner.storage().check_module(tenant, &owner.policy(), bytes.len())?;
         }
         // Compiling happens before the admin lock: other tenants' deploys go on meanwhile.
-        let deployment = self.runtime().deploy(bytes)?;
+        let deployment = self.runtime().deploy_holding(bytes, hold)?;
         let version = deployment.app;
         let admin = self.core.tenants().admin();
         check_app_quota(&owner, app, version.hash())?;

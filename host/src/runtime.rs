@@ -111,8 +111,10 @@ pub struct Runtime {
     /// Modules held compiled, by hash: kept while a session holds them, evicted
     /// ([`Runtime::evict_idle`]) once nothing has held or asked for them for a while.
     apps: Arc<Mutex<HashMap<String, Loaded>>>,
-    /// Runs compiles: bounded in number and time, one per module hash.
+    /// Runs deploys' compiles: bounded in number and time, one per module hash.
     compiler: Arc<compiler::Compiler>,
+    /// Runs the compiles of stored modules loaded again: bounded in number, one per hash.
+    loader: Arc<compiler::Compiler>,
     compiled: AtomicU64,
     disk_cache: AtomicU64,
     already_deployed: AtomicU64,
@@ -134,9 +136,11 @@ impl Runtime {
             deploy_limits.max_memory_bytes.min(u64::try_from(config.engine.max_memory_bytes).unwrap_or(u64::MAX));
         deploy_limits.max_table_elements =
             deploy_limits.max_table_elements.min(u64::try_from(config.engine.max_table_elements).unwrap_or(u64::MAX));
-        let compiler = Arc::new(compiler::Compiler::new(deploy_limits.compile_slots, deploy_limits.compile_timeout));
+        let slots = deploy_limits.compile_slots;
+        let compiler = Arc::new(compiler::Compiler::new(slots, Some(deploy_limits.compile_timeout)));
         Ok(Runtime {
             compiler,
+            loader: Arc::new(compiler::Compiler::new(slots, None)),
             engine,
             sync_linker,
             task_linker,
@@ -160,6 +164,12 @@ impl Runtime {
     /// Deploys a module: validates it, then compiles it unless these exact bytes were compiled
     /// before (by this runtime, or by any runtime sharing the cache directory).
     pub fn deploy(&self, bytes: &[u8]) -> Result<Deployment, Error> {
+        self.deploy_holding(bytes, ())
+    }
+
+    /// [`Runtime::deploy`], with `hold` kept until the compile ends (on its own thread, past the
+    /// time limit if it runs over), or until this returns if nothing is compiled.
+    pub(crate) fn deploy_holding(&self, bytes: &[u8], hold: impl Send + 'static) -> Result<Deployment, Error> {
         let info = app::inspect(bytes, &self.deploy_limits)?;
         if let Some(app) = self.loaded(&info.hash) {
             self.already_deployed.fetch_add(1, Ordering::Relaxed);
@@ -171,6 +181,7 @@ impl Runtime {
         let (owned, apps, hash) = (bytes.to_vec(), self.apps.clone(), info.hash.clone());
         // Kept before the compile's flight ends: a deploy or a start that comes after it finds it.
         let (app, source) = self.compiler.compile(&info.hash.clone(), move || {
+            let _hold = hold;
             let before = counts();
             let app = App::compile(&engine, [&linkers.0, &linkers.1], &owned, info)?;
             // A hit, unless a compile beside this one missed meanwhile (then it is unclear).
@@ -225,7 +236,7 @@ impl Runtime {
         let linkers = (self.sync_linker.clone(), self.task_linker.clone());
         let (reloads, apps, key) = (self.reloads.clone(), self.apps.clone(), hash.clone());
         // Kept before the compile's flight ends: a start that comes after it finds the module.
-        let (app, _) = self.compiler.compile_stored(&hash, move || {
+        let (app, _) = self.loader.compile(&hash, move || {
             // A flight that ended between this caller's look-up and its own flight kept it.
             if let Some(app) = apps.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
                 return Ok((app.app.clone(), CompileSource::AlreadyDeployed));

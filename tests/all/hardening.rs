@@ -47,14 +47,8 @@ fn done_app(salt: u32) -> Vec<u8> {
 
 /// Deploys an app for `tenant` and runs one session of it to its end.
 fn deploy_and_run(host: &Host, tenant: &str, bytes: &[u8]) {
-    let events = host.subscribe();
     host.deploy(tenant, "app", bytes).expect("the well-behaved tenant deploys");
-    let id = host.start_session(tenant, "app", "start", Vec::new()).expect("starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !host.session(tenant, id).expect("session").status.is_finished() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        events.recv_timeout(left).expect("the well-behaved session runs");
-    }
+    run_one(host, tenant);
 }
 
 #[test]
@@ -556,4 +550,45 @@ fn a_number_in_a_checkpoint_reads_back_exactly() {
     let again: turnstile::Session =
         serde_json::from_str(&serde_json::to_string(&session).expect("encodes")).expect("decodes again");
     assert_eq!(session, again);
+}
+
+#[test]
+fn a_tenant_holds_one_compile_at_a_time_and_others_load_their_evicted_apps_beside_it() {
+    // One deploy slot, which the bomber's compile keeps past its time limit (red-team finding:
+    // two such deploys held both slots, and other tenants' starts of evicted apps waited a minute).
+    let limits = DeployLimits {
+        max_function_cost: u64::MAX,
+        max_module_cost: u64::MAX,
+        compile_slots: 1,
+        compile_timeout: Duration::from_millis(300),
+        ..DeployLimits::default()
+    };
+    let mut config = HostConfig { workers: 2, module_idle: Duration::ZERO, ..HostConfig::default() };
+    config.runtime.engine.pool_instances = 8;
+    config.runtime.deploy = limits;
+    let host = Host::new(config).expect("host starts");
+    for tenant in ["bomber", "good"] {
+        host.create_tenant(tenant, TenantConfig::default()).expect("tenant");
+    }
+    host.deploy("good", "app", &done_app(7)).expect("deploys");
+    crate::serve::wait_until("the good tenant's app to be evicted", || host.metrics().modules.evicted >= 1);
+    let refused = host.deploy("bomber", "bomb", &compile_bomb(2_000)).expect_err("out of time");
+    assert_eq!(refused.code(), "compile_timeout");
+    // Its compile runs on: the bomber may not start another beside it.
+    let again = host.deploy("bomber", "bomb2", &compile_bomb(2_001)).expect_err("one at a time");
+    assert_eq!(again.code(), "compile_running", "{again}");
+    // Meanwhile the good tenant's evicted app loads and runs, not behind the bomb's slot.
+    run_one(&host, "good");
+    let still = host.deploy("bomber", "bomb2", &compile_bomb(2_001)).expect_err("the bomb still compiles");
+    assert_eq!(still.code(), "compile_running", "the good tenant's load waited for the bomb's compile");
+}
+
+/// Runs one session of `tenant`'s `app` to its end.
+fn run_one(host: &Host, tenant: &str) {
+    let events = host.subscribe();
+    let id = host.start_session(tenant, "app", "start", Vec::new()).expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !host.session(tenant, id).expect("session").status.is_finished() {
+        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the session runs");
+    }
 }

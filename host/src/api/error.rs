@@ -43,7 +43,10 @@ impl From<Error> for ApiError {
             | Error::SessionState { .. }
             | Error::NotApplied { .. }
             | Error::Fenced { .. } => StatusCode::CONFLICT,
-            Error::QueueFull(_) | Error::Quota { .. } | Error::DeployRate { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::QueueFull(_)
+            | Error::Quota { .. }
+            | Error::DeployRate { .. }
+            | Error::Deploy(DeployError::CompileRunning) => StatusCode::TOO_MANY_REQUESTS,
             Error::Suspended { .. } => StatusCode::FORBIDDEN,
             Error::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Deploy(DeployError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -15,7 +15,7 @@ use crate::scheduler::{AppIx, TenantIx};
 use crate::store::Store;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,18 @@ pub(crate) struct Tenant {
     storage: Storage,
     /// When its deploys of the last minute began; held while it deploys (one at a time).
     deploys: Mutex<VecDeque<Instant>>,
+    /// Whether one of its modules is compiling (set past a deploy that ran out of time, until
+    /// the compile ends).
+    compiling: Arc<AtomicBool>,
+}
+
+/// One compile of a tenant's under way; dropped when it ends.
+pub(crate) struct CompileHold(Arc<AtomicBool>);
+
+impl Drop for CompileHold {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// A tenant's turn to deploy: its other deploys wait until this one is done.
@@ -79,6 +91,7 @@ impl Tenant {
             streams: AtomicU64::new(0),
             storage: Storage::default(),
             deploys: Mutex::default(),
+            compiling: Arc::default(),
         }
     }
 
@@ -169,6 +182,14 @@ impl Tenant {
         }
         recent.push_back(now);
         Ok(DeployTurn(recent))
+    }
+
+    /// Its one compile at a time, or a refusal while the last one (which ran out of time) runs.
+    pub(crate) fn hold_compile(&self) -> Result<CompileHold, Error> {
+        if self.compiling.swap(true, Ordering::AcqRel) {
+            return Err(crate::app::DeployError::CompileRunning.into());
+        }
+        Ok(CompileHold(self.compiling.clone()))
     }
 
     /// Whether one of its apps has (or had) the version `hash`.

@@ -9,8 +9,9 @@
 //! module, `DeployLimits`) keep that end seconds away. Stopping it sooner would take a compile
 //! process of its own.
 //!
-//! Stored modules loaded again (at start, or after an eviction) share the slots and the single
-//! flight, without the time limit: a hundred sessions of an evicted module load it once.
+//! Stored modules loaded again (at start, or after an eviction) go through a compiler of their
+//! own, with its own slots and no time limit: a hundred sessions of an evicted module load it
+//! once, and no deploy (a tenant's compile bomb) can hold a slot they wait for.
 
 use crate::app::{App, DeployError};
 use crate::runtime::CompileSource;
@@ -76,7 +77,8 @@ pub(crate) struct Compiler {
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     /// Module hashes whose compile ran out of time: refused at once from now on.
     timed_out: Mutex<HashSet<String>>,
-    timeout: Duration,
+    /// How long a compile may take (none: as long as it takes).
+    timeout: Option<Duration>,
 }
 
 /// Holds a compile slot; frees it when dropped (on the compile's own thread, at its end).
@@ -94,7 +96,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Compiler {
-    pub(crate) fn new(slots: usize, timeout: Duration) -> Compiler {
+    pub(crate) fn new(slots: usize, timeout: Option<Duration>) -> Compiler {
         Compiler {
             free: Mutex::new(slots.max(1)),
             freed: Condvar::new(),
@@ -104,33 +106,15 @@ impl Compiler {
         }
     }
 
-    /// The compile of the module `hash` by `job` for a deploy: this caller's own, or the one
-    /// already under way; refused past the time limit.
+    /// The compile of the module `hash` by `job`: this caller's own, or the one already under
+    /// way; with a time limit, refused past it (and so are these bytes from then on).
     pub(crate) fn compile(self: &Arc<Self>, hash: &str, job: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
-        if lock(&self.timed_out).contains(hash) {
-            return Err(DeployError::CompileTimeout { seconds: self.timeout.as_secs().max(1) });
+        let timed_out = |limit: Duration| DeployError::CompileTimeout { seconds: limit.as_secs().max(1) };
+        if let Some(limit) = self.timeout
+            && lock(&self.timed_out).contains(hash)
+        {
+            return Err(timed_out(limit));
         }
-        self.run(hash, Some(self.timeout), job)
-    }
-
-    /// The compile of a stored module (accepted before): bounded in number and single-flight like
-    /// a deploy's, so that many sessions of an evicted module load it once, but given the time it
-    /// takes (a cold cache must not keep a stored version from loading).
-    pub(crate) fn compile_stored(
-        self: &Arc<Self>,
-        hash: &str,
-        job: impl FnOnce() -> Outcome + Send + 'static,
-    ) -> Outcome {
-        self.run(hash, None, job)
-    }
-
-    fn run(
-        self: &Arc<Self>,
-        hash: &str,
-        timeout: Option<Duration>,
-        job: impl FnOnce() -> Outcome + Send + 'static,
-    ) -> Outcome {
-        let timed_out = || DeployError::CompileTimeout { seconds: self.timeout.as_secs().max(1) };
         let (flight, lead) = {
             let mut flights = lock(&self.flights);
             match flights.get(hash) {
@@ -143,31 +127,26 @@ impl Compiler {
             }
         };
         if lead {
-            self.start(hash, &flight, timeout, job);
+            self.start(hash, &flight, job);
         }
-        match flight.wait(timeout) {
-            Some(outcome) => outcome,
-            None => {
-                tracing::warn!(module = hash, seconds = self.timeout.as_secs(), "a compile ran out of time");
+        match (flight.wait(self.timeout), self.timeout) {
+            (Some(outcome), _) => outcome,
+            (None, limit) => {
+                let limit = limit.unwrap_or_default();
+                tracing::warn!(module = hash, seconds = limit.as_secs(), "a compile ran out of time");
                 lock(&self.timed_out).insert(hash.to_owned());
-                flight.finish(Err(timed_out()));
-                Err(timed_out())
+                flight.finish(Err(timed_out(limit)));
+                Err(timed_out(limit))
             }
         }
     }
 
     /// Takes a slot (waiting for one, at most `timeout`) and runs `job` on a thread of its own.
-    fn start(
-        self: &Arc<Self>,
-        hash: &str,
-        flight: &Arc<Flight>,
-        timeout: Option<Duration>,
-        job: impl FnOnce() -> Outcome + Send + 'static,
-    ) {
+    fn start(self: &Arc<Self>, hash: &str, flight: &Arc<Flight>, job: impl FnOnce() -> Outcome + Send + 'static) {
         {
             // A slot within the time one compile may take, or a refusal: a deploy never waits
             // without end behind compiles that ran out of time and still hold their slots.
-            let deadline = timeout.map(|timeout| Instant::now() + timeout);
+            let deadline = self.timeout.map(|timeout| Instant::now() + timeout);
             let mut free = lock(&self.free);
             while *free == 0 {
                 let Some(deadline) = deadline else {
