@@ -26,7 +26,8 @@
 //! A thread may take a lock further down this list while holding one further up, never the
 //! other way round; no lock is held across store I/O, the sandbox or a channel send:
 //! 1. the tenants' admin lock (`tenants.rs`): creating, changing, deleting tenants and apps;
-//! 2. one session shard (`sessions.rs`): a session's transition; never two shards at once;
+//! 2. one session shard (`sessions.rs`): a session's transition; never two shards at once; under
+//!    it, a tenant's list of session ids (`sessions.rs`), taken last;
 //! 3. the dispatcher (`dispatch.rs`): O(1) scheduler bookkeeping, the only global lock on the
 //!    hot path;
 //! 4. the commit queue (`commit.rs`): appending a write, taking a group;
@@ -407,16 +408,9 @@ impl Host {
     /// `tenant`'s sessions held here (open, and finished ones not yet purged) with ids after
     /// `after`, in id order, at most `limit`.
     pub fn tenant_sessions(&self, tenant: &str, after: SessionId, limit: usize) -> Result<Vec<SessionView>, Error> {
-        self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
-        // A scan of every shard: a page costs a pass over the sessions held.
-        let mut ids = Vec::new();
-        self.core.sessions().each(|id, entry| {
-            if id > after && &**entry.tenant.name() == tenant {
-                ids.push(id);
-            }
-        });
-        ids.sort_unstable();
-        Ok(ids.into_iter().take(limit).filter_map(|id| self.core.view(tenant, id).ok()).collect())
+        let owner = self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
+        let ids = owner.sessions().page(after, limit);
+        Ok(ids.into_iter().filter_map(|id| self.core.view(tenant, id).ok()).collect())
     }
 
     /// A session's released outputs numbered after `after`, at most `limit`, from the store.

@@ -190,6 +190,9 @@ fn finished_sessions_are_purged_after_their_retention_and_their_ids_never_come_b
     assert_eq!(purged.code(), "not_found");
     assert!(purged.to_string().contains("purged once their retention has passed"), "{purged}");
     assert!(host.outputs("t", finished, 0, 10).is_err());
+    let listed: Vec<_> =
+        host.tenant_sessions("t", turnstile::SessionId(0), 100).expect("list").iter().map(|v| v.id).collect();
+    assert_eq!(listed, [open_one], "the tenant's list still holds the purged session");
     // A session still open is never purged.
     assert!(matches!(host.session("t", open_one).expect("kept").status, Status::Waiting { .. }));
     drop(events);

@@ -56,7 +56,7 @@ impl Kernel {
         for &id in sessions {
             let mut shard = self.sessions().shard(id);
             if shard.get(&id).is_some_and(|entry| entry.life.session().status.is_finished()) {
-                shard.remove(&id);
+                super::sessions::release(&mut shard, id);
             }
         }
     }

@@ -278,7 +278,7 @@ impl Kernel {
                     }
                     Err(error) => {
                         // Never durable, never acknowledged: the session does not exist.
-                        if let Some(entry) = self.sessions.shard(id).remove(&id) {
+                        if let Some(entry) = super::sessions::release(&mut self.sessions.shard(id), id) {
                             entry.tenant.close_session();
                         }
                         Err(error)
@@ -336,7 +336,7 @@ impl Kernel {
         let ticket = Arc::new(Ticket::default());
         {
             let mut shard = self.sessions.shard(id);
-            shard.insert(id, entry);
+            super::sessions::hold(&mut shard, id, entry);
             self.commits.enqueue(Write::Create(record), Some(ticket.clone()));
         }
         // A create that failed was closed where its commit failed (`apply_write`), once.

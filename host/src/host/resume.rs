@@ -68,7 +68,7 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
             core.retention().finished(id, tenant.policy().retention, finished_ms);
         }
         let entry = SessionEntry { tenant: tenant.clone(), app: app.name.clone(), app_ix: app.ix, version, code, life };
-        core.sessions().shard(id).insert(id, entry);
+        super::sessions::hold(&mut core.sessions().shard(id), id, entry);
         core.carry_out(&tenant, app.ix, id, effects);
     }
     for quarantined in &image.quarantined {

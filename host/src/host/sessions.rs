@@ -9,7 +9,7 @@ use super::tenants::Tenant;
 use crate::app::App;
 use crate::scheduler::AppIx;
 use crate::session::SessionId;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -30,6 +30,44 @@ pub(crate) struct SessionEntry {
 
 /// One shard: its sessions, by id.
 pub(crate) type Shard = HashMap<SessionId, SessionEntry>;
+
+/// Puts a session into its (locked) shard and into its tenant's list.
+pub(crate) fn hold(shard: &mut Shard, id: SessionId, entry: SessionEntry) {
+    entry.tenant.sessions().add(id);
+    shard.insert(id, entry);
+}
+
+/// Takes a session out of its (locked) shard and out of its tenant's list.
+pub(crate) fn release(shard: &mut Shard, id: SessionId) -> Option<SessionEntry> {
+    let entry = shard.remove(&id)?;
+    entry.tenant.sessions().remove(id);
+    Some(entry)
+}
+
+/// The ids of one tenant's sessions held here, in order: a page of its list costs a look-up, not
+/// a pass over every shard. Its lock is a leaf: taken under a shard's lock, never the other way.
+#[derive(Default)]
+pub(crate) struct TenantSessions(Mutex<BTreeSet<SessionId>>);
+
+impl TenantSessions {
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<SessionId>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, id: SessionId) {
+        self.lock().insert(id);
+    }
+
+    fn remove(&self, id: SessionId) {
+        self.lock().remove(&id);
+    }
+
+    /// At most `limit` of its session ids after `after`, in order.
+    pub(crate) fn page(&self, after: SessionId, limit: usize) -> Vec<SessionId> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.lock().range((Excluded(after), Unbounded)).take(limit).copied().collect()
+    }
+}
 
 /// Every session the host holds.
 pub(crate) struct Sessions {

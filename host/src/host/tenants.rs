@@ -6,6 +6,7 @@
 //! async threads and the workers never contend on them. Changes (rare: an operator's call, a
 //! deploy) are serialised by one admin lock.
 
+use super::sessions::TenantSessions;
 use super::storage::Storage;
 use crate::abi::KvRead;
 use crate::app::ModuleInfo;
@@ -33,6 +34,8 @@ pub(crate) struct Tenant {
     storage: Storage,
     /// When its deploys of the last minute began; held while it deploys (one at a time).
     deploys: Mutex<VecDeque<Instant>>,
+    /// The ids of its sessions held here.
+    sessions: TenantSessions,
     /// Whether one of its modules is compiling (set past a deploy that ran out of time, until
     /// the compile ends).
     compiling: Arc<AtomicBool>,
@@ -92,6 +95,7 @@ impl Tenant {
             storage: Storage::default(),
             deploys: Mutex::default(),
             compiling: Arc::default(),
+            sessions: TenantSessions::default(),
         }
     }
 
@@ -110,6 +114,11 @@ impl Tenant {
 
     pub(crate) fn set_policy(&self, policy: Arc<TenantConfig>) {
         self.policy.store(policy);
+    }
+
+    /// The ids of its sessions held here.
+    pub(crate) fn sessions(&self) -> &TenantSessions {
+        &self.sessions
     }
 
     pub(crate) fn storage(&self) -> &Storage {
