@@ -27,7 +27,7 @@
 //! other way round; no lock is held across store I/O, the sandbox or a channel send:
 //! 1. the tenants' admin lock (`tenants.rs`): creating, changing, deleting tenants and apps;
 //! 2. one session shard (`sessions.rs`): a session's transition; never two shards at once; under
-//!    it, a tenant's list of session ids (`sessions.rs`), taken last;
+//!    it, a tenant's list of session ids (`tenants.rs`), taken last;
 //! 3. the dispatcher (`dispatch.rs`): O(1) scheduler bookkeeping, the only global lock on the
 //!    hot path;
 //! 4. the commit queue (`commit.rs`): appending a write, taking a group;

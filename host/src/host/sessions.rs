@@ -9,7 +9,7 @@ use super::tenants::Tenant;
 use crate::app::App;
 use crate::scheduler::AppIx;
 use crate::session::SessionId;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -42,31 +42,6 @@ pub(crate) fn release(shard: &mut Shard, id: SessionId) -> Option<SessionEntry> 
     let entry = shard.remove(&id)?;
     entry.tenant.sessions().remove(id);
     Some(entry)
-}
-
-/// The ids of one tenant's sessions held here, in order: a page of its list costs a look-up, not
-/// a pass over every shard. Its lock is a leaf: taken under a shard's lock, never the other way.
-#[derive(Default)]
-pub(crate) struct TenantSessions(Mutex<BTreeSet<SessionId>>);
-
-impl TenantSessions {
-    fn lock(&self) -> MutexGuard<'_, BTreeSet<SessionId>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn add(&self, id: SessionId) {
-        self.lock().insert(id);
-    }
-
-    fn remove(&self, id: SessionId) {
-        self.lock().remove(&id);
-    }
-
-    /// At most `limit` of its session ids after `after`, in order.
-    pub(crate) fn page(&self, after: SessionId, limit: usize) -> Vec<SessionId> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        self.lock().range((Excluded(after), Unbounded)).take(limit).copied().collect()
-    }
 }
 
 /// Every session the host holds.

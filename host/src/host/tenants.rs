@@ -6,16 +6,16 @@
 //! async threads and the workers never contend on them. Changes (rare: an operator's call, a
 //! deploy) are serialised by one admin lock.
 
-use super::sessions::TenantSessions;
 use super::storage::Storage;
 use crate::abi::KvRead;
 use crate::app::ModuleInfo;
 use crate::error::Error;
 use crate::limits::TenantConfig;
 use crate::scheduler::{AppIx, TenantIx};
+use crate::session::SessionId;
 use crate::store::Store;
 use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -209,6 +209,31 @@ impl Tenant {
     /// One of its sessions ended (or was never created).
     pub(crate) fn close_session(&self) {
         let _ = self.open_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
+/// The ids of one tenant's sessions held here, in order: a page of its list costs a look-up, not
+/// a pass over every shard. Its lock is a leaf: taken under a shard's lock, never the other way.
+#[derive(Default)]
+pub(crate) struct TenantSessions(Mutex<BTreeSet<SessionId>>);
+
+impl TenantSessions {
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<SessionId>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn add(&self, id: SessionId) {
+        self.lock().insert(id);
+    }
+
+    pub(crate) fn remove(&self, id: SessionId) {
+        self.lock().remove(&id);
+    }
+
+    /// At most `limit` of its session ids after `after`, in order.
+    pub(crate) fn page(&self, after: SessionId, limit: usize) -> Vec<SessionId> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.lock().range((Excluded(after), Unbounded)).take(limit).copied().collect()
     }
 }
 
