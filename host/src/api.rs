@@ -229,6 +229,7 @@ fn tenant_json(tenant: &TenantInfo) -> Value {
         "name": tenant.name,
         "config": tenant.config,
         "open_sessions": tenant.open_sessions,
+        "finished_sessions": tenant.finished_sessions,
         "storage": tenant.storage,
         "apps": tenant.apps.iter().map(|a| json!({ "name": a.name, "version": a.version, "actions": a.actions, "versions": a.versions })).collect::<Vec<_>>(),
     })

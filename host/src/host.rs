@@ -14,12 +14,13 @@
 //! ```
 //!
 //! # One concept per module
-//! `tenants` (policy, apps, versions), `tokens`, `sessions` (the sharded table), `lifecycle`
-//! (a session's state machine: transitions return effects), `dispatch` (the scheduler behind
-//! its lock), `commit` (group commit with tickets), `timers` (wait timeouts, sleeping actions),
-//! `bus` (subscribers and watchers), `health` (store outages: retries, refusing new work),
-//! `retention` (what comes due when), `storage` (quotas), `housekeeping` (purges, measures,
-//! evictions), `modules` (compiled code on demand), `resume` (loading a store), `pool` (workers), `kernel` (the paths through them), `views`
+//! `tenants` (policy, apps, versions), `tokens`, `admission` (may a session start),
+//! `sessions` (the sharded table), `lifecycle` (a session's state machine: transitions return
+//! effects), `dispatch` (the scheduler behind its lock), `commit` (group commit with tickets),
+//! `timers` (wait timeouts, sleeping actions), `bus` (subscribers and watchers), `health` (store
+//! outages: retries, refusing new work), `retention` (what comes due when), `storage` (quotas),
+//! `housekeeping` (purges, measures, evictions), `modules` (compiled code on demand), `resume`
+//! (loading a store), `pool` (workers), `kernel` (the paths through them), `views`
 //! (what readers see).
 //!
 //! # Locks, and their order
@@ -38,6 +39,7 @@
 //! Tenants, apps and tokens are read with no lock at all (copy-on-write maps), so the API's
 //! async threads never block on them.
 
+mod admission;
 mod bus;
 mod commit;
 mod dispatch;
@@ -564,6 +566,7 @@ fn tenant_info(tenant: &tenants::Tenant) -> TenantInfo {
         name: tenant.name().to_string(),
         config: TenantConfig::clone(&tenant.policy()),
         open_sessions: tenant.open_sessions(),
+        finished_sessions: tenant.finished_sessions(),
         storage: tenant.storage().now(),
         apps,
     }

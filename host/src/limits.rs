@@ -28,6 +28,9 @@ pub struct TenantConfig {
     pub max_concurrent: u32,
     /// Sessions it may have open (not finished) at once.
     pub max_sessions: u64,
+    /// Finished sessions it may hold until their retention has passed and they are purged (each
+    /// keeps its result, counters and outputs; its state is dropped when it finishes).
+    pub max_finished_sessions: u64,
     /// Apps it may have.
     pub max_apps: u32,
     /// Versions one of its apps may have.
@@ -66,6 +69,7 @@ impl Default for TenantConfig {
             max_in_flight: 1,
             max_concurrent: 0,
             max_sessions: 100_000,
+            max_finished_sessions: 1_000_000,
             max_apps: 100,
             max_versions: 100,
             deploys_per_minute: 30,
@@ -107,6 +111,7 @@ impl TenantConfig {
         within("max_in_flight", self.max_in_flight, 1..=1000)?;
         within("max_concurrent", self.max_concurrent, 0..=10_000)?;
         within("max_sessions", self.max_sessions, 1..=100_000_000)?;
+        within("max_finished_sessions", self.max_finished_sessions, 1..=1_000_000_000)?;
         within("max_apps", self.max_apps, 1..=10_000)?;
         within("max_versions", self.max_versions, 1..=10_000)?;
         within("deploys_per_minute", self.deploys_per_minute, 1..=10_000)?;

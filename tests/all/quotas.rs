@@ -108,3 +108,90 @@ fn a_tenant_at_its_storage_quotas_is_refused_named_errors_and_the_others_go_on()
     assert_eq!(host.tenant("keys").expect("tenant").storage.event_keys, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `start` emits one output of 60 000 bytes and is done.
+fn big_emitter() -> Vec<u8> {
+    let output = format!("\\\"{}\\\"", "y".repeat(59_998));
+    abi_module(&format!(
+        r#"(data (i32.const 0) "{{\"done\":1}}")
+           (data (i32.const 100) "{output}")
+           (func (export "start") (result i32)
+             (call $emit (i32.const 100) (i32.const 60000))
+             (call $next (i32.const 0) (i32.const 10)) i32.const 0)"#
+    ))
+}
+
+#[test]
+fn actions_racing_for_the_last_room_of_a_quota_never_pass_it_together() {
+    // Each action's outputs take their room when they are checked, not when their checkpoint
+    // commits: sixteen actions on two workers all passed one check before (a red-team finding:
+    // three times the quota was stored).
+    let dir = temp_dir("quota-race");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    let host = host_on(store, &dir.join("modules"));
+    let quota = TenantConfig { max_stored_output_bytes: 100_000, max_in_flight: 8, ..TenantConfig::default() };
+    host.create_tenant("racer", quota).expect("tenant");
+    host.deploy("racer", "emitter", &big_emitter()).expect("deploys");
+    let ids: Vec<SessionId> =
+        (0..16).map(|_| host.start_session("racer", "emitter", "start", Vec::new()).expect("starts")).collect();
+    host.settle();
+    let kept = ids
+        .iter()
+        .filter(|&&id| matches!(host.session("racer", id).expect("there").status, Status::Done { .. }))
+        .count();
+    let refused = ids
+        .iter()
+        .filter(|&&id| {
+            failed_with(&host.session("racer", id).expect("there").status) == Some(FailureKind::StorageQuota)
+        })
+        .count();
+    assert_eq!((kept, refused), (1, 15), "one 60 000-byte output fits in 100 000 bytes");
+    assert_eq!(host.tenant("racer").expect("tenant").storage.output_bytes, 60_000);
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn finished_sessions_are_held_within_their_own_quota_and_keep_no_state() {
+    // A tenant could start sessions that finish at once with 64 KiB of state each, held for the
+    // whole retention: 2.5 GB in 30 s and a host that could not start again (red-team finding).
+    let dir = temp_dir("finished-quota");
+    let open = || {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+        host_on(store, &dir.join("modules"))
+    };
+    let host = open();
+    let events = host.subscribe();
+    let config = TenantConfig {
+        max_finished_sessions: 2,
+        retention: Some(std::time::Duration::from_secs(1)),
+        ..TenantConfig::default()
+    };
+    host.create_tenant("t", config).expect("tenant");
+    host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+    for _ in 0..2 {
+        let id = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+        wait_for(&events, id, waiting);
+        host.deliver("t", id, br#""x""#.to_vec(), None).expect("delivered");
+        wait_for(&events, id, Status::is_finished);
+        assert!(host.session("t", id).expect("there").state.is_empty(), "a finished session kept its state");
+    }
+    assert_eq!(host.tenant("t").expect("tenant").finished_sessions, 2);
+    let refused = host.start_session("t", "patient", "start", Vec::new()).expect_err("at its quota");
+    assert_eq!(refused.code(), "quota_exceeded");
+    assert!(refused.to_string().contains("finished sessions"), "{refused}");
+    // Once they are purged (a retention of 1 s), it starts sessions again.
+    crate::serve::wait_until("the finished sessions to be purged", || {
+        host.tenant("t").expect("tenant").finished_sessions == 0
+    });
+    let id = host.start_session("t", "patient", "start", Vec::new()).expect("starts after the purge");
+    wait_for(&events, id, waiting);
+    drop(events);
+    drop(host);
+    // A restart counts what is held again.
+    let host = open();
+    assert_eq!(host.tenant("t").expect("tenant").finished_sessions, 0);
+    assert_eq!(host.tenant("t").expect("tenant").open_sessions, 1);
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -55,8 +55,10 @@ impl Kernel {
     pub(crate) fn forget_finished(&self, sessions: &[SessionId]) {
         for &id in sessions {
             let mut shard = self.sessions().shard(id);
-            if shard.get(&id).is_some_and(|entry| entry.life.session().status.is_finished()) {
-                super::sessions::release(&mut shard, id);
+            if shard.get(&id).is_some_and(|entry| entry.life.session().status.is_finished())
+                && let Some(entry) = super::sessions::release(&mut shard, id)
+            {
+                entry.tenant.purged();
             }
         }
     }

@@ -8,7 +8,7 @@ use super::bus::{Bus, SessionEvent};
 use super::commit::{CommitQueue, Ticket};
 use super::dispatch::{Dispatcher, Work};
 use super::health::StoreHealth;
-use super::lifecycle::{Effects, Lifecycle};
+use super::lifecycle::Effects;
 use super::retention::Retention;
 use super::sessions::{SessionEntry, Sessions};
 use super::storage::{stored_by, written_by};
@@ -22,7 +22,7 @@ use crate::limits::TenantConfig;
 use crate::runtime::Runtime;
 use crate::sandbox::{ActionCall, ActionOutcome, ActionTask, Usage};
 use crate::scheduler::{Bounds, Dispatch};
-use crate::session::{Session, SessionId, Status, now_ms};
+use crate::session::{SessionId, Status, now_ms};
 use crate::store::{Appended, SessionRecord, StorageUsage, Store, Write, Written};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,6 +177,7 @@ impl Kernel {
         if let Some(finished_ms) = effects.finished {
             self.retention.finished(id, tenant.policy().retention, Some(finished_ms));
             tenant.close_session();
+            tenant.hold_finished();
             self.dispatcher.with(|s| s.counters_mut(tenant.ix()).sessions_finished += 1);
         }
         if let Some((first_output, outputs, status)) = effects.publish
@@ -289,16 +290,31 @@ impl Kernel {
                 let mut answer = Err(Error::not_found("session", session));
                 match written {
                     Ok(Written::Appended(appended)) => self.transition(session, None, |entry| {
-                        if key.is_some() && matches!(appended, Appended::New(_)) {
-                            entry.tenant.storage().add(StorageUsage { event_keys: 1, ..StorageUsage::default() });
+                        if key.is_some() {
+                            let storage = entry.tenant.storage();
+                            match appended {
+                                Appended::New(_) => storage.reserved_committed(ONE_KEY),
+                                _ => storage.reserved_gone(ONE_KEY),
+                            }
                         }
                         let (result, effects) = entry.life.event_appended(appended, event, key);
                         answer = result.map(Written::Appended);
                         effects
                     }),
-                    Ok(other) => answer = Ok(other),
+                    Ok(other) => {
+                        self.transition(session, None, |entry| {
+                            if key.is_some() {
+                                entry.tenant.storage().reserved_gone(ONE_KEY);
+                            }
+                            Effects::default()
+                        });
+                        answer = Ok(other);
+                    }
                     Err(error) => {
                         self.transition(session, None, |entry| {
+                            if key.is_some() {
+                                entry.tenant.storage().reserved_gone(ONE_KEY);
+                            }
                             entry.life.event_refused();
                             Effects::default()
                         });
@@ -320,10 +336,13 @@ impl Kernel {
                 let outputs = checkpoint.outputs;
                 self.transition(id, None, |entry| match &error {
                     None => {
-                        entry.tenant.storage().add(stored);
+                        entry.tenant.storage().reserved_committed(stored);
                         entry.life.committed(&tenant, outputs)
                     }
-                    Some(error) => entry.life.commit_failed(error),
+                    Some(error) => {
+                        entry.tenant.storage().reserved_gone(stored);
+                        entry.life.commit_failed(error)
+                    }
                 });
                 answer
             }
@@ -369,10 +388,17 @@ impl Kernel {
         let mut shard = self.sessions.shard(id);
         let entry = Self::own(&mut shard, tenant, id)?;
         if key.is_some() {
-            entry.tenant.storage().check_event_key(tenant, &entry.tenant.policy())?;
+            entry.tenant.storage().reserve_event_key(tenant, &entry.tenant.policy())?;
         }
-        let needs_slot = entry.life.accept_event(self.max_inbox, key.is_some())?;
+        // The key's room goes back if the event is not queued after all.
+        let unreserve = |entry: &SessionEntry| {
+            if key.is_some() {
+                entry.tenant.storage().reserved_gone(ONE_KEY);
+            }
+        };
+        let needs_slot = entry.life.accept_event(self.max_inbox, key.is_some()).inspect_err(|_| unreserve(entry))?;
         if needs_slot && let Err(full) = self.dispatcher.has_room(entry.app_ix) {
+            unreserve(entry);
             entry.life.event_refused();
             return Err(Error::QueueFull(full));
         }
@@ -471,19 +497,30 @@ impl Kernel {
             let tenant = entry.tenant.name().clone();
             let ran = outcome.is_some();
             let mut outcome = outcome;
-            // Writes that would take the tenant past a storage quota are not kept.
+            // Writes that would take the tenant past a storage quota are not kept; the others
+            // take their room now, before their checkpoint is queued.
+            let mut reserved = StorageUsage::default();
             if let Some(done) = &mut outcome
                 && let Ok(effects) = &done.result
                 && let Status::Ready { action, .. } = &entry.life.session().status
-                && let Some(refused) =
-                    entry.tenant.storage().refuse_effects(|| entry.tenant.policy(), action, written_by(effects))
             {
-                done.result = Err(refused);
+                let adds = written_by(effects);
+                match entry.tenant.storage().reserve_effects(|| entry.tenant.policy(), action, adds) {
+                    Ok(()) => reserved = adds,
+                    Err(refused) => done.result = Err(refused),
+                }
             }
             if let Some(Err(failure)) = outcome.as_ref().map(|o| &o.result) {
                 failed = Some(failure.kind);
             }
             let effects = entry.life.action_done(error_action.as_deref(), &tenant, outcome, now_ms());
+            // What the checkpoint does not carry after all (the action failed on) is not held.
+            let queued = effects.checkpoint.as_ref().map(stored_by).unwrap_or_default();
+            entry.tenant.storage().reserved_gone(StorageUsage {
+                kv_bytes: reserved.kv_bytes.saturating_sub(queued.kv_bytes),
+                output_bytes: reserved.output_bytes.saturating_sub(queued.output_bytes),
+                ..StorageUsage::default()
+            });
             if !ran && let Status::Failed { failure } = &entry.life.session().status {
                 failed = Some(failure.kind);
             }
@@ -533,53 +570,10 @@ impl Kernel {
         });
         !busy && self.commits.is_idle()
     }
-
-    /// A new session's entry, or why it can't be.
-    pub(crate) fn new_entry(
-        &self,
-        tenant: &Arc<Tenant>,
-        app: &str,
-        entry_action: &str,
-        input: Vec<u8>,
-    ) -> Result<(SessionEntry, SessionRecord), Error> {
-        self.health.check()?;
-        let policy = tenant.policy();
-        let app_entry = tenant.app(app).ok_or_else(|| Error::not_found("app", app))?;
-        if policy.suspended {
-            return Err(Error::Suspended { tenant: tenant.name().to_string() });
-        }
-        if input.len() > policy.limits.max_input_bytes {
-            return Err(Error::EventTooLarge { size: input.len(), limit: policy.limits.max_input_bytes });
-        }
-        let version = self.code(&app_entry.current.hash)?;
-        let session = Session::start(&version, entry_action, input)?;
-        self.dispatcher.has_room(app_entry.ix).map_err(Error::QueueFull)?;
-        if !tenant.open_session(policy.max_sessions) {
-            return Err(Error::Quota {
-                owner: tenant.name().to_string(),
-                what: "open sessions",
-                count: tenant.open_sessions(),
-            });
-        }
-        let id = self.sessions.next_id();
-        let record = SessionRecord {
-            id,
-            tenant: tenant.name().to_string(),
-            app: app.to_owned(),
-            snapshot: session.clone(),
-            fence: 0,
-        };
-        let entry = SessionEntry {
-            tenant: tenant.clone(),
-            app: app_entry.name.clone(),
-            app_ix: app_entry.ix,
-            version: version.hash().to_owned(),
-            code: Some(version),
-            life: Lifecycle::creating(id, session),
-        };
-        Ok((entry, record))
-    }
 }
+
+/// One idempotency key, as storage counts it.
+const ONE_KEY: StorageUsage = StorageUsage { kv_bytes: 0, output_bytes: 0, event_keys: 1, module_bytes: 0 };
 
 /// A session as its tenant reads it.
 pub(crate) fn view(id: SessionId, entry: &SessionEntry) -> SessionView {

@@ -110,8 +110,12 @@ impl Lifecycle {
 
     /// A session as a store kept it; `effects` moves it on (queued, armed, or nothing).
     pub(crate) fn resumed(stored: StoredSession) -> (Lifecycle, Effects) {
-        let record = stored.record;
+        let mut record = stored.record;
         let finished = record.snapshot.status.is_finished();
+        if finished {
+            // Kept by releases before finished sessions dropped it.
+            record.snapshot.state = Vec::new();
+        }
         let mut life = Lifecycle {
             id: record.id,
             visible: record.snapshot.status.clone(),
@@ -381,6 +385,10 @@ impl Lifecycle {
     /// reports the inbox back as not applied (the store does the same with the rows it holds).
     fn checkpoint(&mut self, tenant: &str) -> Checkpoint {
         if self.session.status.is_finished() {
+            // Nothing reads a finished session's state again: neither memory nor the store keeps
+            // it for the session's retention (a tenant's 64 KiB per finished session would add
+            // up without bound).
+            self.session.state = Vec::new();
             self.session.finished_ms.get_or_insert_with(now_ms);
             self.unapplied.extend(self.inbox.drain(..).map(|e| Unapplied { seq: e.seq, key: e.key }));
         }

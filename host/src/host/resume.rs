@@ -66,6 +66,7 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
             // Its retention counts from when it finished (from this start for a session
             // finished before that was kept).
             core.retention().finished(id, tenant.policy().retention, finished_ms);
+            tenant.hold_finished();
         }
         let entry = SessionEntry { tenant: tenant.clone(), app: app.name.clone(), app_ix: app.ix, version, code, life };
         super::sessions::hold(&mut core.sessions().shard(id), id, entry);

@@ -1,9 +1,11 @@
 //! Each tenant's storage, counted against its quotas (`max_kv_bytes`, `max_stored_output_bytes`,
 //! `max_event_keys`, `max_module_bytes`): measured from the store when the host starts and again
 //! every [`REMEASURE`] (by the retention thread, which also purges), plus what this host has
-//! committed since. Key-value writes are counted in full, as if every key were new, so an
-//! overwrite counts twice until the next measurement: a tenant near its quota may be refused a
-//! little early, never let far past it.
+//! committed since, plus what is reserved: an action's writes and a keyed event take their room
+//! when they are checked, before they are queued, so racing actions can't all pass one check
+//! (the room becomes held when their commit lands, and is given back if it does not). Key-value
+//! writes are counted in full, as if every key were new, so an overwrite counts twice until the
+//! next measurement: a tenant near its quota may be refused a little early, never let past it.
 //!
 //! A tenant at a quota is refused what would add to it — an action whose key-value writes or
 //! outputs would pass it fails `storage_quota` with nothing kept, a keyed event or a deploy is
@@ -22,13 +24,36 @@ use std::time::Duration;
 /// How often the store is asked again what each tenant holds (`housekeeping.rs`).
 pub(crate) const REMEASURE: Duration = Duration::from_secs(30);
 
-/// One tenant's storage, as last measured plus what was committed since.
+/// One tenant's storage, as last measured plus what was committed since, and what is reserved
+/// for writes on their way to the store.
 #[derive(Default)]
 pub(crate) struct Storage {
     kv_bytes: AtomicU64,
     output_bytes: AtomicU64,
     event_keys: AtomicU64,
     module_bytes: AtomicU64,
+    reserved_kv_bytes: AtomicU64,
+    reserved_output_bytes: AtomicU64,
+    reserved_event_keys: AtomicU64,
+}
+
+/// Takes `adds` of room in `reserved` if `held` plus everything reserved stays within `max`.
+fn reserve(held: &AtomicU64, reserved: &AtomicU64, adds: u64, max: u64) -> Result<(), u64> {
+    if adds == 0 {
+        return Ok(());
+    }
+    reserved
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+            let total = held.load(Ordering::Acquire).saturating_add(taken).saturating_add(adds);
+            (total <= max).then_some(taken + adds)
+        })
+        .map(drop)
+        .map_err(|taken| held.load(Ordering::Acquire).saturating_add(taken))
+}
+
+/// Gives `amount` of reserved room back.
+fn unreserve(reserved: &AtomicU64, amount: u64) {
+    let _ = reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| Some(taken.saturating_sub(amount)));
 }
 
 fn size(n: usize) -> u64 {
@@ -54,12 +79,15 @@ pub(crate) fn written_by(effects: &Effects) -> StorageUsage {
 }
 
 impl Storage {
-    /// What it holds now (as far as this host knows).
+    /// What it holds now (as far as this host knows), writes on their way included.
     pub(crate) fn now(&self) -> StorageUsage {
+        let both = |held: &AtomicU64, reserved: &AtomicU64| {
+            held.load(Ordering::Relaxed).saturating_add(reserved.load(Ordering::Relaxed))
+        };
         StorageUsage {
-            kv_bytes: self.kv_bytes.load(Ordering::Relaxed),
-            output_bytes: self.output_bytes.load(Ordering::Relaxed),
-            event_keys: self.event_keys.load(Ordering::Relaxed),
+            kv_bytes: both(&self.kv_bytes, &self.reserved_kv_bytes),
+            output_bytes: both(&self.output_bytes, &self.reserved_output_bytes),
+            event_keys: both(&self.event_keys, &self.reserved_event_keys),
             module_bytes: self.module_bytes.load(Ordering::Relaxed),
         }
     }
@@ -72,7 +100,23 @@ impl Storage {
         self.module_bytes.store(usage.module_bytes, Ordering::Relaxed);
     }
 
-    /// Something was committed that adds `usage`.
+    /// What was reserved for writes (`reserve_effects`, `reserve_event_key`) was committed: it
+    /// is held now.
+    pub(crate) fn reserved_committed(&self, usage: StorageUsage) {
+        self.reserved_gone(usage);
+        self.add(usage);
+    }
+
+    /// What was reserved for writes will not be committed (a failed or fenced commit, a
+    /// duplicate event): the room is free again.
+    pub(crate) fn reserved_gone(&self, usage: StorageUsage) {
+        unreserve(&self.reserved_kv_bytes, usage.kv_bytes);
+        unreserve(&self.reserved_output_bytes, usage.output_bytes);
+        unreserve(&self.reserved_event_keys, usage.event_keys);
+    }
+
+    /// Something was committed that adds `usage` (without a reservation: an operator's writes, a
+    /// module).
     pub(crate) fn add(&self, usage: StorageUsage) {
         self.kv_bytes.fetch_add(usage.kv_bytes, Ordering::Relaxed);
         self.output_bytes.fetch_add(usage.output_bytes, Ordering::Relaxed);
@@ -80,39 +124,44 @@ impl Storage {
         self.module_bytes.fetch_add(usage.module_bytes, Ordering::Relaxed);
     }
 
-    /// Why `action`'s effects may not be kept (they would take the tenant past a quota), if so.
-    /// An action that writes nothing (most) costs no more than this check of its sizes.
-    pub(crate) fn refuse_effects(
+    /// Reserves room for `action`'s effects, or says why they may not be kept (they would take
+    /// the tenant past a quota). An action that writes nothing (most) costs no more than this
+    /// check of its sizes.
+    pub(crate) fn reserve_effects(
         &self,
         policy: impl FnOnce() -> Arc<TenantConfig>,
         action: &str,
         adds: StorageUsage,
-    ) -> Option<Failure> {
+    ) -> Result<(), Failure> {
         if adds.kv_bytes == 0 && adds.output_bytes == 0 {
-            return None;
+            return Ok(());
         }
-        let (policy, now) = (policy(), self.now());
-        let over = |held: u64, adds: u64, max: u64| adds > 0 && held.saturating_add(adds) > max;
-        let (what, held, max) = if over(now.kv_bytes, adds.kv_bytes, policy.max_kv_bytes) {
-            ("key-value space", now.kv_bytes, policy.max_kv_bytes)
-        } else if over(now.output_bytes, adds.output_bytes, policy.max_stored_output_bytes) {
-            ("stored outputs", now.output_bytes, policy.max_stored_output_bytes)
-        } else {
-            return None;
+        let policy = policy();
+        let refused = |what: &str, held: u64, max: u64| {
+            let message = format!(
+                "the tenant's {what} holds {held} bytes of its {max}: this action's writes were not kept (finished sessions free their outputs when purged; ask the operator for more)"
+            );
+            Failure::new(FailureKind::StorageQuota, action, message)
         };
-        let message = format!(
-            "the tenant's {what} holds {held} bytes of its {max}: this action's writes were not kept (finished sessions free their outputs when purged; ask the operator for more)"
-        );
-        Some(Failure::new(FailureKind::StorageQuota, action, message))
-    }
-
-    /// Refuses a keyed event while the tenant holds its most idempotency keys.
-    pub(crate) fn check_event_key(&self, tenant: &str, policy: &TenantConfig) -> Result<(), Error> {
-        let held = self.event_keys.load(Ordering::Relaxed);
-        if held >= policy.max_event_keys {
-            return Err(Error::Quota { owner: format!("tenant `{tenant}`"), what: "idempotency keys", count: held });
+        reserve(&self.kv_bytes, &self.reserved_kv_bytes, adds.kv_bytes, policy.max_kv_bytes)
+            .map_err(|held| refused("key-value space", held, policy.max_kv_bytes))?;
+        let outputs =
+            reserve(&self.output_bytes, &self.reserved_output_bytes, adds.output_bytes, policy.max_stored_output_bytes);
+        if let Err(held) = outputs {
+            unreserve(&self.reserved_kv_bytes, adds.kv_bytes);
+            return Err(refused("stored outputs", held, policy.max_stored_output_bytes));
         }
         Ok(())
+    }
+
+    /// Reserves an idempotency key for a keyed event, or refuses it while the tenant holds its
+    /// most keys.
+    pub(crate) fn reserve_event_key(&self, tenant: &str, policy: &TenantConfig) -> Result<(), Error> {
+        reserve(&self.event_keys, &self.reserved_event_keys, 1, policy.max_event_keys).map_err(|held| Error::Quota {
+            owner: format!("tenant `{tenant}`"),
+            what: "idempotency keys",
+            count: held,
+        })
     }
 
     /// Refuses a new module of `bytes` that would take the tenant past its module bytes.

@@ -28,6 +28,8 @@ pub(crate) struct Tenant {
     kv: Arc<dyn KvRead>,
     apps: ArcSwap<BTreeMap<String, Arc<AppEntry>>>,
     open_sessions: AtomicU64,
+    /// Finished sessions held until they are purged.
+    finished_sessions: AtomicU64,
     /// Output streams it holds open.
     streams: AtomicU64,
     /// What it holds in the store, against its storage quotas.
@@ -91,6 +93,7 @@ impl Tenant {
             policy: ArcSwap::new(policy),
             apps: ArcSwap::default(),
             open_sessions: AtomicU64::new(0),
+            finished_sessions: AtomicU64::new(0),
             streams: AtomicU64::new(0),
             storage: Storage::default(),
             deploys: Mutex::default(),
@@ -163,6 +166,21 @@ impl Tenant {
     /// Counts one more open session, unless it already has `max`.
     pub(crate) fn open_session(&self, max: u64) -> bool {
         self.open_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Finished sessions it holds until they are purged.
+    pub(crate) fn finished_sessions(&self) -> u64 {
+        self.finished_sessions.load(Ordering::Acquire)
+    }
+
+    /// One of its sessions finished (or was resumed finished): held until it is purged.
+    pub(crate) fn hold_finished(&self) {
+        self.finished_sessions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One of its finished sessions was purged.
+    pub(crate) fn purged(&self) {
+        let _ = self.finished_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Counts a session resumed open from the store (not checked against the quota).

@@ -57,6 +57,8 @@ pub struct TenantInfo {
     pub config: TenantConfig,
     /// Sessions it has open.
     pub open_sessions: u64,
+    /// Finished sessions it holds until their retention passes and they are purged.
+    pub finished_sessions: u64,
     /// What it holds in the store, against its storage quotas.
     pub storage: crate::store::StorageUsage,
     /// Its apps, by name.
