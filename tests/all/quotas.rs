@@ -195,3 +195,33 @@ fn finished_sessions_are_held_within_their_own_quota_and_keep_no_state() {
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn keyed_events_racing_for_the_last_keys_never_pass_the_quota_together() {
+    let dir = temp_dir("key-race");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    let host = host_on(store, &dir.join("modules"));
+    let events = host.subscribe();
+    host.create_tenant("keys", TenantConfig { max_event_keys: 2, ..TenantConfig::default() }).expect("tenant");
+    host.deploy("keys", "patient", &wait_app(None)).expect("deploys");
+    let id = host.start_session("keys", "patient", "start", Vec::new()).expect("starts");
+    wait_for(&events, id, waiting);
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let sends: Vec<_> = (0..8)
+            .map(|n| {
+                let host = &host;
+                scope.spawn(move || host.deliver("keys", id, br#""x""#.to_vec(), Some(&format!("k{n}"))))
+            })
+            .collect();
+        sends.into_iter().map(|send| send.join().expect("send thread")).collect()
+    });
+    // Two keys are taken: the first event ends the session, so the second is durable but reported
+    // not applied; the other six are refused.
+    let code = |a: &Result<_, turnstile::Error>| a.as_ref().err().map_or("accepted", |e| e.code());
+    let refused = answers.iter().filter(|a| code(a) == "quota_exceeded").count();
+    let taken = answers.iter().filter(|a| matches!(code(a), "accepted" | "not_applied")).count();
+    assert_eq!((taken, refused), (2, 6), "{answers:?}");
+    drop(events);
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
