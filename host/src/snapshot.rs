@@ -150,7 +150,12 @@ pub fn import_session(store: &dyn Store, snapshot: &Snapshot) -> Result<SessionI
         fence: 0,
     };
     let mut batch = vec![Write::Create(record)];
-    batch.extend(events.into_iter().map(|event| Write::Append { session: id, event, key: None }));
+    batch.extend(events.into_iter().map(|event| Write::Append {
+        session: id,
+        tenant: snapshot.tenant.clone(),
+        event,
+        key: None,
+    }));
     let written = store.commit(&batch)?;
     let refused = written.iter().any(|w| !matches!(w, Written::Created | Written::Appended(Appended::New(_))));
     if refused {

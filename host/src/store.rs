@@ -361,6 +361,9 @@ pub enum Write {
     Append {
         /// The session.
         session: SessionId,
+        /// Its tenant (the host settles the tenant's storage with it, whatever became of the
+        /// session meanwhile; the store does not read it).
+        tenant: String,
         /// The event.
         event: Vec<u8>,
         /// Its idempotency key.

@@ -229,7 +229,8 @@ fn one_host_holds_the_shards_and_a_standby_takes_them_when_it_is_dropped() {
     thief.claim_all(&policy("thief", false), |_| {}, || {}).expect("takes over");
     assert_eq!(standby.commit(&[checkpoint(1, 0, "zombie")]).expect("commits"), [Written::Fenced]);
     // Nor does it take a customer's event the new owner would never see.
-    let event = Write::Append { session: SessionId(1), event: b"late".to_vec(), key: Some("k".into()) };
+    let event =
+        Write::Append { session: SessionId(1), tenant: "bank".into(), event: b"late".to_vec(), key: Some("k".into()) };
     assert_eq!(standby.commit(std::slice::from_ref(&event)).expect("commits"), [Written::Fenced]);
     assert!(matches!(thief.commit(&[event]).expect("commits")[..], [Written::Appended(_)]));
     assert_eq!(thief.outputs(SessionId(1), 0, 10).expect("reads"), [(1, "resumed".to_owned())]);

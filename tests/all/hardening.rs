@@ -353,13 +353,17 @@ fn a_version_deployed_once_loads_at_restart_under_tighter_caps_and_a_cold_cache(
 
 /// A store that refuses any commit holding the event `"poison"`, or a new session while
 /// `refuse_creates` is set (a full disk, a quota, a value the database can't take), and records
-/// how many writes each commit it refused held.
+/// how many writes each commit it refused held; a commit holding the event `"held"` waits until
+/// `release` is set.
 #[derive(Default)]
 struct Faulty {
     inner: turnstile::MemoryStore,
     refuse_creates: std::sync::atomic::AtomicBool,
     refuse_checkpoints: std::sync::atomic::AtomicBool,
     refused_groups: std::sync::Mutex<Vec<usize>>,
+    release: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
+    holding: std::sync::atomic::AtomicBool,
 }
 
 impl turnstile::Store for Faulty {
@@ -390,6 +394,13 @@ impl turnstile::Store for Faulty {
         if refused {
             self.refused_groups.lock().expect("lock").push(batch.len());
             return Err(turnstile::StoreError::Damaged { report: "this write can't be taken".into() });
+        }
+        if batch.iter().any(|write| matches!(write, turnstile::Write::Append { event, .. } if event == br#""held""#)) {
+            self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut release = self.release.lock().expect("lock");
+            while !*release {
+                release = self.released.wait(release).expect("lock");
+            }
         }
         self.inner.commit(batch)
     }
@@ -591,4 +602,30 @@ fn run_one(host: &Host, tenant: &str) {
     while !host.session(tenant, id).expect("session").status.is_finished() {
         events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the session runs");
     }
+}
+
+#[test]
+fn a_keyed_event_for_a_session_purged_while_it_commits_gives_its_key_back() {
+    // The key's room was reserved when the event was checked; the session was purged before the
+    // append's commit landed, and the room was never given back: a tenant slowly lost its keys
+    // until every keyed event was refused (red-team finding).
+    let (host, store) = faulty_host();
+    let events = host.subscribe();
+    let config = TenantConfig { retention: Some(Duration::from_secs(1)), ..TenantConfig::default() };
+    host.create_tenant("t", config).expect("tenant");
+    host.deploy("t", "app", &done_app(3)).expect("deploys");
+    let id = host.start_session("t", "app", "start", Vec::new()).expect("starts");
+    crate::durability::wait_for(&events, id, Status::is_finished);
+    std::thread::scope(|scope| {
+        // A retried keyed event for the finished session: it goes to the store, which holds it.
+        let sent = scope.spawn(|| host.deliver("t", id, br#""held""#.to_vec(), Some("retry-1")));
+        crate::serve::wait_until("the append to reach the store", || {
+            store.holding.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        crate::serve::wait_until("the session to be purged", || host.session("t", id).is_err());
+        *store.release.lock().expect("lock") = true;
+        store.released.notify_all();
+        assert!(sent.join().expect("sender").is_err(), "an event for a purged session is not acknowledged");
+    });
+    assert_eq!(host.tenant("t").expect("tenant").storage.event_keys, 0, "the key's room was kept");
 }

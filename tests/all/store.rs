@@ -89,7 +89,12 @@ fn create(id: u64, tenant: &str) -> Write {
 }
 
 fn append(id: u64, event: &str, key: Option<&str>) -> Write {
-    Write::Append { session: SessionId(id), event: event.as_bytes().to_vec(), key: key.map(str::to_owned) }
+    Write::Append {
+        session: SessionId(id),
+        tenant: "t".into(),
+        event: event.as_bytes().to_vec(),
+        key: key.map(str::to_owned),
+    }
 }
 
 fn checkpoint(id: u64, tenant: &str, status: Status, outputs: &[&str], released: u64, consumed: Option<u64>) -> Write {

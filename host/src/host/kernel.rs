@@ -286,35 +286,27 @@ impl Kernel {
                     }
                 }
             }
-            Write::Append { session, event, key } => {
+            Write::Append { session, tenant, event, key } => {
+                // The key's reservation is settled by its tenant, even if the session is gone
+                // (purged while the append was on its way).
+                if key.is_some()
+                    && let Some(owner) = self.tenants.get(&tenant)
+                {
+                    match written {
+                        Ok(Written::Appended(Appended::New(_))) => owner.storage().reserved_committed(ONE_KEY),
+                        _ => owner.storage().reserved_gone(ONE_KEY),
+                    }
+                }
                 let mut answer = Err(Error::not_found("session", session));
                 match written {
                     Ok(Written::Appended(appended)) => self.transition(session, None, |entry| {
-                        if key.is_some() {
-                            let storage = entry.tenant.storage();
-                            match appended {
-                                Appended::New(_) => storage.reserved_committed(ONE_KEY),
-                                _ => storage.reserved_gone(ONE_KEY),
-                            }
-                        }
                         let (result, effects) = entry.life.event_appended(appended, event, key);
                         answer = result.map(Written::Appended);
                         effects
                     }),
-                    Ok(other) => {
-                        self.transition(session, None, |entry| {
-                            if key.is_some() {
-                                entry.tenant.storage().reserved_gone(ONE_KEY);
-                            }
-                            Effects::default()
-                        });
-                        answer = Ok(other);
-                    }
+                    Ok(other) => answer = Ok(other),
                     Err(error) => {
                         self.transition(session, None, |entry| {
-                            if key.is_some() {
-                                entry.tenant.storage().reserved_gone(ONE_KEY);
-                            }
                             entry.life.event_refused();
                             Effects::default()
                         });
@@ -331,18 +323,19 @@ impl Kernel {
                     Err(Error::Store(error)) => (Err(Error::Store(error.clone())), Some(Error::Store(error))),
                     Err(error) => (Err(Error::ShuttingDown), Some(error)),
                 };
+                // Its writes' reservation is settled by its tenant, whatever became of the session.
                 let stored = stored_by(&checkpoint);
+                if let Some(owner) = self.tenants.get(&checkpoint.tenant) {
+                    match error {
+                        None => owner.storage().reserved_committed(stored),
+                        Some(_) => owner.storage().reserved_gone(stored),
+                    }
+                }
                 let tenant = checkpoint.tenant;
                 let outputs = checkpoint.outputs;
                 self.transition(id, None, |entry| match &error {
-                    None => {
-                        entry.tenant.storage().reserved_committed(stored);
-                        entry.life.committed(&tenant, outputs)
-                    }
-                    Some(error) => {
-                        entry.tenant.storage().reserved_gone(stored);
-                        entry.life.commit_failed(error)
-                    }
+                    None => entry.life.committed(&tenant, outputs),
+                    Some(error) => entry.life.commit_failed(error),
                 });
                 answer
             }
@@ -402,7 +395,8 @@ impl Kernel {
             entry.life.event_refused();
             return Err(Error::QueueFull(full));
         }
-        self.commits.enqueue(Write::Append { session: id, event, key }, Some(ticket.clone()));
+        let tenant = tenant.to_owned();
+        self.commits.enqueue(Write::Append { session: id, tenant, event, key }, Some(ticket.clone()));
         Ok(ticket)
     }
 

@@ -171,7 +171,7 @@ impl Store for MemoryStore {
                     inner.sessions.insert(record.id, stored);
                     Written::Created
                 }
-                Write::Append { session, event, key } => {
+                Write::Append { session, event, key, .. } => {
                     Written::Appended(inner.append(*session, event, key.as_deref()))
                 }
                 Write::Checkpoint(checkpoint) => inner.checkpoint(checkpoint),

@@ -337,7 +337,7 @@ impl Store for SqliteStore {
                     create(&tx, record)?;
                     Written::Created
                 }
-                Write::Append { session, event, key } => {
+                Write::Append { session, event, key, .. } => {
                     Written::Appended(append(&tx, *session, event, key.as_deref())?)
                 }
                 Write::Checkpoint(checkpoint) => checkpoint_one(&tx, checkpoint)?,

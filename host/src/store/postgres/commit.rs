@@ -71,7 +71,7 @@ fn writes(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, batch: &[Write]) -> Res
     let mut in_run: HashSet<SessionId> = HashSet::new();
     let mut events: Vec<Event<'_>> = Vec::new();
     for write in batch {
-        if let Write::Append { session, event, key } = write {
+        if let Write::Append { session, event, key, .. } = write {
             written.extend(checkpoints(tx, epochs, &run)?);
             run.clear();
             in_run.clear();
