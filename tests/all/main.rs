@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod cluster;
+mod compiling;
 mod containment;
 mod crash;
 mod deploy;
