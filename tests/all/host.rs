@@ -115,14 +115,24 @@ fn saturating_tenants_share_the_pool_by_weight_in_real_cost() {
             }
         }
     }
-    // Let both saturate, then measure a window of several thousand actions.
+    // Let both saturate, then measure windows of several thousand actions. An action's cost
+    // counts its wall time, so one the machine left descheduled for a while (four workers on
+    // two cores, other tests beside) is charged for it, and its tenant waits that long in the
+    // next window: a window in range within three shows the weights, a scheduler that ignored
+    // them misses every one.
     await_events(&events, 1_000, |_| true);
-    let before = (cost_of(&host, "light"), cost_of(&host, "heavy"));
-    // A long window: a busy machine skews short ones.
-    await_events(&events, 15_000, |_| true);
-    let after = (cost_of(&host, "light"), cost_of(&host, "heavy"));
-    let ratio = (after.1 - before.1) as f64 / (after.0 - before.0) as f64;
-    assert!((2.7..=3.3).contains(&ratio), "heavy/light cost ratio {ratio}");
+    let mut ratios = Vec::new();
+    for _ in 0..3 {
+        let before = (cost_of(&host, "light"), cost_of(&host, "heavy"));
+        await_events(&events, 15_000, |_| true);
+        let after = (cost_of(&host, "light"), cost_of(&host, "heavy"));
+        let ratio = (after.1 - before.1) as f64 / (after.0 - before.0).max(1) as f64;
+        if (2.7..=3.3).contains(&ratio) {
+            return;
+        }
+        ratios.push(ratio);
+    }
+    panic!("heavy/light cost ratio out of 2.7..=3.3 in every window: {ratios:?}");
 }
 
 #[test]
