@@ -179,8 +179,9 @@ impl Runtime {
         let counts = move || cache.as_ref().map(|c| (c.cache_hits(), c.cache_misses()));
         let linkers = (self.sync_linker.clone(), self.task_linker.clone());
         let (owned, apps, hash) = (bytes.to_vec(), self.apps.clone(), info.hash.clone());
+        let flight = hash.clone();
         // Kept before the compile's flight ends: a deploy or a start that comes after it finds it.
-        let (app, source) = self.compiler.compile(&info.hash.clone(), move || {
+        let (app, source) = self.compiler.compile(&flight, move || {
             let _hold = hold;
             let before = counts();
             let app = App::compile(&engine, [&linkers.0, &linkers.1], &owned, info)?;
@@ -252,12 +253,14 @@ impl Runtime {
     /// `idle`; the next session of such a module loads it again from the store's bytes (through
     /// the disk cache). Returns how many were dropped.
     pub fn evict_idle(&self, idle: Duration) -> usize {
-        let mut apps = self.apps();
-        let before = apps.len();
-        apps.retain(|_, loaded| Arc::strong_count(&loaded.app) > 1 || loaded.used.elapsed() < idle);
-        let evicted = before - apps.len();
-        self.evicted.fetch_add(u64::try_from(evicted).unwrap_or(u64::MAX), Ordering::Relaxed);
-        evicted
+        let evicted: Vec<Loaded> = self
+            .apps()
+            .extract_if(|_, loaded| Arc::strong_count(&loaded.app) == 1 && loaded.used.elapsed() >= idle)
+            .map(|(_, loaded)| loaded)
+            .collect();
+        self.evicted.fetch_add(u64::try_from(evicted.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        // Their code is unmapped here, after the table's lock is let go: look-ups don't wait.
+        evicted.len()
     }
 
     fn apps(&self) -> MutexGuard<'_, HashMap<String, Loaded>> {
