@@ -125,14 +125,26 @@ fn new_makes_a_script_whose_test_passes_and_whose_module_answers_a_call() {
 #[test]
 fn the_demo_splits_its_rush_hour_by_weight_and_says_so() {
     let _measuring = crate::fixtures::measuring();
-    let out = Command::new(env!("CARGO_BIN_EXE_turnstile"))
-        .args(["demo", "--sessions", "200"])
-        .output()
-        .expect("turnstile runs");
-    let printed = text(&out.stdout);
-    assert!(out.status.success(), "{printed}\n{}", text(&out.stderr));
-    let shares: Vec<&str> = printed.lines().filter(|l| l.contains("of the cost, weight share")).collect();
-    assert_eq!(shares.len(), 4, "{printed}");
-    assert!(shares.iter().all(|l| l.ends_with("within ±10%")), "{printed}");
-    assert!(printed.contains("mallory") && printed.contains("out_of_fuel"), "{printed}");
+    // An action's cost counts its wall time, so one the machine leaves descheduled (a debug
+    // build beside the rest of the suite on two cores) can tip a 5 s rush hour by a quarter:
+    // the demo then says so and exits 1. Once more, then: a demo that ignored the weights would
+    // miss both runs.
+    let mut printed = String::new();
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_turnstile"))
+            .args(["demo", "--sessions", "200"])
+            .output()
+            .expect("turnstile runs");
+        printed = text(&out.stdout);
+        let shares: Vec<&str> = printed.lines().filter(|l| l.contains("of the cost, weight share")).collect();
+        assert_eq!(shares.len(), 4, "{printed}\n{}", text(&out.stderr));
+        assert!(printed.contains("mallory") && printed.contains("out_of_fuel"), "{printed}");
+        let within = shares.iter().all(|l| l.ends_with("within ±10%"));
+        // The exit status says the same as the summary.
+        assert_eq!(out.status.success(), within, "{printed}\n{}", text(&out.stderr));
+        if within {
+            return;
+        }
+    }
+    panic!("the rush hour's shares missed their weights in both runs:\n{printed}");
 }
