@@ -53,6 +53,10 @@ fn reserve(held: &AtomicU64, reserved: &AtomicU64, adds: u64, max: u64) -> Resul
 
 /// Gives `amount` of reserved room back.
 fn unreserve(reserved: &AtomicU64, amount: u64) {
+    if amount == 0 {
+        // Most actions write nothing: no shared counter is touched for them.
+        return;
+    }
     let _ = reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| Some(taken.saturating_sub(amount)));
 }
 
@@ -118,6 +122,9 @@ impl Storage {
     /// Something was committed that adds `usage` (without a reservation: an operator's writes, a
     /// module).
     pub(crate) fn add(&self, usage: StorageUsage) {
+        if usage == StorageUsage::default() {
+            return;
+        }
         self.kv_bytes.fetch_add(usage.kv_bytes, Ordering::Relaxed);
         self.output_bytes.fetch_add(usage.output_bytes, Ordering::Relaxed);
         self.event_keys.fetch_add(usage.event_keys, Ordering::Relaxed);

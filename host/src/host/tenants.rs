@@ -38,8 +38,8 @@ pub(crate) struct Tenant {
     deploys: Mutex<VecDeque<Instant>>,
     /// The ids of its sessions held here.
     sessions: TenantSessions,
-    /// Whether one of its modules is compiling (set past a deploy that ran out of time, until
-    /// the compile ends).
+    /// Whether one of its modules is compiling (held by its compile's thread until the compile
+    /// ends, past the deploy's time limit if it runs over).
     compiling: Arc<AtomicBool>,
 }
 
