@@ -141,11 +141,24 @@ pub(crate) struct ActionClock {
     state: Mutex<ClockState>,
 }
 
+/// What [`ActionClock::pause`] found of the slice that ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Paused {
+    /// How long it ran.
+    pub(crate) ran: Duration,
+    /// When the action wants to be woken, if it went to sleep.
+    pub(crate) sleeping_until: Option<Instant>,
+    /// The time its host calls measured waiting.
+    pub(crate) waited: Duration,
+}
+
 #[derive(Debug, Default)]
 struct ClockState {
     active: Duration,
     /// The part of `active` it ran (not asleep).
     ran: Duration,
+    /// Time its host calls measured waiting in the current slice (store look-ups).
+    waited: Duration,
     running_since: Option<Instant>,
     sleeping_until: Option<Instant>,
 }
@@ -177,18 +190,18 @@ impl ActionClock {
         self.state().running_since = Some(now);
     }
 
-    /// Ends a slice at `now`: its length, and the wake time if the action went to sleep (the
-    /// sleep is counted as its time at once).
-    pub(crate) fn pause(&self, now: Instant) -> (Duration, Option<Instant>) {
+    /// Ends a slice at `now`: its length, the wake time if the action went to sleep (the sleep
+    /// is counted as its time at once), and the time its host calls waited in it.
+    pub(crate) fn pause(&self, now: Instant) -> Paused {
         let mut state = self.state();
         let ran = state.running_since.take().map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
         state.active += ran;
         state.ran += ran;
-        let until = state.sleeping_until.take();
-        if let Some(until) = until {
+        let sleeping_until = state.sleeping_until.take();
+        if let Some(until) = sleeping_until {
             state.active += until.saturating_duration_since(now);
         }
-        (ran, until)
+        Paused { ran, sleeping_until, waited: std::mem::take(&mut state.waited) }
     }
 }
 
@@ -409,7 +422,11 @@ fn waiting_host_call<R>(
     burn(caller, charge, charge.base)?;
     let result = body(caller);
     let ctx = caller.data_mut();
-    ctx.host_time += entered.elapsed();
+    let waited = entered.elapsed();
+    ctx.host_time += waited;
+    if let Mode::Task(clock) = &ctx.mode {
+        clock.state().waited += waited;
+    }
     if result.is_ok() && ctx.time_used() > ctx.limits.wall_time {
         let message = format!(
             "ran past its wall-clock limit of {:?} (in the host call `{}`)",

@@ -44,8 +44,8 @@ pub struct EngineConfig {
     /// Bytes of each memory and table slot reset in place (memset of touched pages) rather than
     /// decommitted when an instance is freed.
     pub keep_resident_bytes: usize,
-    /// Fuel plain wasm burns per second on this machine: the rate at which an action's wall time
-    /// is converted to fuel when that is more than it burned. `None` measures it at start.
+    /// Fuel plain wasm burns per second on this machine: the rate at which an action's time
+    /// (CPU, host waits, sleeps) is converted to fuel when that is more than it burned. `None` measures it at start.
     pub fuel_per_second: Option<u64>,
     /// Fuel an action may burn in its first, synchronous attempt; an action that needs more (a
     /// long one) runs again as a preemptible task.

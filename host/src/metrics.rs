@@ -169,7 +169,8 @@ pub struct TenantMetrics {
     /// Fuel burned by them.
     pub fuel: u64,
     /// What they were charged (fair share and fuel bucket), in fuel: per action the larger of
-    /// the fuel burned and its wall time at the host's fuel per second.
+    /// the fuel burned and its time (on a worker's CPU, waiting in the host, asleep) at the
+    /// host's fuel per second.
     pub cost: u64,
     /// Time its actions held a worker, in µs (time asleep, off the workers, is not counted).
     pub worker_us: u64,

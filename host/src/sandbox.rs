@@ -9,8 +9,10 @@
 //! slice at most. Re-running from the start is safe: nothing an action does leaves the sandbox
 //! before it completes, and the wasted slice is charged to its tenant.
 
+mod span;
 mod task;
 
+use span::Span;
 pub(crate) use task::{ActionTask, Slice};
 
 use crate::abi::{ActionCtx, ActionInput, KvRead, Linking, LogLine, Mode};
@@ -43,9 +45,11 @@ pub struct Effects {
 pub struct Usage {
     /// Fuel burned (wasm instructions, plus host calls at their charge).
     pub fuel: u64,
-    /// What the action really cost, in fuel: the fuel it burned, or its wall time at the engine's
-    /// measured fuel per second if that is more (time asleep or in the host counts). The fair
-    /// share and the tenant's fuel bucket are charged this.
+    /// What the action really cost, in fuel: the fuel it burned, or its time at the engine's
+    /// measured fuel per second if that is more. Its time is what it kept a worker busy (the
+    /// thread's CPU time plus what its host calls measured waiting, see `sandbox/span.rs`) and
+    /// the time it slept; time the machine took its thread away is not. The fair share and the
+    /// tenant's fuel bucket are charged this.
     pub cost: u64,
     /// Wall-clock time it ran (time preempted, waiting for a worker, is not counted; time
     /// asleep is).
@@ -131,10 +135,10 @@ impl ActionCall {
 /// Runs an action synchronously with at most `slice` fuel; an action that needs more than its
 /// slice, or wants to sleep, comes back [`Attempt::Long`] untouched.
 pub(crate) fn attempt(engine: &Engine, call: ActionCall, slice: u64) -> Attempt {
-    let started = Instant::now();
+    let span = Span::start();
     let sliced = call.fuel > slice;
     let fuel = if sliced { slice } else { call.fuel };
-    let mut store = Store::new(engine.wasmtime(), call.ctx(Mode::Sync, started));
+    let mut store = Store::new(engine.wasmtime(), call.ctx(Mode::Sync, span.started()));
     store.limiter(|ctx| ctx);
     let wall = call.limits.wall_time;
     store.epoch_deadline_callback(move |ctx| {
@@ -144,15 +148,16 @@ pub(crate) fn attempt(engine: &Engine, call: ActionCall, slice: u64) -> Attempt 
     let result = store.set_fuel(fuel).and_then(|()| call_sync(&mut store, &call.app, &call.action));
     let burned = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     let mut ctx = store.into_data();
+    let time = span.end(ctx.host_time);
+    let cost = burned.max(engine.meter().fuel_for(time.charged));
     let out_of_slice = sliced && result.is_err() && burned >= fuel;
     if ctx.wants_task() || out_of_slice {
-        let elapsed = started.elapsed();
-        let cost = burned.max(engine.meter().fuel_for(elapsed));
+        let elapsed = time.elapsed;
         let spent = Usage { fuel: burned, cost, elapsed, running: elapsed, host_time: Duration::ZERO };
         return Attempt::Long(call, spent);
     }
-    let elapsed = started.elapsed();
-    let outcome = finish(&engine.meter(), &call, result, &mut ctx, burned, (elapsed, elapsed));
+    let mut outcome = finish(&engine.meter(), &call, result, &mut ctx, burned, (time.elapsed, time.elapsed));
+    outcome.usage.cost = cost;
     Attempt::Done(outcome)
 }
 
@@ -187,7 +192,8 @@ fn call_sync(store: &mut Store<ActionCtx>, app: &App, action: &str) -> wasmtime:
     func.typed::<(), i32>(&*store)?.call(&mut *store, ())
 }
 
-/// Classifies how an action ended and takes its receipt.
+/// Classifies how an action ended and takes its receipt, charged only its fuel so far: the
+/// caller, which measured its time, raises the cost to that.
 fn finish(
     meter: &Meter,
     call: &ActionCall,
@@ -199,7 +205,7 @@ fn finish(
     ctx.drain_stdio();
     let result = classify(result, ctx, &call.action, &call.limits);
     let host_time = (ctx.host_time + meter.time_for(ctx.host_fuel)).min(elapsed);
-    let usage = Usage { fuel, cost: fuel.max(meter.fuel_for(elapsed)), elapsed, running, host_time };
+    let usage = Usage { fuel, cost: fuel, elapsed, running, host_time };
     ActionOutcome { result, usage, log: std::mem::take(&mut ctx.log) }
 }
 

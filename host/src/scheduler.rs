@@ -8,7 +8,8 @@
 //!
 //! ## How a pick is made
 //! - Everything is charged in an action's *real cost* ([`Usage::cost`]): the fuel it burned, or
-//!   its wall time at the host's measured fuel per second when that is more.
+//!   its time (on a worker's CPU, waiting in the host, asleep) at the host's measured fuel per
+//!   second when that is more.
 //! - Fair share is stride scheduling: each tenant has a *pass*, the cost it was charged divided
 //!   by its weight, and the ready tenant with the lowest pass goes next. A dispatch charges the
 //!   tenant's running estimate of an action's cost; each slice of the action (a preempted action

@@ -161,7 +161,7 @@ pub struct Counters {
     /// Output events released.
     pub outputs: u64,
     /// What its actions were charged, in fuel: per action the larger of the fuel burned and its
-    /// wall time at the host's fuel per second.
+    /// time (on a worker's CPU, waiting in the host, asleep) at the host's fuel per second.
     #[serde(default)]
     pub cost: u64,
     /// Wall-clock time its actions ran, in microseconds.

@@ -125,9 +125,9 @@ fn new_makes_a_script_whose_test_passes_and_whose_module_answers_a_call() {
 #[test]
 fn the_demo_splits_its_rush_hour_by_weight_and_says_so() {
     let _measuring = crate::fixtures::measuring();
-    // An action's cost counts its wall time, so one the machine leaves descheduled (a debug
-    // build beside the rest of the suite on two cores) can tip a 5 s rush hour by a quarter:
-    // the demo then says so and exits 1. Once more, then: a demo that ignored the weights would
+    // A debug build beside the rest of the suite on two cores is a noisy place for a 5 s rush
+    // hour (short actions are charged their wall time, which the machine can stretch): a miss
+    // makes the demo say so and exit 1. Once more, then: a demo that ignored the weights would
     // miss both runs.
     let mut printed = String::new();
     for _ in 0..2 {

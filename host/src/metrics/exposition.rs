@@ -112,7 +112,7 @@ pub(super) fn encode(snapshot: &MetricsSnapshot) -> String {
         tenants,
         (
             "cost_fuel",
-            "What actions were charged, in fuel: the larger of fuel burned and wall time at the host's fuel per second",
+            "What actions were charged, in fuel: the larger of fuel burned and time (CPU, host waits, sleeps) at the host's fuel per second",
             None,
         ),
         counter(|t| t.cost),

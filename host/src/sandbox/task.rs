@@ -6,7 +6,7 @@
 //! Its deadline counts its own time, running and asleep, not the time it waited for a worker
 //! while other tenants' actions ran: being preempted never makes an action miss its deadline.
 
-use super::{ActionCall, ActionOutcome, Usage, finish};
+use super::{ActionCall, ActionOutcome, Span, Usage, finish};
 use crate::abi::{ActionClock, ActionCtx, Linking, Mode};
 use crate::app::App;
 use crate::engine::{Engine, Meter};
@@ -20,9 +20,12 @@ use wasmtime::{Store, UpdateDeadline};
 /// A long action in progress.
 pub(crate) struct ActionTask {
     app: Arc<App>,
-    future: Pin<Box<dyn Future<Output = ActionOutcome> + Send>>,
+    /// The action's outcome, with what its synchronous first attempt used.
+    future: Pin<Box<dyn Future<Output = (ActionOutcome, Usage)> + Send>>,
     clock: Arc<ActionClock>,
     meter: Meter,
+    /// The time its slices so far are charged (see `sandbox/span.rs`).
+    charged: Duration,
 }
 
 /// What one slice of a task came to.
@@ -75,10 +78,9 @@ impl ActionTask {
             let burned = call.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             let mut ctx = store.into_data();
             let times = (task_clock.active(), task_clock.ran());
-            let outcome = finish(&meter, &call, result, &mut ctx, burned, times);
-            ActionOutcome { usage: spent.plus(outcome.usage), ..outcome }
+            (finish(&meter, &call, result, &mut ctx, burned, times), spent)
         };
-        ActionTask { app, future: Box::pin(future), clock, meter }
+        ActionTask { app, future: Box::pin(future), clock, meter, charged: Duration::ZERO }
     }
 
     /// The app version the action belongs to.
@@ -88,17 +90,27 @@ impl ActionTask {
 
     /// Runs the task on this thread until it ends, yields or sleeps.
     pub(crate) fn run_slice(&mut self) -> Slice {
-        let started = Instant::now();
-        self.clock.resume(started);
+        let span = Span::start();
+        self.clock.resume(span.started());
         let poll = self.future.as_mut().poll(&mut Context::from_waker(Waker::noop()));
-        let now = Instant::now();
-        let (ran, sleeping) = self.clock.pause(now);
+        let paused = self.clock.pause(Instant::now());
+        let time = span.end(paused.waited);
+        self.charged += time.charged;
         match poll {
-            Poll::Ready(outcome) => Slice::Done(outcome),
+            Poll::Ready((mut outcome, spent)) => {
+                // Charged its slices' time and its sleeps: its whole time but what the machine
+                // took away from it.
+                let asleep = outcome.usage.elapsed.saturating_sub(outcome.usage.running);
+                let own = self.meter.fuel_for(self.charged.saturating_add(asleep));
+                outcome.usage.cost = outcome.usage.fuel.max(own);
+                outcome.usage = spent.plus(outcome.usage);
+                Slice::Done(outcome)
+            }
             Poll::Pending => {
-                let cost = self.meter.fuel_for(ran);
+                let cost = self.meter.fuel_for(time.charged);
+                let ran = paused.ran;
                 let slice = Usage { fuel: 0, cost, elapsed: ran, running: ran, host_time: Duration::ZERO };
-                match sleeping {
+                match paused.sleeping_until {
                     Some(until) => Slice::Sleeping { until, slice },
                     None => Slice::Yielded(slice),
                 }
