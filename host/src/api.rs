@@ -8,6 +8,7 @@
 //!   and every other host call (sessions, commits, compiles, metrics) runs on the blocking pool.
 
 mod body;
+mod console;
 mod error;
 mod openapi;
 mod server;
@@ -59,6 +60,8 @@ pub struct Api {
     protect_metrics: bool,
     /// The shared store, when the host runs on PostgreSQL (`GET /v1/cluster` reads its leases).
     cluster: Option<Arc<PgStore>>,
+    /// Recent readings of the tenants' latencies, for the console's overview.
+    latency_history: Arc<console::LatencyHistory>,
 }
 
 impl Api {
@@ -75,6 +78,7 @@ impl Api {
             protect_metrics: false,
             body_timeout: Duration::from_secs(HttpLimits::default().body_timeout_secs),
             cluster: None,
+            latency_history: Arc::default(),
         }
     }
 
@@ -118,6 +122,9 @@ pub fn router(api: Api) -> Router {
         .route("/v1/tenants/{tenant}/resume", post(resume_tenant))
         .route("/v1/tenants/{tenant}/tokens", post(issue_token))
         .route("/v1/tenants/{tenant}/tokens/{token}", axum::routing::delete(revoke_token))
+        .route("/v1/tenants/{tenant}/sessions", get(console::tenant_sessions))
+        .route("/v1/tenants/{tenant}/sessions/{session}", get(console::tenant_session))
+        .route("/v1/overview", get(console::overview))
         .route("/v1/cluster", get(cluster))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{app}", get(get_app))
@@ -134,6 +141,9 @@ pub fn router(api: Api) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(|| async { Json(openapi_document()) }))
+        .route("/console", get(console::page))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
@@ -424,14 +434,10 @@ async fn start_session(
 /// The most sessions one page lists.
 const SESSION_PAGE: usize = 1000;
 
-/// `GET /v1/sessions?after=ID&limit=N`: the tenant's sessions, in id order, a page at a time.
-async fn list_sessions(
-    Tenant(tenant): Tenant,
-    State(api): State<Api>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+/// The paging of a session list: `?after=ID&limit=N` (defaults 0 and 100).
+fn page_query(query: Option<&str>) -> Result<(u64, usize), ApiError> {
     let (mut after, mut limit) = (0u64, 100usize);
-    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", format!("`{name}`: {what}"));
         match name {
@@ -443,10 +449,25 @@ async fn list_sessions(
             _ => return Err(bad("unknown parameter (`after`, `limit`)")),
         }
     }
+    Ok((after, limit))
+}
+
+/// A page of `tenant`'s sessions, in id order, with the cursor of the next page.
+async fn sessions_page(api: &Api, tenant: String, query: Option<&str>) -> Result<Json<Value>, ApiError> {
+    let (after, limit) = page_query(query)?;
     let host = api.host.clone();
     let sessions = blocking(move || host.tenant_sessions(&tenant, SessionId(after), limit)).await?;
     let next = (sessions.len() == limit).then(|| sessions.last().map(|s| s.id.0)).flatten();
     Ok(Json(json!({ "sessions": sessions.iter().map(session_json).collect::<Vec<_>>(), "next_after": next })))
+}
+
+/// `GET /v1/sessions?after=ID&limit=N`: the tenant's sessions, in id order, a page at a time.
+async fn list_sessions(
+    Tenant(tenant): Tenant,
+    State(api): State<Api>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    sessions_page(&api, tenant, query.as_deref()).await
 }
 
 async fn get_session(

@@ -2,9 +2,11 @@
 //! per run), WAT modules inline where a Rust guest can't express the case.
 
 mod api;
+mod browser;
 mod cli;
 mod cluster;
 mod compiling;
+mod console;
 mod containment;
 mod crash;
 mod deploy;

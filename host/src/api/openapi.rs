@@ -27,6 +27,19 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ("delete", "/v1/tenants/{tenant}/tokens/{token}", Auth::Operator, "Revoke a tenant token."),
     (
         "get",
+        "/v1/tenants/{tenant}/sessions",
+        Auth::Operator,
+        "A tenant's sessions, as the tenant would list them: ?after=ID&limit=1..1000 (default 100).",
+    ),
+    ("get", "/v1/tenants/{tenant}/sessions/{session}", Auth::Operator, "Read one session of a tenant."),
+    (
+        "get",
+        "/v1/overview",
+        Auth::Operator,
+        "The host and each tenant: counters since start, queue, in flight, latency p50/p99 of the last seconds.",
+    ),
+    (
+        "get",
         "/v1/cluster",
         Auth::Operator,
         "The shard leases of a PostgreSQL store: owner, epoch, milliseconds left; this node.",
@@ -59,6 +72,9 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ("get", "/healthz", Auth::Public, "Liveness."),
     ("get", "/readyz", Auth::Public, "Readiness (503 `shutting_down`, or `store_unavailable` while the store fails)."),
     ("get", "/openapi.json", Auth::Public, "This document."),
+    ("get", "/console", Auth::Public, "The live operator console (the page asks for the admin token)."),
+    ("get", "/console/console.js", Auth::Public, "The console's script."),
+    ("get", "/console/console.css", Auth::Public, "The console's style."),
 ];
 
 /// The OpenAPI 3.1 document.
