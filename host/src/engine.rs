@@ -56,8 +56,13 @@ pub struct EngineConfig {
     pub slice_fuel: u64,
 }
 
-/// Slots decommitted together, so the TLB shootdowns they cost are shared.
-const DECOMMIT_BATCH: usize = 16;
+/// Slots decommitted together: one, so an action that dirtied more memory than a slot keeps
+/// resident gives it back itself, in its own time (charged to it), when its instance is freed.
+/// Batched (16), a tenant's dirty pages stayed resident until some other action's teardown
+/// filled the batch and freed them all: 2.6 GiB held while the host was idle, and another
+/// tenant's action stalled and was charged ~200 ms for it. Actions within `keep_resident_bytes`
+/// are reset by memset and decommit nothing, so batching saved them nothing.
+const DECOMMIT_BATCH: usize = 1;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -124,7 +129,7 @@ impl Engine {
             // Resetting a slot with madvise makes the kernel shoot down the TLB of every other
             // worker thread (an IPI per action). Resetting the pages the action touched with
             // memset, found by PAGEMAP_SCAN where the kernel has it, keeps the workers apart;
-            // what is still decommitted is batched.
+            // only what an action dirtied past that is decommitted, by the action itself.
             .pagemap_scan(wasmtime::Enabled::Auto)
             .linear_memory_keep_resident(config.keep_resident_bytes)
             .table_keep_resident(config.keep_resident_bytes)

@@ -345,3 +345,31 @@ impl Runtime {
         ActionTask::start(&self.engine, call, spent)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Runtime, RuntimeConfig};
+    use crate::local::MemoryKv;
+    use std::sync::Arc;
+
+    #[test]
+    fn an_action_that_dirtied_much_memory_gives_it_back_itself() {
+        let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        // Touches a page every 4 KiB of 8 MiB: past what a slot keeps resident.
+        let module = r#"(module (memory (export "memory") 1)
+            (func (export "touch") (result i32) (local $p i32)
+              (drop (memory.grow (i32.const 128)))
+              (loop $l
+                (i32.store8 (local.get $p) (i32.const 1))
+                (local.set $p (i32.add (local.get $p) (i32.const 4096)))
+                (br_if $l (i32.lt_u (local.get $p) (i32.const 8388608))))
+              i32.const 1))"#;
+        let app = runtime.deploy(&wat::parse_str(module).expect("wat")).expect("deploys").app;
+        let limits = runtime.limits().clone();
+        let pool = runtime.engine.wasmtime().pooling_allocator_metrics().expect("the pooling allocator");
+        let warm = pool.unused_warm_memories();
+        runtime.run_action(&app, "touch", Vec::new(), Vec::new(), Arc::new(MemoryKv::default()), &limits, 1_000_000);
+        // Its (new) slot is free again at once, not queued for another action's teardown to free.
+        assert_eq!(pool.unused_warm_memories(), warm + 1);
+    }
+}

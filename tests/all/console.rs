@@ -8,6 +8,17 @@ use crate::fixtures::{abi_module, example};
 use crate::serve::{ADMIN, json_body, request, start_server};
 use serde_json::{Value, json};
 use std::ffi::OsStr;
+use std::process::Child;
+
+/// The server, killed when the test ends however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn post_json(port: u16, path: &str, token: &str, body: &Value) -> Value {
     let (status, text) = request(port, "POST", path, token, "application/json", body.to_string().as_bytes());
@@ -63,7 +74,8 @@ fn read(tenant: &str, field: &str) -> String {
 #[test]
 fn the_console_shows_the_tenants_live_and_lets_the_operator_act() {
     let dir = temp_dir("console");
-    let (mut server, port) = start_server(&[OsStr::new("--data-dir"), dir.as_os_str()]);
+    let (server, port) = start_server(&[OsStr::new("--data-dir"), dir.as_os_str()]);
+    let server = Server(server);
     let calm = tenant(port, "calm", 3, &[("ivr", example("ivr_menu")), ("markup", markup_app())]);
     let rough = tenant(port, "rough", 1, &[("hostile", example("hostile"))]);
     let calls: Vec<u64> = (0..3).map(|_| start_session(port, &calm, "ivr", "start")).collect();
@@ -138,7 +150,6 @@ fn the_console_shows_the_tenants_live_and_lets_the_operator_act() {
     );
     assert_eq!(foreign, json!([]));
     drop(browser);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

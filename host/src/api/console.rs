@@ -6,6 +6,7 @@
 //! shares and the plots are drawn by the page from successive overviews.
 
 use super::{Admin, Api, ApiError, blocking, session_id, session_json, sessions_page};
+use crate::host::TenantInfo;
 use crate::metrics::Histogram;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
@@ -95,7 +96,7 @@ pub(super) async fn overview(_: Admin, State(api): State<Api>) -> Result<Json<Va
     let history = api.latency_history.clone();
     let body = blocking(move || {
         let metrics = host.metrics();
-        let tenants = host.tenants();
+        let tenants: HashMap<String, TenantInfo> = host.tenants().into_iter().map(|t| (t.name.clone(), t)).collect();
         let now = Instant::now();
         let latest = metrics.tenants.iter().map(|t| (t.tenant.clone(), t.latency.clone())).collect();
         let from = history.record(now, latest);
@@ -103,7 +104,7 @@ pub(super) async fn overview(_: Admin, State(api): State<Api>) -> Result<Json<Va
             .tenants
             .iter()
             .map(|t| {
-                let info = tenants.iter().find(|i| i.name == t.tenant);
+                let info = tenants.get(&t.tenant);
                 let recent = from.get(&t.tenant).map_or_else(|| t.latency.clone(), |earlier| t.latency.since(earlier));
                 json!({
                     "name": t.tenant,
