@@ -29,8 +29,11 @@
 //!   (default: as many as there are workers), the whole host at most the pool's instances, and
 //!   a tenant whose actions are long (typically over a millisecond of cost; a new tenant counts
 //!   as long until it has shown otherwise) never runs on more than all workers but one while
-//!   another tenant has work ready. Short actions are exempt: capping them would make every
-//!   weight 1:1 between two saturating tenants on a two-worker pool.
+//!   another tenant has work ready, unless every tenant with work ready has long actions too
+//!   and it is the one owed the most (the lowest pass). Short actions are exempt: a worker they
+//!   hold is free again in microseconds. (Without the exemption, or the exception between long
+//!   tenants, two saturating tenants on a two-worker pool would each hold one worker whatever
+//!   their weights.)
 
 use self::bucket::TokenBucket;
 use crate::error::QueueFull;
@@ -374,13 +377,23 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Whether tenant `t` may have one more action running: never more than all workers but one
-    /// while another tenant has work ready, if its actions are long.
+    /// Whether tenant `t` may have one more action running: if its actions are long, never more
+    /// than all workers but one while another tenant has work ready — unless every tenant with
+    /// work ready has long actions too and `t` is the one owed the most (no lower pass). A
+    /// short action waiting keeps the last worker free (its latency); between long tenants the
+    /// fair share decides (else two on a two-worker pool would hold one worker each: 1:1).
+    /// Only a long tenant at the cap looks through the ready set.
     fn may_run_another(&self, t: TenantIx) -> bool {
         let tenant = self.tenant(t);
         let workers = u32::try_from(self.bounds.workers).unwrap_or(u32::MAX);
-        let others_ready = self.ready.len() > usize::from(tenant.ready);
-        !(tenant.typical_cost > self.bounds.long_action && workers > 1 && tenant.running + 1 >= workers && others_ready)
+        let long = |slot: &TenantSlot| slot.typical_cost > self.bounds.long_action;
+        if !long(tenant) || workers <= 1 || tenant.running + 1 < workers {
+            return true;
+        }
+        // The other ready tenants, by pass.
+        let mut others = self.ready.iter().filter(|&&(_, other)| other != t).peekable();
+        let Some(&&(lowest, _)) = others.peek() else { return true };
+        tenant.pass < lowest && others.all(|&(_, other)| long(self.tenant(other)))
     }
 
     /// Whether tenant `t` may put a new action in flight (its own cap and the pool's).

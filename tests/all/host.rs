@@ -95,10 +95,8 @@ fn cost_of(host: &Host, tenant: &str) -> u64 {
 #[test]
 fn saturating_tenants_share_the_pool_by_weight_in_real_cost() {
     let _measuring = crate::fixtures::measuring();
-    // Four workers: on a loaded machine (other tests) these actions can look long, and a long
-    // tenant runs on at most all workers but one while another has work ready. With four, that
-    // cap (three) is the heavy tenant's weighted share, so the split stays 3:1; with two it
-    // would force 1:1.
+    // Four workers on two cores: the workers' threads are descheduled now and then, which
+    // must not cost their tenants (see `sandbox/span.rs`).
     let host = host(4);
     let events = host.subscribe();
     let app = looping_app(3_000, 0);

@@ -384,3 +384,58 @@ fn a_tenant_at_its_cap_still_resumes_its_preempted_actions() {
     resumed.sort_unstable();
     assert_eq!(resumed, [1, 2]);
 }
+
+#[test]
+fn long_actions_are_shared_by_weight_on_a_two_worker_pool() {
+    let now = Instant::now();
+    let mut s: Scheduler<()> = Scheduler::new(bounds(2, 100, 100));
+    let heavy = s.add_tenant(policy(3, 50_000_000), now);
+    let light = s.add_tenant(policy(1, 50_000_000), now);
+    let mut apps = Vec::new();
+    for t in [heavy, light] {
+        for _ in 0..2 {
+            apps.push(s.add_app(t));
+        }
+    }
+    let refill = |s: &mut Scheduler<()>| {
+        for &app in &apps {
+            while s.app(app).pending.len() < 2 {
+                s.enqueue(app, SessionId(1), now).expect("room");
+            }
+        }
+    };
+    // Two workers, always busy: the older action completes, and the freed worker takes the next.
+    refill(&mut s);
+    let mut running: VecDeque<Dispatch> = (0..2).map(|_| s.run_next(now)).collect();
+    let mut spent = [0u64; 2];
+    for _ in 0..4000 {
+        let done = running.pop_front().expect("two running");
+        spent[done.tenant] += 40_000_000;
+        s.complete(done, &usage(40_000_000));
+        refill(&mut s);
+        running.push_back(s.run_next(now));
+    }
+    let ratio = spent[heavy] as f64 / spent[light] as f64;
+    assert!((2.7..=3.3).contains(&ratio), "weights 3:1 of long actions on two workers split {ratio:.2}:1");
+}
+
+#[test]
+fn a_long_tenant_owed_the_most_still_leaves_the_last_worker_to_a_short_action_waiting() {
+    let now = Instant::now();
+    let mut s: Scheduler<()> = Scheduler::new(bounds(2, 100, 100));
+    let hog = s.add_tenant(policy(1, 50_000_000), now);
+    let quick = s.add_tenant(policy(1, 1000), now);
+    let (h1, h2, q) = (s.add_app(hog), s.add_app(hog), s.add_app(quick));
+    // The short tenant ran an expensive action: the hog is owed the most now.
+    s.enqueue(q, SessionId(1), now).expect("room");
+    let d = s.run_next(now);
+    s.complete(d, &usage(100_000));
+    s.charge(quick, 1 << 40);
+    s.enqueue(h1, SessionId(2), now).expect("room");
+    s.enqueue(h2, SessionId(3), now).expect("room");
+    s.enqueue(q, SessionId(4), now).expect("room");
+    let first = s.run_next(now);
+    assert_eq!(first.tenant, hog, "the hog is owed the most");
+    assert!(!s.may_run_another(hog), "a short action waits: the last worker stays free for it");
+    assert_eq!(s.run_next(now).tenant, quick);
+}
