@@ -18,7 +18,7 @@
 //! | `kv_reader` | looks up a key in the tenant's key-value space, for ever | fuel |
 //! | `log_flood` | logs 16 KiB lines for ever (past the log budget they are dropped, still charged) | fuel |
 //! | `sleeper` | asks WASI `poll_oneoff` to sleep for 2^64 ns (584 years) | deadline, at once |
-//! | `napper` | sleeps 900 ms in `poll_oneoff`, just inside the default 1 s deadline | none: charged its wall time |
+//! | `napper` | sleeps 900 ms in `poll_oneoff`, just inside the default 1 s deadline | none: charged the time it slept |
 //! | `ok` | says "still alive" | none |
 //!
 //! Build and run:
