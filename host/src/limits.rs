@@ -23,9 +23,9 @@ pub struct TenantConfig {
     /// Actions of one of its apps in the action list at once.
     pub max_in_flight: u32,
     /// Actions of all its apps in flight at once (0: as many as there are workers). In any case
-    /// a tenant whose actions are long never runs on more than all workers but one while another
-    /// tenant has work ready, unless all of those have long actions too and it is the one owed
-    /// the most by the fair share.
+    /// a tenant whose actions are long never runs on more than all workers but one while a
+    /// tenant with short actions is active or another tenant has work ready, unless all of those
+    /// have long actions too and it is the one owed the most by the fair share.
     pub max_concurrent: u32,
     /// Sessions it may have open (not finished) at once.
     pub max_sessions: u64,

@@ -28,9 +28,10 @@
 //! - No tenant holds the whole pool: a tenant has at most `max_concurrent` actions in flight
 //!   (default: as many as there are workers), the whole host at most the pool's instances, and
 //!   a tenant whose actions are long (typically over a millisecond of cost; a new tenant counts
-//!   as long until it has shown otherwise) never runs on more than all workers but one while
-//!   another tenant has work ready, unless every tenant with work ready has long actions too
-//!   and it is the one owed the most (the lowest pass). Short actions are exempt: a worker they
+//!   as long until it has shown otherwise) never runs on more than all workers but one while a
+//!   tenant with short actions is active (had one ready in the last 100 ms) or another tenant
+//!   has work ready, unless every tenant with work ready has long actions too and it is the one
+//!   owed the most (the lowest pass). Short actions are exempt: a worker they
 //!   hold is free again in microseconds. (Without the exemption, or the exception between long
 //!   tenants, two saturating tenants on a two-worker pool would each hold one worker whatever
 //!   their weights.)
@@ -53,6 +54,12 @@ pub(crate) type AppIx = usize;
 
 /// Weights are scaled by this in a pass, so that integer division keeps their ratios.
 const PASS_SCALE: i128 = 1 << 20;
+
+/// A tenant with short actions that had one ready this recently keeps the last worker free of
+/// long actions even while it has nothing ready: its next event or timer finds a worker at
+/// once, instead of waiting behind long actions that cannot be interrupted (a synchronous
+/// attempt, a straight run of page faults).
+const SHORT_ACTIVE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A tenant as the scheduler sees it.
 #[derive(Debug)]
@@ -162,6 +169,8 @@ pub(crate) struct Scheduler<T> {
     in_flight_total: usize,
     /// Preempted (or woken) actions waiting to be resumed.
     resumable_total: usize,
+    /// When an action of a tenant with short actions last became ready.
+    short_ready_at: Option<Instant>,
 }
 
 fn policy_weight(policy: &TenantConfig) -> i128 {
@@ -181,6 +190,7 @@ impl<T> Scheduler<T> {
             pending_total: 0,
             in_flight_total: 0,
             resumable_total: 0,
+            short_ready_at: None,
         }
     }
 
@@ -308,9 +318,13 @@ impl<T> Scheduler<T> {
         slot.pending.push_back((session, now));
         let t = slot.tenant;
         self.pending_total += 1;
+        let long_action = self.bounds.long_action;
         let tenant = self.tenant_mut(t);
         tenant.back_from_idle |= tenant.queue_depth == 0 && tenant.in_flight == 0;
         tenant.queue_depth += 1;
+        if tenant.typical_cost <= long_action {
+            self.short_ready_at = Some(now);
+        }
         self.make_ready(app);
     }
 
@@ -378,17 +392,21 @@ impl<T> Scheduler<T> {
     }
 
     /// Whether tenant `t` may have one more action running: if its actions are long, never more
-    /// than all workers but one while another tenant has work ready — unless every tenant with
-    /// work ready has long actions too and `t` is the one owed the most (no lower pass). A
-    /// short action waiting keeps the last worker free (its latency); between long tenants the
-    /// fair share decides (else two on a two-worker pool would hold one worker each: 1:1).
-    /// Only a long tenant at the cap looks through the ready set.
-    fn may_run_another(&self, t: TenantIx) -> bool {
+    /// than all workers but one while a tenant with short actions is active (had one ready in
+    /// the last [`SHORT_ACTIVE`]) or another tenant has work ready — unless every tenant with
+    /// work ready has long actions too and `t` is the one owed the most (no lower pass). Short
+    /// actions keep the last worker free (their latency); between long tenants the fair share
+    /// decides (else two on a two-worker pool would hold one worker each: 1:1). Only a long
+    /// tenant at the cap looks through the ready set.
+    fn may_run_another(&self, t: TenantIx, now: Instant) -> bool {
         let tenant = self.tenant(t);
         let workers = u32::try_from(self.bounds.workers).unwrap_or(u32::MAX);
         let long = |slot: &TenantSlot| slot.typical_cost > self.bounds.long_action;
         if !long(tenant) || workers <= 1 || tenant.running + 1 < workers {
             return true;
+        }
+        if self.short_ready_at.is_some_and(|at| now.saturating_duration_since(at) < SHORT_ACTIVE) {
+            return false;
         }
         // The other ready tenants, by pass.
         let mut others = self.ready.iter().filter(|&&(_, other)| other != t).peekable();
@@ -421,7 +439,7 @@ impl<T> Scheduler<T> {
                 self.unready(t);
                 continue;
             };
-            if !self.may_run_another(t) {
+            if !self.may_run_another(t, now) {
                 continue;
             }
             if !self.app(app).resumable.is_empty() {

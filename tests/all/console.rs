@@ -73,6 +73,8 @@ fn read(tenant: &str, field: &str) -> String {
 
 #[test]
 fn the_console_shows_the_tenants_live_and_lets_the_operator_act() {
+    // A browser loads both cores for a few seconds: not beside a test that measures.
+    let _measuring = crate::fixtures::measuring();
     let dir = temp_dir("console");
     let (server, port) = start_server(&[OsStr::new("--data-dir"), dir.as_os_str()]);
     let server = Server(server);

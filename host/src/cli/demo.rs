@@ -374,7 +374,9 @@ fn summary(metrics: &MetricsSnapshot, elapsed: Duration, rush: &[Share]) {
     );
     println!("  the calls wanted less than the pool: every tenant got what it asked for, and no more.");
     println!("  the rush hour, when every tenant wanted more than its share: each got its weight's share");
-    println!("  of the real cost (fuel, or the time it kept a worker busy or slept when that is more), the hostile tenant included:");
+    println!(
+        "  of the real cost (fuel, or the time it kept a worker busy or slept when that is more), the hostile tenant included:"
+    );
     for share in rush {
         println!(
             "    {:<11} {:>5.1}% of the cost, weight share {:>5.1}%  ({:+.0}%){}",

@@ -262,7 +262,7 @@ fn short_actions_may_use_every_worker_so_weights_hold_on_a_small_pool() {
     s.enqueue(a, SessionId(1), now).expect("room");
     let first = s.run_next(now);
     s.enqueue(b, SessionId(2), now).expect("room");
-    assert!(!s.may_run_another(quick), "a new tenant is kept off the last worker");
+    assert!(!s.may_run_another(quick, now), "a new tenant is kept off the last worker");
     s.complete(first, &usage(1000));
     for i in 0..40 {
         s.enqueue(a, SessionId(i), now).expect("room");
@@ -280,7 +280,7 @@ fn short_actions_may_use_every_worker_so_weights_hold_on_a_small_pool() {
         s.enqueue(b, SessionId(2), now).expect("room");
     };
     assert_eq!(s.tenant(quick).running, 1, "{running:?}");
-    assert!(s.may_run_another(quick), "short actions may take the last worker too");
+    assert!(s.may_run_another(quick, now), "short actions may take the last worker too");
 }
 
 #[test]
@@ -436,6 +436,28 @@ fn a_long_tenant_owed_the_most_still_leaves_the_last_worker_to_a_short_action_wa
     s.enqueue(q, SessionId(4), now).expect("room");
     let first = s.run_next(now);
     assert_eq!(first.tenant, hog, "the hog is owed the most");
-    assert!(!s.may_run_another(hog), "a short action waits: the last worker stays free for it");
+    assert!(!s.may_run_another(hog, now), "a short action waits: the last worker stays free for it");
     assert_eq!(s.run_next(now).tenant, quick);
+}
+
+#[test]
+fn a_short_tenant_between_its_actions_still_finds_the_last_worker_free() {
+    let start = Instant::now();
+    let mut s: Scheduler<()> = Scheduler::new(bounds(2, 100, 100));
+    let hog = s.add_tenant(policy(1, 50_000_000), start);
+    let quick = s.add_tenant(policy(1, 1000), start);
+    let (h1, h2, q) = (s.add_app(hog), s.add_app(hog), s.add_app(quick));
+    // The short tenant's action came and went: it has nothing ready now.
+    s.enqueue(q, SessionId(1), start).expect("room");
+    let d = s.run_next(start);
+    s.complete(d, &usage(1000));
+    s.enqueue(h1, SessionId(2), start).expect("room");
+    s.enqueue(h2, SessionId(3), start).expect("room");
+    assert_eq!(s.run_next(start).tenant, hog);
+    // Its next event or timer may come any moment: the hog stays off the last worker...
+    assert!(!s.may_run_another(hog, start + Duration::from_millis(50)));
+    // ...until the short tenant has been quiet for a while.
+    let later = start + SHORT_ACTIVE;
+    assert!(s.may_run_another(hog, later));
+    assert_eq!(s.run_next(later).tenant, hog);
 }
