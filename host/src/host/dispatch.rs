@@ -29,6 +29,10 @@ pub(crate) struct Dispatcher {
     /// Actions waiting for a worker, as of the last change: read without the lock by a worker
     /// deciding whether its preempted task should hand over or simply go on.
     waiting: AtomicUsize,
+    /// Workers waiting on `work`: changed and read only under the lock, so a change of work
+    /// wakes a worker only when one sleeps (a condvar's notify is a system call even when no
+    /// one waits, and the saturated hot path made two or three an action).
+    idle: AtomicUsize,
     preemption: Preemption,
 }
 
@@ -64,6 +68,7 @@ impl Dispatcher {
             work: Condvar::new(),
             stopping: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
             preemption,
         }
     }
@@ -92,9 +97,16 @@ impl Dispatcher {
             let now = Instant::now();
             let picked = scheduler.pick(now);
             self.preemption.publish(scheduler.waiting(), &self.waiting);
+            self.idle.fetch_add(1, Ordering::Relaxed);
             scheduler = match picked {
-                Pick::Run(dispatch) => return Some(Work::Run(dispatch)),
-                Pick::Resume(dispatch, task) => return Some(Work::Resume(dispatch, task)),
+                Pick::Run(dispatch) => {
+                    self.idle.fetch_sub(1, Ordering::Relaxed);
+                    return Some(Work::Run(dispatch));
+                }
+                Pick::Resume(dispatch, task) => {
+                    self.idle.fetch_sub(1, Ordering::Relaxed);
+                    return Some(Work::Resume(dispatch, task));
+                }
                 Pick::WaitUntil(at) => {
                     self.work
                         .wait_timeout(scheduler, at.saturating_duration_since(now))
@@ -103,6 +115,7 @@ impl Dispatcher {
                 }
                 Pick::Idle => self.work.wait(scheduler).unwrap_or_else(|e| e.into_inner()),
             };
+            self.idle.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -111,40 +124,57 @@ impl Dispatcher {
         self.lock().has_room(app)
     }
 
+    /// Changes the scheduler under its lock, then wakes a worker if one sleeps (after the lock
+    /// is let go, so the woken worker does not wait for it) and `wake` says the change may have
+    /// made work runnable.
+    fn change(&self, f: impl FnOnce(&mut Scheduler<ActionTask>) -> bool) {
+        let mut scheduler = self.lock();
+        let wake = f(&mut scheduler) && self.idle.load(Ordering::Relaxed) > 0;
+        drop(scheduler);
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
     /// Queues a session's next action and wakes a worker.
     pub(crate) fn push(&self, app: AppIx, session: SessionId) {
-        self.lock().push(app, session, Instant::now());
-        self.work.notify_one();
+        self.change(|s| {
+            s.push(app, session, Instant::now());
+            true
+        });
     }
 
     /// A preempted action goes back to its app.
     pub(crate) fn suspend(&self, dispatch: Dispatch, task: ActionTask, slice: &Usage) {
-        self.lock().suspend(dispatch, task, slice);
-        self.work.notify_one();
+        self.change(|s| {
+            s.suspend(dispatch, task, slice);
+            true
+        });
     }
 
     /// An action went to sleep: it keeps its place, off the workers.
     pub(crate) fn sleep(&self, dispatch: &mut Dispatch, slice: &Usage) {
-        self.lock().sleep(dispatch, slice);
-        self.work.notify_one();
+        self.change(|s| {
+            s.sleep(dispatch, slice);
+            true
+        });
     }
 
     /// A sleeping action is due.
     pub(crate) fn wake(&self, dispatch: Dispatch, task: ActionTask) {
-        self.lock().wake(dispatch, task);
-        self.work.notify_one();
+        self.change(|s| {
+            s.wake(dispatch, task);
+            true
+        });
     }
 
     /// An action completed: its slot in the action list is released first, so the app's next
     /// action may start while this one's checkpoint commits.
     pub(crate) fn complete(&self, dispatch: Dispatch, total: &Usage) {
-        let mut scheduler = self.lock();
-        scheduler.complete(dispatch, total);
-        let more = scheduler.pending_total() > 0;
-        drop(scheduler);
-        if more {
-            self.work.notify_one();
-        }
+        self.change(|s| {
+            s.complete(dispatch, total);
+            s.pending_total() > 0
+        });
     }
 
     /// Wakes every worker (a policy changed: something may have become runnable).
