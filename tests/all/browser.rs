@@ -53,6 +53,8 @@ impl Browser {
         let session = browser.send("POST", "/session", &capabilities);
         let id = session["sessionId"].as_str().unwrap_or_else(|| panic!("no browser session: {session}")).to_owned();
         browser.base = format!("{}/session/{id}", browser.base);
+        // Elements are looked for up to 10 s (the page redraws its tables every second).
+        browser.send("POST", "/timeouts", &json!({ "implicit": 10_000 }));
         browser
     }
 

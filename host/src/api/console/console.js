@@ -16,6 +16,10 @@ let timer = null;
 let selectedTenant = null;
 let selectedSession = null;
 let sessionsAfter = 0;
+// Polls may overlap (the interval, and one after each suspend or resume): only an answer to a
+// later request than the last one drawn is drawn, so an old answer never undoes a newer one.
+let pollsSent = 0;
+let pollDrawn = 0;
 
 const byId = (id) => document.getElementById(id);
 
@@ -71,6 +75,7 @@ function start() {
 }
 
 async function poll() {
+  const sent = ++pollsSent;
   let overview;
   try {
     overview = await call("GET", "/v1/overview");
@@ -82,6 +87,8 @@ async function poll() {
     }
     return;
   }
+  if (sent < pollDrawn) return;
+  pollDrawn = sent;
   byId("poll-error").textContent = "";
   samples.push({ t: performance.now(), tenants: new Map(overview.tenants.map((row) => [row.name, row])) });
   if (samples.length > KEEP + 1) samples.shift();
