@@ -457,7 +457,7 @@ fn a_short_tenant_between_its_actions_still_finds_the_last_worker_free() {
     // Its next event or timer may come any moment: the hog stays off the last worker...
     assert!(!s.may_run_another(hog, start + Duration::from_millis(50)));
     // ...until the short tenant has been quiet for a while.
-    let later = start + SHORT_ACTIVE;
+    let later = start + caps::SHORT_ACTIVE;
     assert!(s.may_run_another(hog, later));
     assert_eq!(s.run_next(later).tenant, hog);
 }
