@@ -6,43 +6,50 @@
 //! - Every error is JSON `{"code","message"}` with a stable code (`api/error.rs`).
 //! - No blocking lock is taken on the async threads: token and tenant look-ups take no lock,
 //!   and every other host call (sessions, commits, compiles, metrics) runs on the blocking pool.
+//!
+//! Here: what the handlers share, the router, the token extractors and the probes. The routes
+//! are in `tenants.rs` (operator), `sessions.rs` (tenant), `stream.rs` (a session's outputs as
+//! Server-Sent Events) and `console.rs` (the operator's console and its data); what they take and
+//! answer in `bodies.rs`; the OpenAPI document, derived from their annotations, in `openapi.rs`;
+//! body limits in `body.rs`; the accept loop in `server.rs`.
 
+mod bodies;
 mod body;
 mod console;
 mod error;
 mod openapi;
 mod server;
+mod sessions;
 mod stream;
+mod tenants;
 
 pub use error::ApiError;
-pub use openapi::{Auth, ROUTES, openapi_document};
 pub use server::{HttpLimits, serve};
 
 use crate::error::Error;
-use crate::host::{Delivery, Host, SessionView, TenantInfo};
+use crate::host::Host;
 use crate::limits::TenantConfig;
 use crate::session::SessionId;
 use crate::store::PgStore;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
+use bodies::ErrorBody;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Bodies of JSON routes are at most this big.
 const JSON_LIMIT: usize = 64 << 10;
-/// Idempotency keys are at most this long, in visible ASCII.
-const KEY_LIMIT: usize = 128;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -113,37 +120,50 @@ impl Api {
     }
 }
 
-/// The router of the whole API.
-pub fn router(api: Api) -> Router {
-    let json_routes = Router::new()
-        .route("/v1/tenants", post(create_tenant).get(list_tenants))
-        .route("/v1/tenants/{tenant}", get(get_tenant).put(update_tenant).delete(delete_tenant))
-        .route("/v1/tenants/{tenant}/suspend", post(suspend_tenant))
-        .route("/v1/tenants/{tenant}/resume", post(resume_tenant))
-        .route("/v1/tenants/{tenant}/tokens", post(issue_token))
-        .route("/v1/tenants/{tenant}/tokens/{token}", axum::routing::delete(revoke_token))
-        .route("/v1/tenants/{tenant}/sessions", get(console::tenant_sessions))
-        .route("/v1/tenants/{tenant}/sessions/{session}", get(console::tenant_session))
-        .route("/v1/overview", get(console::overview))
-        .route("/v1/cluster", get(cluster))
-        .route("/v1/apps", get(list_apps))
-        .route("/v1/apps/{app}", get(get_app))
-        .route("/v1/sessions", post(start_session).get(list_sessions))
-        .route("/v1/sessions/{session}", get(get_session).delete(cancel_session))
-        .route("/v1/sessions/{session}/events", post(deliver))
-        .route("/v1/sessions/{session}/outputs", get(stream::outputs))
+/// Every route, with its part of the OpenAPI document: the handlers' annotations give both.
+fn routes() -> OpenApiRouter<Api> {
+    let json_routes = OpenApiRouter::new()
+        .routes(routes!(tenants::create_tenant, tenants::list_tenants))
+        .routes(routes!(tenants::get_tenant, tenants::update_tenant, tenants::delete_tenant))
+        .routes(routes!(tenants::suspend_tenant))
+        .routes(routes!(tenants::resume_tenant))
+        .routes(routes!(tenants::issue_token))
+        .routes(routes!(tenants::revoke_token))
+        .routes(routes!(console::tenant_sessions))
+        .routes(routes!(console::tenant_session))
+        .routes(routes!(console::overview))
+        .routes(routes!(tenants::cluster))
+        .routes(routes!(sessions::list_apps))
+        .routes(routes!(sessions::get_app))
+        .routes(routes!(sessions::start_session, sessions::list_sessions))
+        .routes(routes!(sessions::get_session, sessions::cancel_session))
+        .routes(routes!(sessions::deliver))
+        .routes(routes!(stream::outputs))
         .layer(DefaultBodyLimit::max(JSON_LIMIT));
-    let upload = Router::new().route("/v1/apps/{app}", put(deploy)).layer(DefaultBodyLimit::max(body::MODULE_LIMIT));
-    Router::new()
+    let upload =
+        OpenApiRouter::new().routes(routes!(sessions::deploy)).layer(DefaultBodyLimit::max(body::MODULE_LIMIT));
+    OpenApiRouter::with_openapi(openapi::Frame::openapi())
         .merge(json_routes)
         .merge(upload)
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/openapi.json", get(|| async { Json(openapi_document()) }))
-        .route("/console", get(console::page))
-        .route("/console/console.js", get(console::script))
-        .route("/console/console.css", get(console::style))
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json))
+        .routes(routes!(console::page))
+        .routes(routes!(console::script))
+        .routes(routes!(console::style))
+}
+
+/// The OpenAPI 3.1 document of every route.
+pub fn openapi_document() -> Value {
+    let (_, document) = routes().split_for_parts();
+    openapi::finish(document)
+}
+
+/// The router of the whole API.
+pub fn router(api: Api) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
@@ -234,297 +254,15 @@ fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     raw.parse().map(SessionId).map_err(|_| ApiError::from(Error::not_found("session", raw)))
 }
 
-fn tenant_json(tenant: &TenantInfo) -> Value {
-    json!({
-        "name": tenant.name,
-        "config": tenant.config,
-        "open_sessions": tenant.open_sessions,
-        "finished_sessions": tenant.finished_sessions,
-        "storage": tenant.storage,
-        "apps": tenant.apps.iter().map(|a| json!({ "name": a.name, "version": a.version, "actions": a.actions, "versions": a.versions })).collect::<Vec<_>>(),
-    })
-}
-
-fn session_json(view: &SessionView) -> Value {
-    json!({
-        "id": view.id.0,
-        "app": view.app,
-        "version": view.version,
-        "status": view.status.name(),
-        "step": view.status,
-        "counters": view.counters,
-        "last_failure": view.last_failure,
-        "outputs": view.outputs,
-        "unapplied": view.unapplied,
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTenant {
-    name: String,
-    config: Option<TenantConfig>,
-}
-
-async fn create_tenant(_: Admin, State(api): State<Api>, Body(new): Body<NewTenant>) -> Result<Response, ApiError> {
-    let host = api.host.clone();
-    let config = new.config.unwrap_or_else(|| TenantConfig::clone(&api.default_tenant));
-    let info = blocking(move || {
-        host.create_tenant(&new.name, config)?;
-        host.tenant(&new.name)
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(tenant_json(&info))).into_response())
-}
-
-async fn list_tenants(_: Admin, State(api): State<Api>) -> Json<Value> {
-    Json(json!({ "tenants": api.host.tenants().iter().map(tenant_json).collect::<Vec<_>>() }))
-}
-
-/// The shard leases of a PostgreSQL store as the database has them now (operator).
-async fn cluster(_: Admin, State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let Some(store) = api.cluster.clone() else {
-        return Ok(Json(json!({ "store": "single node (not PostgreSQL)", "node": null, "shards": [] })));
-    };
-    let (node, holds) = (store.claim_node(), store.holds_claim());
-    let shards = blocking(move || store.lease_table().map_err(Error::from)).await?;
-    Ok(Json(json!({ "store": "postgres", "node": node, "holds_all_shards": holds, "shards": shards })))
-}
-
-async fn get_tenant(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(tenant_json(&api.host.tenant(&tenant)?)))
-}
-
-async fn update_tenant(
-    _: Admin,
-    State(api): State<Api>,
-    Path(tenant): Path<String>,
-    Body(config): Body<TenantConfig>,
-) -> Result<Json<Value>, ApiError> {
-    let host = api.host.clone();
-    let info = blocking(move || {
-        // Suspension has routes of its own: an update keeps it as it is.
-        let suspended = host.tenant(&tenant)?.config.suspended;
-        host.update_tenant(&tenant, TenantConfig { suspended, ..config })?;
-        host.tenant(&tenant)
-    })
-    .await?;
-    Ok(Json(tenant_json(&info)))
-}
-
-async fn set_suspended(api: Api, tenant: String, suspended: bool) -> Result<Json<Value>, ApiError> {
-    let host = api.host.clone();
-    let info = blocking(move || {
-        host.suspend_tenant(&tenant, suspended)?;
-        host.tenant(&tenant)
-    })
-    .await?;
-    Ok(Json(tenant_json(&info)))
-}
-
-async fn suspend_tenant(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
-    set_suspended(api, tenant, true).await
-}
-
-async fn resume_tenant(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
-    set_suspended(api, tenant, false).await
-}
-
-async fn delete_tenant(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<StatusCode, ApiError> {
-    let host = api.host.clone();
-    blocking(move || host.delete_tenant(&tenant)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn issue_token(_: Admin, State(api): State<Api>, Path(tenant): Path<String>) -> Result<Response, ApiError> {
-    let host = api.host.clone();
-    let (id, token) = blocking(move || host.issue_token(&tenant)).await?;
-    let body = json!({ "id": id, "token": token, "note": "the token is shown this once; only its hash is kept" });
-    Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-async fn revoke_token(
-    _: Admin,
-    State(api): State<Api>,
-    Path((tenant, token)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let host = api.host.clone();
-    blocking(move || host.revoke_token(&tenant, &token)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Refuses a body whose content type is not one of `allowed`, saying what to send.
-fn require_content_type(headers: &HeaderMap, allowed: &[&str], hint: &str) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim();
-    if allowed.contains(&given) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", hint))
-    }
-}
-
-async fn deploy(
-    Tenant(tenant): Tenant,
-    State(api): State<Api>,
-    Path(app): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, ApiError> {
-    require_content_type(
-        &headers,
-        &["application/wasm", "application/octet-stream"],
-        "upload the module as `Content-Type: application/wasm`",
-    )?;
-    let bytes = body?;
-    let host = api.host.clone();
-    let version = blocking(move || host.deploy(&tenant, &app, &bytes)).await?;
-    let body = json!({ "app": version.app, "version": version.version, "actions": version.actions, "compiled": version.source });
-    Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-async fn list_apps(Tenant(tenant): Tenant, State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(tenant_json(&api.host.tenant(&tenant)?)["apps"].clone()))
-}
-
-async fn get_app(
-    Tenant(tenant): Tenant,
-    State(api): State<Api>,
-    Path(app): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let info = api.host.tenant(&tenant)?;
-    let app = info.apps.iter().find(|a| a.name == app).ok_or_else(|| ApiError::from(Error::not_found("app", &app)))?;
-    Ok(Json(json!({ "name": app.name, "version": app.version, "actions": app.actions, "versions": app.versions })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewSession {
-    app: String,
-    #[serde(default = "start")]
-    entry: String,
-    #[serde(default)]
-    input: String,
-}
-
-fn start() -> String {
-    "start".into()
-}
-
-async fn start_session(
-    Tenant(tenant): Tenant,
-    State(api): State<Api>,
-    Body(new): Body<NewSession>,
-) -> Result<Response, ApiError> {
-    let host = api.host.clone();
-    let view = blocking(move || {
-        let id = host.start_session(&tenant, &new.app, &new.entry, new.input.into_bytes())?;
-        host.session(&tenant, id)
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(session_json(&view))).into_response())
-}
-
-/// The most sessions one page lists.
-const SESSION_PAGE: usize = 1000;
-
-/// The paging of a session list: `?after=ID&limit=N` (defaults 0 and 100).
-fn page_query(query: Option<&str>) -> Result<(u64, usize), ApiError> {
-    let (mut after, mut limit) = (0u64, 100usize);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", format!("`{name}`: {what}"));
-        match name {
-            "after" => after = value.parse().map_err(|_| bad("a session id"))?,
-            "limit" => {
-                limit =
-                    value.parse().ok().filter(|n| (1..=SESSION_PAGE).contains(n)).ok_or_else(|| bad("1 to 1000"))?;
-            }
-            _ => return Err(bad("unknown parameter (`after`, `limit`)")),
-        }
-    }
-    Ok((after, limit))
-}
-
-/// A page of `tenant`'s sessions, in id order, with the cursor of the next page.
-async fn sessions_page(api: &Api, tenant: String, query: Option<&str>) -> Result<Json<Value>, ApiError> {
-    let (after, limit) = page_query(query)?;
-    let host = api.host.clone();
-    let sessions = blocking(move || host.tenant_sessions(&tenant, SessionId(after), limit)).await?;
-    let next = (sessions.len() == limit).then(|| sessions.last().map(|s| s.id.0)).flatten();
-    Ok(Json(json!({ "sessions": sessions.iter().map(session_json).collect::<Vec<_>>(), "next_after": next })))
-}
-
-/// `GET /v1/sessions?after=ID&limit=N`: the tenant's sessions, in id order, a page at a time.
-async fn list_sessions(
-    Tenant(tenant): Tenant,
-    State(api): State<Api>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
-    sessions_page(&api, tenant, query.as_deref()).await
-}
-
-async fn get_session(
-    Tenant(tenant): Tenant,
-    State(api): State<Api>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = session_id(&id)?;
-    let host = api.host.clone();
-    Ok(Json(session_json(&blocking(move || host.session(&tenant, id)).await?)))
-}
-
-async fn cancel_session(
-    Tenant(tenant): Tenant,
-    State(api): State<Api>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let id = session_id(&id)?;
-    let host = api.host.clone();
-    blocking(move || host.cancel_session(&tenant, id)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn deliver(
-    Tenant(tenant): Tenant,
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, ApiError> {
-    let id = session_id(&id)?;
-    require_content_type(
-        &headers,
-        &["text/plain", "application/json", "application/octet-stream"],
-        "send the event as text/plain, application/json or application/octet-stream",
-    )?;
-    let event = body?.to_vec();
-    let key = idempotency_key(&headers)?;
-    let delivery = api.host.deliver_async(&tenant, id, event, key.as_deref()).await?;
-    let body = json!({ "delivery": if delivery == Delivery::Accepted { "accepted" } else { "duplicate" } });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-/// The `Idempotency-Key` header: 1 to 128 characters of visible ASCII, or absent.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let bytes = value.as_bytes();
-    if bytes.is_empty() || bytes.len() > KEY_LIMIT || !bytes.iter().all(u8::is_ascii_graphic) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_idempotency_key",
-            format!("an Idempotency-Key is 1 to {KEY_LIMIT} characters of visible ASCII (no spaces)"),
-        ));
-    }
-    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
-}
-
+#[utoipa::path(
+    get, path = "/metrics", tag = "probes",
+    summary = "Prometheus metrics",
+    description = "OpenMetrics text, per-tenant labels. Takes the admin token when the server's `protect_metrics` is set.",
+    responses(
+        (status = 200, description = "The metrics.", body = String, content_type = "application/openmetrics-text"),
+        (status = 401, description = "`unauthorized` (only with `protect_metrics`).", body = ErrorBody),
+    )
+)]
 async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
     let operator = bearer(&headers).is_some_and(|token| constant_time_eq(token.as_bytes(), api.admin_token.as_bytes()));
     if api.protect_metrics && !operator {
@@ -544,6 +282,32 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response,
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/healthz", tag = "probes",
+    summary = "Liveness",
+    responses((status = 200, description = "The process answers.", body = String, content_type = "text/plain", example = "ok"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "probes",
+    summary = "This document",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", body = Object))
+)]
+async fn openapi_json() -> Json<Value> {
+    Json(openapi_document())
+}
+
+#[utoipa::path(
+    get, path = "/readyz", tag = "probes",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "Ready for work.", body = String, content_type = "text/plain", example = "ready"),
+        (status = 503, description = "`shutting_down`, or `store_unavailable` (with how long it has been failing).", body = ErrorBody),
+    )
+)]
 async fn readyz(State(api): State<Api>) -> Response {
     if !api.ready.load(Ordering::SeqCst) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down")

@@ -8,7 +8,7 @@ use std::fmt;
 
 /// The kind of an action failure. The set is closed and each kind has a stable snake_case name
 /// (what the tenant sees in the session, in logs and, later, in the API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// The action burned its whole fuel allowance (an endless or too-long loop).
@@ -83,7 +83,7 @@ impl fmt::Display for FailureKind {
 }
 
 /// One failed action: what kind, in which action, and a message a person can act on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failure {
     /// The kind, to match on.
     pub kind: FailureKind,

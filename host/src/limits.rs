@@ -11,53 +11,69 @@ use std::time::Duration;
 
 /// A tenant's share of the pool, its quotas and the limits of its actions. The operator sets it
 /// when creating the tenant and may change it at any time.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantConfig {
     /// Its share of the pool relative to other tenants' weights (1..=1000).
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: u32,
     /// Fuel its actions may burn per second, sustained.
+    #[schema(minimum = 1, maximum = 1125899906842624_i64)]
     pub fuel_per_second: u64,
     /// Fuel it may burn in a burst (at least one action's cap).
+    #[schema(minimum = 1000, maximum = 1152921504606846976_i64)]
     pub fuel_burst: u64,
     /// Actions of one of its apps in the action list at once.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_in_flight: u32,
     /// Actions of all its apps in flight at once (0: as many as there are workers). In any case
     /// a tenant whose actions are long never runs on more than all workers but one while a
     /// tenant with short actions is active or another tenant has work ready, unless all of those
     /// have long actions too and it is the one owed the most by the fair share.
+    #[schema(minimum = 0, maximum = 10000)]
     pub max_concurrent: u32,
     /// Sessions it may have open (not finished) at once.
+    #[schema(minimum = 1, maximum = 100000000)]
     pub max_sessions: u64,
     /// Finished sessions it may hold until their retention has passed and they are purged (each
     /// keeps its result, counters and outputs; its state is dropped when it finishes).
+    #[schema(minimum = 1, maximum = 1000000000)]
     pub max_finished_sessions: u64,
     /// Apps it may have.
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_apps: u32,
     /// Versions one of its apps may have.
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_versions: u32,
     /// Modules it may deploy a minute (its deploys also run one at a time).
+    #[schema(minimum = 1, maximum = 10000)]
     pub deploys_per_minute: u32,
     /// What each of its actions may use.
     pub limits: Limits,
     /// A suspended tenant's sessions and events are refused and its queued actions wait.
     pub suspended: bool,
     /// Output streams (SSE) it may hold open at once: no tenant takes every connection.
+    #[schema(minimum = 1, maximum = 100000)]
     pub max_streams: u32,
     /// Bytes its key-value space may hold (keys and values).
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 1024, maximum = 1099511627776_i64)]
     pub max_kv_bytes: u64,
     /// Bytes of outputs the store may keep for its sessions (until they are purged).
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 1024, maximum = 17592186044416_i64)]
     pub max_stored_output_bytes: u64,
     /// Idempotency keys the store may keep for its sessions' events.
+    #[schema(minimum = 1, maximum = 4294967296_i64)]
     pub max_event_keys: u64,
     /// Bytes of modules the store may keep for every version of its apps.
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 1024, maximum = 1099511627776_i64)]
     pub max_module_bytes: u64,
     /// How long its finished sessions are kept (1 s to 10 years); the host's `retention` when
     /// not set.
     #[serde(with = "crate::human::optional_duration", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "30d")]
     pub retention: Option<Duration>,
 }
 
@@ -130,40 +146,52 @@ impl TenantConfig {
 
 /// What one action may use and produce. The operator sets these per tenant; the defaults suit an
 /// IVR or chat script with room to spare.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Fuel (roughly, wasm instructions) one action may burn.
+    #[schema(minimum = 1000, maximum = 1099511627776_i64)]
     pub fuel_per_action: u64,
     /// Bytes of linear memory one instance may grow to.
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 65536)]
     pub memory_bytes: usize,
     /// Elements one table may grow to.
+    #[schema(minimum = 0, maximum = 10000000)]
     pub table_elements: usize,
     /// Wall-clock time one action may run: the backstop for what fuel does not meter.
     #[serde(with = "crate::human::duration")]
+    #[schema(value_type = String, example = "250ms")]
     pub wall_time: Duration,
     /// Bytes of session state.
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 0, maximum = 16777216)]
     pub max_state_bytes: usize,
     /// Output events one action may emit.
+    #[schema(minimum = 0, maximum = 10000)]
     pub max_outputs: usize,
     /// Bytes of output events one action may emit, all together.
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 0, maximum = 16777216)]
     pub max_output_bytes: usize,
     /// Bytes of one key.
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 1, maximum = 4096)]
     pub max_kv_key_bytes: usize,
     /// Bytes of key-value writes (keys and values) one action may make.
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 0, maximum = 67108864)]
     pub max_kv_write_bytes: usize,
     /// Bytes of one customer event (the input of an action).
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 0, maximum = 16777216)]
     pub max_input_bytes: usize,
     /// Bytes of guest log (and captured stdout/stderr) kept per action; past it lines are dropped.
     #[serde(deserialize_with = "crate::human::bytes")]
+    #[schema(value_type = u64, minimum = 0, maximum = 1048576)]
     pub max_log_bytes: usize,
     /// Actions one session may run in all: the loop guard.
+    #[schema(minimum = 1, maximum = 100000000)]
     pub max_actions_per_session: u64,
 }
 
@@ -251,6 +279,64 @@ impl Default for DeployLimits {
             max_data_segments: 10_000,
             max_memory_bytes: 256 << 20,
             max_table_elements: 100_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Limits, TenantConfig};
+    use serde_json::{Value, json};
+    use utoipa::PartialSchema;
+
+    /// Each field's bounds in the OpenAPI schema, as `(path, minimum, maximum)`.
+    fn documented_bounds() -> Vec<(Vec<String>, Option<u64>, Option<u64>)> {
+        let mut bounds = Vec::new();
+        for (prefix, schema) in [(None, TenantConfig::schema()), (Some("limits"), Limits::schema())] {
+            let schema = serde_json::to_value(schema).expect("a schema serialises");
+            for (name, property) in schema["properties"].as_object().expect("properties") {
+                let (min, max) = (property["minimum"].as_u64(), property["maximum"].as_u64());
+                if min.is_some() || max.is_some() {
+                    let path = prefix.into_iter().map(str::to_owned).chain([name.clone()]).collect();
+                    bounds.push((path, min, max));
+                }
+            }
+        }
+        bounds
+    }
+
+    /// Whether a configuration with `path` set to `value` is accepted.
+    fn accepts(path: &[String], value: u64) -> bool {
+        // The base lets each bound stand alone: fuel_burst may go down to the smallest action's
+        // fuel, and fuel_per_action up to its maximum.
+        let mut config = serde_json::to_value(TenantConfig {
+            fuel_burst: 1 << 60,
+            limits: Limits { fuel_per_action: 1_000, ..Limits::default() },
+            ..TenantConfig::default()
+        })
+        .expect("serialises");
+        let mut field: &mut Value = &mut config;
+        for part in path {
+            field = &mut field[part.as_str()];
+        }
+        *field = json!(value);
+        let config: TenantConfig = serde_json::from_value(config).expect("a number is read");
+        config.validate(256 << 20).is_ok()
+    }
+
+    #[test]
+    fn the_documented_bounds_are_the_bounds_enforced() {
+        let bounds = documented_bounds();
+        assert!(bounds.len() >= 25, "{bounds:?}");
+        for (path, min, max) in bounds {
+            if let Some(min) = min {
+                assert!(accepts(&path, min), "{path:?} at its documented minimum {min}");
+                assert!(min == 0 || !accepts(&path, min - 1), "{path:?} below its documented minimum {min}");
+            }
+            if let Some(max) = max {
+                assert!(accepts(&path, max), "{path:?} at its documented maximum {max}");
+                assert!(!accepts(&path, max + 1), "{path:?} above its documented maximum {max}");
+            }
         }
     }
 }

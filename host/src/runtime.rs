@@ -28,7 +28,7 @@ pub struct RuntimeConfig {
 }
 
 /// Where a deployed module's compiled code came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CompileSource {
     /// It was compiled now.

@@ -48,7 +48,7 @@ pub enum Next {
 }
 
 /// A wait for the customer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Wait {
     /// The action that receives the customer's event.
@@ -98,15 +98,16 @@ impl Next {
 }
 
 /// Where a session is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// An action is due, with this input.
     Ready {
         /// The action to run.
         action: String,
-        /// Its input (the customer event, or empty).
+        /// Its input (the customer event, or empty), in base64.
         #[serde(with = "base64_bytes")]
+        #[schema(value_type = String, format = Byte)]
         input: Vec<u8>,
     },
     /// Waiting for the customer.
@@ -150,7 +151,7 @@ impl Status {
 }
 
 /// What a session has used so far: its receipts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Counters {
     /// Actions run (failed ones included).
     pub actions: u64,

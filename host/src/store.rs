@@ -181,7 +181,7 @@ fn postgres_unavailable(error: &::postgres::Error) -> bool {
 }
 
 /// What one tenant holds in the store: what its storage quotas are counted against.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct StorageUsage {
     /// Bytes of its key-value space (keys and values).
     pub kv_bytes: u64,
@@ -268,7 +268,7 @@ pub struct InboxEvent {
 }
 
 /// An acknowledged event the session ended without taking: reported back, never dropped.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Unapplied {
     /// Its place in the session's inbox.
     pub seq: u64,

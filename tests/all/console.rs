@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::process::Child;
 
 /// The server, killed when the test ends however it ends.
-struct Server(Child);
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -27,7 +27,7 @@ fn post_json(port: u16, path: &str, token: &str, body: &Value) -> Value {
 }
 
 /// A tenant with a token and the apps given (name, module).
-fn tenant(port: u16, name: &str, weight: u32, apps: &[(&str, Vec<u8>)]) -> String {
+pub(crate) fn tenant(port: u16, name: &str, weight: u32, apps: &[(&str, Vec<u8>)]) -> String {
     post_json(port, "/v1/tenants", ADMIN, &json!({ "name": name, "config": { "weight": weight } }));
     let token = post_json(port, &format!("/v1/tenants/{name}/tokens"), ADMIN, &json!({}))["token"]
         .as_str()
@@ -45,7 +45,7 @@ fn start_session(port: u16, token: &str, app: &str, entry: &str) -> u64 {
 }
 
 /// An app whose one action says something that looks like markup, and is done.
-fn markup_app() -> Vec<u8> {
+pub(crate) fn markup_app() -> Vec<u8> {
     let output = r#"{"type":"say","text":"<b id='injected'>hi</b>"}"#;
     abi_module(&format!(
         r#"(data (i32.const 0) "{escaped}")

@@ -20,5 +20,6 @@ mod outage;
 mod quotas;
 mod readme;
 mod sandbox;
+mod schema_fuzz;
 mod serve;
 mod store;

@@ -5,14 +5,18 @@
 //! seconds, and a tenant's sessions (`GET /v1/tenants/{tenant}/sessions[/{session}]`). Rates,
 //! shares and the plots are drawn by the page from successive overviews.
 
-use super::{Admin, Api, ApiError, blocking, session_id, session_json, sessions_page};
+use super::bodies::{
+    ErrorBody, HostFigures, OperatorSession, Overview, Recent, RecentOutput, SessionBody, SessionPage, TenantRow,
+};
+use super::sessions::sessions_page;
+use super::{Admin, Api, ApiError, blocking, session_id};
 use crate::host::TenantInfo;
 use crate::metrics::Histogram;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,16 +46,32 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// `GET /console`.
+#[utoipa::path(
+    get, path = "/console", tag = "console",
+    summary = "The live operator console",
+    description = "One page; it asks for the admin token and polls the operator routes.",
+    responses((status = 200, description = "The page.", body = String, content_type = "text/html"))
+)]
 pub(super) async fn page() -> Response {
     asset("text/html; charset=utf-8", PAGE)
 }
 
 /// `GET /console/console.js`.
+#[utoipa::path(
+    get, path = "/console/console.js", tag = "console",
+    summary = "The console's script",
+    responses((status = 200, description = "The script.", body = String, content_type = "text/javascript"))
+)]
 pub(super) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
 /// `GET /console/console.css`.
+#[utoipa::path(
+    get, path = "/console/console.css", tag = "console",
+    summary = "The console's style",
+    responses((status = 200, description = "The style sheet.", body = String, content_type = "text/css"))
+)]
 pub(super) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
@@ -91,69 +111,91 @@ fn micros(duration: Duration) -> u64 {
 
 /// `GET /v1/overview` (operator): the host and each tenant, counters since the host started
 /// and latency over the last seconds.
-pub(super) async fn overview(_: Admin, State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get, path = "/v1/overview", tag = "operator", security(("admin" = [])),
+    summary = "The host and each tenant, now",
+    description = "Counters since the host started, queues and actions in flight, and each tenant's latency p50/p99 \
+                   over the last seconds (`window_s`). The console draws rates and shares from successive overviews.",
+    responses((status = 200, description = "The overview.", body = Overview))
+)]
+pub(super) async fn overview(_: Admin, State(api): State<Api>) -> Result<Json<Overview>, ApiError> {
     let host = api.host.clone();
     let history = api.latency_history.clone();
-    let body = blocking(move || {
+    let overview = blocking(move || {
         let metrics = host.metrics();
         let tenants: HashMap<String, TenantInfo> = host.tenants().into_iter().map(|t| (t.name.clone(), t)).collect();
         let now = Instant::now();
         let latest = metrics.tenants.iter().map(|t| (t.tenant.clone(), t.latency.clone())).collect();
         let from = history.record(now, latest);
-        let rows: Vec<Value> = metrics
+        let rows = metrics
             .tenants
             .iter()
             .map(|t| {
                 let info = tenants.get(&t.tenant);
                 let recent = from.get(&t.tenant).map_or_else(|| t.latency.clone(), |earlier| t.latency.since(earlier));
-                json!({
-                    "name": t.tenant,
-                    "weight": t.weight,
-                    "suspended": info.is_some_and(|i| i.config.suspended),
-                    "open_sessions": info.map_or(0, |i| i.open_sessions),
-                    "actions": t.actions,
-                    "fuel": t.fuel,
-                    "cost": t.cost,
-                    "worker_us": t.worker_us,
-                    "host_us": t.host_us,
-                    "throttled_ms": t.throttled_ms,
-                    "failures": t.failures,
-                    "queue_depth": t.queue_depth,
-                    "in_flight": t.in_flight,
-                    "sessions_started": t.sessions_started,
-                    "sessions_finished": t.sessions_finished,
-                    "recent": {
-                        "actions": recent.count(),
-                        "p50_us": micros(recent.quantile(500)),
-                        "p99_us": micros(recent.quantile(990)),
+                TenantRow {
+                    name: t.tenant.clone(),
+                    weight: t.weight,
+                    suspended: info.is_some_and(|i| i.config.suspended),
+                    open_sessions: info.map_or(0, |i| i.open_sessions),
+                    actions: t.actions,
+                    fuel: t.fuel,
+                    cost: t.cost,
+                    worker_us: t.worker_us,
+                    host_us: t.host_us,
+                    throttled_ms: t.throttled_ms,
+                    failures: t.failures.clone(),
+                    queue_depth: t.queue_depth,
+                    in_flight: t.in_flight,
+                    sessions_started: t.sessions_started,
+                    sessions_finished: t.sessions_finished,
+                    recent: Recent {
+                        actions: recent.count(),
+                        p50_us: micros(recent.quantile(500)),
+                        p99_us: micros(recent.quantile(990)),
                     },
-                })
+                }
             })
             .collect();
-        Ok(json!({
-            "window_s": WINDOW.as_secs(),
-            "host": {
-                "sessions": metrics.sessions,
-                "waiting": metrics.waiting,
-                "queue_depth": metrics.queue_depth,
-                "output_streams": metrics.output_streams,
-                "store_up": metrics.store_up,
-                "quarantined": metrics.quarantined,
+        Ok(Overview {
+            window_s: WINDOW.as_secs(),
+            host: HostFigures {
+                sessions: metrics.sessions,
+                waiting: metrics.waiting,
+                queue_depth: metrics.queue_depth,
+                output_streams: metrics.output_streams,
+                store_up: metrics.store_up,
+                quarantined: metrics.quarantined,
             },
-            "tenants": rows,
-        }))
+            tenants: rows,
+        })
     })
     .await?;
-    Ok(Json(body))
+    Ok(Json(overview))
 }
 
 /// `GET /v1/tenants/{tenant}/sessions?after=ID&limit=N` (operator): a tenant's sessions.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/sessions", tag = "operator", security(("admin" = [])),
+    summary = "A tenant's sessions",
+    description = "As the tenant would list them: in id order, a page at a time.",
+    params(
+        ("tenant" = String, Path, description = "The tenant's name."),
+        ("after" = Option<u64>, Query, description = "List the sessions after this id (`next_after` of the page before)."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Sessions in the page (default 100)."),
+    ),
+    responses(
+        (status = 200, description = "A page.", body = SessionPage),
+        (status = 400, description = "`bad_query`: a parameter named, out of range or unknown.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such tenant.", body = ErrorBody),
+    )
+)]
 pub(super) async fn tenant_sessions(
     _: Admin,
     State(api): State<Api>,
     Path(tenant): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionPage>, ApiError> {
     sessions_page(&api, tenant, query.as_deref()).await
 }
 
@@ -162,23 +204,38 @@ const RECENT_OUTPUTS: usize = 50;
 
 /// `GET /v1/tenants/{tenant}/sessions/{session}` (operator): one session of a tenant, with its
 /// latest outputs.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/sessions/{session}", tag = "operator", security(("admin" = [])),
+    summary = "One session of a tenant",
+    description = "As the tenant reads it, with its latest 50 outputs.",
+    params(
+        ("tenant" = String, Path, description = "The tenant's name."),
+        ("session" = u64, Path, description = "The session's id."),
+    ),
+    responses(
+        (status = 200, description = "The session.", body = OperatorSession),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+    )
+)]
 pub(super) async fn tenant_session(
     _: Admin,
     State(api): State<Api>,
     Path((tenant, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OperatorSession>, ApiError> {
     let id = session_id(&id)?;
     let host = api.host.clone();
     let body = blocking(move || {
         let view = host.session(&tenant, id)?;
         let after = view.outputs.saturating_sub(RECENT_OUTPUTS as u64);
         let outputs = host.outputs(&tenant, id, after, RECENT_OUTPUTS)?;
-        let mut body = session_json(&view);
-        body["recent_outputs"] = outputs
+        let recent_outputs = outputs
             .iter()
-            .map(|o| json!({ "number": o.number, "body": serde_json::from_str::<Value>(&o.body).unwrap_or_else(|_| Value::String(o.body.clone())) }))
+            .map(|o| RecentOutput {
+                number: o.number,
+                body: serde_json::from_str::<Value>(&o.body).unwrap_or_else(|_| Value::String(o.body.clone())),
+            })
             .collect();
-        Ok(body)
+        Ok(OperatorSession { session: SessionBody::from(&view), recent_outputs })
     })
     .await?;
     Ok(Json(body))

@@ -1,6 +1,7 @@
 //! Every API error is JSON `{"code": "...", "message": "..."}` with a stable code, and the HTTP
 //! status the code implies.
 
+use super::bodies::ErrorBody;
 use crate::app::DeployError;
 use crate::error::Error;
 use axum::Json;
@@ -108,7 +109,6 @@ fn body_error(rejection: &BytesRejection) -> ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
-        (self.status, Json(body)).into_response()
+        (self.status, Json(ErrorBody { code: self.code, message: self.message })).into_response()
     }
 }

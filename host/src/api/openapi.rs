@@ -1,128 +1,127 @@
-//! The OpenAPI document of the API, built from one table of routes. A test walks the table
-//! against the router, so the document cannot drift from what is served.
+//! The OpenAPI document, derived from the handlers: each handler's `#[utoipa::path]` names its
+//! parameters, body and answers in the types of `bodies.rs`, and the router is built from the
+//! same annotations (`utoipa_axum::routes!`), so a route cannot be served undocumented or
+//! documented at a path it is not served at. What every route may answer whatever it does (the
+//! body limits, the token, an unavailable store) is added here once, by [`add_refusals`].
 
-use serde_json::{Map, Value, json};
+use super::bodies::ErrorBody;
+use serde_json::{Value, json};
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Auth {
-    /// Nobody needs a token.
-    Public,
-    /// The admin token.
-    Operator,
-    /// A tenant's token.
-    Tenant,
+/// The document's frame: what the handlers' annotations are added to.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Turnstile",
+        description = "A multi-tenant WebAssembly host for contact-handling scripts. Operator routes take the admin \
+                       token, tenant routes a tenant's token (`Authorization: Bearer …`); every error is \
+                       `{\"code\", \"message\"}` with a stable code."
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "operator", description = "Tenants, their tokens and quotas, the host's figures (admin token)."),
+        (name = "tenant", description = "A tenant's apps, sessions, events and outputs (that tenant's token)."),
+        (name = "probes", description = "Metrics, liveness, readiness and this document (no token)."),
+        (name = "console", description = "The live operator console's page and assets (no token; the page asks for the admin token)."),
+    ),
+    modifiers(&SecuritySchemes)
+)]
+pub(super) struct Frame;
+
+/// The two bearer tokens.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, document: &mut Document) {
+        let components = document.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build(),
+            )
+        };
+        components.add_security_scheme("admin", bearer("The operator's admin token."));
+        components.add_security_scheme("tenant", bearer("A tenant's token (`tst_…`)."));
+    }
 }
 
-/// Every route: method, path, who may call it, what it does.
-pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
-    ("post", "/v1/tenants", Auth::Operator, "Create a tenant: {\"name\", \"config\"} (weight, quotas, limits)."),
-    ("get", "/v1/tenants", Auth::Operator, "List tenants with their quotas and apps."),
-    ("get", "/v1/tenants/{tenant}", Auth::Operator, "Read a tenant."),
-    ("put", "/v1/tenants/{tenant}", Auth::Operator, "Set a tenant's quotas and weight."),
-    ("delete", "/v1/tenants/{tenant}", Auth::Operator, "Delete a tenant without open sessions, with all it has."),
-    ("post", "/v1/tenants/{tenant}/suspend", Auth::Operator, "Suspend a tenant: new sessions and events are refused."),
-    ("post", "/v1/tenants/{tenant}/resume", Auth::Operator, "Lift a suspension."),
-    ("post", "/v1/tenants/{tenant}/tokens", Auth::Operator, "Issue a tenant token (shown once, stored hashed)."),
-    ("delete", "/v1/tenants/{tenant}/tokens/{token}", Auth::Operator, "Revoke a tenant token."),
-    (
-        "get",
-        "/v1/tenants/{tenant}/sessions",
-        Auth::Operator,
-        "A tenant's sessions, as the tenant would list them: ?after=ID&limit=1..1000 (default 100).",
-    ),
-    ("get", "/v1/tenants/{tenant}/sessions/{session}", Auth::Operator, "Read one session of a tenant."),
-    (
-        "get",
-        "/v1/overview",
-        Auth::Operator,
-        "The host and each tenant: counters since start, queue, in flight, latency p50/p99 of the last seconds.",
-    ),
-    (
-        "get",
-        "/v1/cluster",
-        Auth::Operator,
-        "The shard leases of a PostgreSQL store: owner, epoch, milliseconds left; this node.",
-    ),
-    ("put", "/v1/apps/{app}", Auth::Tenant, "Upload a version of an app (raw Wasm body, application/wasm)."),
-    ("get", "/v1/apps", Auth::Tenant, "List the tenant's apps: current version, actions, every version."),
-    ("get", "/v1/apps/{app}", Auth::Tenant, "Read an app: current version, actions, every version."),
-    ("post", "/v1/sessions", Auth::Tenant, "Start a session: {\"app\", \"entry\" (default start), \"input\"}."),
-    (
-        "get",
-        "/v1/sessions",
-        Auth::Tenant,
-        "The tenant's sessions held (open, and finished ones not yet purged) in id order: ?after=ID&limit=1..1000 (default 100); next_after is the cursor of the next page.",
-    ),
-    ("get", "/v1/sessions/{session}", Auth::Tenant, "Read a session: status, step, counters, last failure."),
-    ("delete", "/v1/sessions/{session}", Auth::Tenant, "Cancel a session."),
-    (
-        "post",
-        "/v1/sessions/{session}/events",
-        Auth::Tenant,
-        "Deliver a customer event (the body; optional Idempotency-Key header); 202 once durable.",
-    ),
-    (
-        "get",
-        "/v1/sessions/{session}/outputs",
-        Auth::Tenant,
-        "The session's outputs as Server-Sent Events, resumable with Last-Event-ID.",
-    ),
-    ("get", "/metrics", Auth::Public, "Prometheus metrics, per-tenant labels."),
-    ("get", "/healthz", Auth::Public, "Liveness."),
-    ("get", "/readyz", Auth::Public, "Readiness (503 `shutting_down`, or `store_unavailable` while the store fails)."),
-    ("get", "/openapi.json", Auth::Public, "This document."),
-    ("get", "/console", Auth::Public, "The live operator console (the page asks for the admin token)."),
-    ("get", "/console/console.js", Auth::Public, "The console's script."),
-    ("get", "/console/console.css", Auth::Public, "The console's style."),
-];
+/// The document as served: the routes' own part, the refusals every route may give, as JSON.
+pub(super) fn finish(mut document: Document) -> Value {
+    add_refusals(&mut document);
+    let mut json = serde_json::to_value(&document).unwrap_or_else(|error| json!({ "error": error.to_string() }));
+    name_link_fields(&mut json);
+    json
+}
 
-/// The OpenAPI 3.1 document.
-pub fn openapi_document() -> Value {
-    let mut paths = Map::new();
-    for (method, path, auth, summary) in ROUTES {
-        let parameters: Vec<Value> = path
-            .split('/')
-            .filter_map(|part| part.strip_prefix('{').and_then(|p| p.strip_suffix('}')))
-            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
-            .collect();
-        let security = match auth {
-            Auth::Public => json!([]),
-            Auth::Operator => json!([{ "admin": [] }]),
-            Auth::Tenant => json!([{ "tenant": [] }]),
-        };
-        let operation = json!({
-            "summary": summary,
-            "parameters": parameters,
-            "security": security,
-            "responses": {
-                "default": {
-                    "description": "Errors are {\"code\", \"message\"} with a stable code.",
-                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
-                }
+/// utoipa 5.5 writes a link's fields in snake case (`operation_id`), where OpenAPI names them in
+/// camel case (`operationId`): tools then find no target operation. Renamed here.
+fn name_link_fields(document: &mut Value) {
+    let operations = document["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut());
+    let responses = operations
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut());
+    let links =
+        responses.filter_map(|response| response.get_mut("links")?.as_object_mut()).flat_map(|l| l.values_mut());
+    for link in links.filter_map(Value::as_object_mut) {
+        for (snake, camel) in
+            [("operation_id", "operationId"), ("operation_ref", "operationRef"), ("request_body", "requestBody")]
+        {
+            if let Some(value) = link.remove(snake) {
+                link.insert(camel.to_owned(), value);
             }
-        });
-        let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
-        if let Some(methods) = entry.as_object_mut() {
-            methods.insert((*method).to_owned(), operation);
         }
     }
-    json!({
-        "openapi": "3.1.0",
-        "info": { "title": "Turnstile", "version": env!("CARGO_PKG_VERSION") },
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "admin": { "type": "http", "scheme": "bearer", "description": "The operator's admin token." },
-                "tenant": { "type": "http", "scheme": "bearer", "description": "A tenant's token (tst_…)." }
-            },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": { "code": { "type": "string" }, "message": { "type": "string" } }
-                }
+}
+
+/// Adds the answers any route may give besides its own: a JSON body that is not JSON, not sent
+/// as JSON, or not of the route's shape (routes taking one); a missing or wrong token and an
+/// unavailable store (routes behind a token); the body and target limits (every route).
+fn add_refusals(document: &mut Document) {
+    for item in document.paths.paths.values_mut() {
+        for operation in operations(item) {
+            let takes_json = operation
+                .request_body
+                .as_ref()
+                .is_some_and(|body| body.content.keys().all(|kind| kind == "application/json"));
+            if takes_json {
+                refusal(
+                    operation,
+                    "400",
+                    "`malformed_json`, or `bad_body`: the body is not JSON or could not be read.",
+                );
+                refusal(operation, "415", "`unsupported_media_type`: send `Content-Type: application/json`.");
+                refusal(
+                    operation,
+                    "422",
+                    "`invalid_body` (not the route's shape), or `invalid_config` (a value out of bounds, named).",
+                );
             }
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                refusal(operation, "401", "`unauthorized`: no token, or not one this route takes.");
+                refusal(operation, "503", "`store_unavailable` (nothing was written; try again), or `shutting_down`.");
+            }
+            refusal(operation, "400", "`bad_body`: the body could not be read.");
+            refusal(operation, "408", "`body_timeout`: the body did not arrive in time.");
+            refusal(operation, "413", "`body_too_large`: the body is over this route's limit.");
+            refusal(operation, "414", "`uri_too_long`: the request target is over 8 KiB.");
         }
-    })
+    }
+}
+
+/// Adds an error answer to an operation, unless it documents that status itself.
+fn refusal(operation: &mut Operation, status: &str, description: &str) {
+    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+    let response = ResponseBuilder::new().description(description).content("application/json", content).build();
+    operation.responses.responses.entry(status.to_owned()).or_insert_with(|| response.into());
+}
+
+/// The operations of a path.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch, &mut item.head]
+        .into_iter()
+        .filter_map(Option::as_mut)
 }

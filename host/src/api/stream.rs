@@ -2,6 +2,7 @@
 //! time, then live ones as their checkpoints commit, until the session ends or the server shuts
 //! down.
 
+use super::bodies::{ErrorBody, StreamEvent};
 use super::{Api, ApiError, Tenant, blocking, session_id};
 use crate::host::{Host, SessionEvent, StreamSlot};
 use crate::session::{SessionId, Status};
@@ -21,6 +22,23 @@ const OUTPUT_PAGE: usize = 256;
 /// The session's outputs as Server-Sent Events (`id` = the output's number, from 1), from the one
 /// after `Last-Event-ID`: the stored ones first (read a page at a time), then live ones as their
 /// checkpoints commit; an `end` event with the final status closes a finished session's stream.
+#[utoipa::path(
+    get, path = "/v1/sessions/{session}/outputs", tag = "tenant", security(("tenant" = [])),
+    summary = "Follow a session's outputs",
+    description = "Server-Sent Events: each output as an event whose `id` is its number (from 1), the stored ones \
+                   first, then live ones as their checkpoints commit; an `end` event with the final status closes a \
+                   finished session's stream. Reconnect with `Last-Event-ID` to resume after the last one seen.",
+    params(
+        ("session" = u64, Path, description = "The session's id."),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this output number (the `id` of \
+                                                                 the last event seen)."),
+    ),
+    responses(
+        (status = 200, description = "The stream.", body = StreamEvent, content_type = "text/event-stream"),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the tenant holds its `max_streams` open.", body = ErrorBody),
+    )
+)]
 pub(super) async fn outputs(
     Tenant(tenant): Tenant,
     State(api): State<Api>,
@@ -64,7 +82,7 @@ pub(super) async fn outputs(
             if let Some(status) = feed.end.take() {
                 feed.ended = true;
                 let end = json!({ "status": status.name(), "step": status });
-                feed.queue.push_back(Event::default().event("end").data(end.to_string()));
+                feed.queue.push_back(sse(StreamEvent { event: "end", id: None, data: end.to_string() }));
                 continue;
             }
             // At shutdown the stream ends without `end`: the client resumes after the restart.
@@ -79,6 +97,15 @@ pub(super) async fn outputs(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The event as it goes on the wire.
+fn sse(event: StreamEvent) -> Event {
+    let framed = match event.id {
+        Some(id) => Event::default().id(id),
+        None => Event::default(),
+    };
+    framed.event(event.event).data(event.data)
 }
 
 /// What an output stream has yet to send.
@@ -106,7 +133,8 @@ impl OutputFeed {
         for (number, output) in (first + 1..).zip(outputs) {
             if number > self.sent {
                 self.sent = number;
-                self.queue.push_back(Event::default().id(number.to_string()).event("output").data(output));
+                let event = StreamEvent { event: "output", id: Some(number.to_string()), data: output.clone() };
+                self.queue.push_back(sse(event));
             }
         }
     }

@@ -30,7 +30,8 @@ pub struct SessionView {
 }
 
 /// What delivering a customer event did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Delivery {
     /// The event is durable in the session's inbox: the session takes it at its next wait (if it
     /// ends first, the event is listed in its unapplied events).

@@ -29,7 +29,7 @@ pub struct Lease {
 }
 
 /// One shard's lease as the database has it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct LeaseRow {
     /// The shard.
     pub shard: u32,

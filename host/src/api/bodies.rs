@@ -1,0 +1,321 @@
+//! What the API's routes take and answer, as types: the handlers build these and nothing else,
+//! and the OpenAPI document's schemas are derived from them (`utoipa`), so what a client is told
+//! is what it gets.
+
+use crate::failure::Failure;
+use crate::failure::FailureKind;
+use crate::host::{AppInfo, Delivery, SessionView, TenantInfo};
+use crate::limits::TenantConfig;
+use crate::runtime::CompileSource;
+use crate::session::{Counters, Status};
+use crate::store::postgres::leases::LeaseRow;
+use crate::store::{StorageUsage, Unapplied};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// Every error: a stable code to match on and a message for a person.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable, snake_case (`not_found`, `unauthorized`, `quota_exceeded`, ...).
+    #[schema(example = "not_found")]
+    pub code: &'static str,
+    /// What happened and what to do, for a person.
+    pub message: String,
+}
+
+/// `POST /v1/tenants`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// 1 to 64 characters of `a-z`, `0-9`, `-` and `_`.
+    #[schema(example = "acme", pattern = "^[a-z0-9_-]{1,64}$")]
+    pub name: String,
+    /// Its weight, quotas and limits; the server's default tenant configuration when left out.
+    pub config: Option<TenantConfig>,
+}
+
+/// A tenant as the operator reads it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantBody {
+    /// Its name.
+    pub name: String,
+    /// Its weight, quotas, limits and whether it is suspended.
+    pub config: TenantConfig,
+    /// Sessions it has open.
+    pub open_sessions: u64,
+    /// Finished sessions held until their retention passes.
+    pub finished_sessions: u64,
+    /// What it holds in the store, against its storage quotas.
+    pub storage: StorageUsage,
+    /// Its apps, by name.
+    pub apps: Vec<AppBody>,
+}
+
+impl From<&TenantInfo> for TenantBody {
+    fn from(tenant: &TenantInfo) -> TenantBody {
+        TenantBody {
+            name: tenant.name.clone(),
+            config: tenant.config.clone(),
+            open_sessions: tenant.open_sessions,
+            finished_sessions: tenant.finished_sessions,
+            storage: tenant.storage,
+            apps: tenant.apps.iter().map(AppBody::from).collect(),
+        }
+    }
+}
+
+/// `GET /v1/tenants`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantList {
+    /// Every tenant, by name.
+    pub tenants: Vec<TenantBody>,
+}
+
+/// An app as its tenant reads it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppBody {
+    /// Its name.
+    pub name: String,
+    /// The version new sessions start on (the module's sha-256, hex).
+    pub version: String,
+    /// That version's actions.
+    pub actions: Vec<String>,
+    /// Every version it has had, oldest first.
+    pub versions: Vec<String>,
+}
+
+impl From<&AppInfo> for AppBody {
+    fn from(app: &AppInfo) -> AppBody {
+        AppBody {
+            name: app.name.clone(),
+            version: app.version.clone(),
+            actions: app.actions.clone(),
+            versions: app.versions.clone(),
+        }
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/tokens`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedToken {
+    /// The token's id, to revoke it by.
+    pub id: String,
+    /// The token (`tst_…`): shown this once, only its hash is kept.
+    pub token: String,
+    /// A reminder of the above.
+    pub note: &'static str,
+}
+
+/// `PUT /v1/apps/{app}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deployed {
+    /// The app.
+    pub app: String,
+    /// The version deployed (the module's sha-256, hex); new sessions start on it.
+    pub version: String,
+    /// Its actions.
+    pub actions: Vec<String>,
+    /// Where its compiled code came from.
+    pub compiled: CompileSource,
+}
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    /// The app to run (its current version).
+    #[schema(example = "ivr")]
+    pub app: String,
+    /// The action to start with.
+    #[serde(default = "start")]
+    #[schema(default = "start")]
+    pub entry: String,
+    /// The first action's input.
+    #[serde(default)]
+    pub input: String,
+}
+
+fn start() -> String {
+    "start".into()
+}
+
+/// A session as its tenant reads it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionBody {
+    /// Its id.
+    pub id: u64,
+    /// The app it runs.
+    pub app: String,
+    /// The app version it is pinned to.
+    pub version: String,
+    /// `ready`, `waiting`, `done`, `failed` or `cancelled`.
+    #[schema(example = "waiting")]
+    pub status: &'static str,
+    /// Where it is, in full (as of its last committed checkpoint).
+    pub step: Status,
+    /// What it has used: its receipts.
+    pub counters: Counters,
+    /// Its latest failure.
+    pub last_failure: Option<Failure>,
+    /// How many outputs it has released (numbered from 1).
+    pub outputs: u64,
+    /// Acknowledged events it ended without taking.
+    pub unapplied: Vec<Unapplied>,
+}
+
+impl From<&SessionView> for SessionBody {
+    fn from(view: &SessionView) -> SessionBody {
+        SessionBody {
+            id: view.id.0,
+            app: view.app.clone(),
+            version: view.version.clone(),
+            status: view.status.name(),
+            step: view.status.clone(),
+            counters: view.counters.clone(),
+            last_failure: view.last_failure.clone(),
+            outputs: view.outputs,
+            unapplied: view.unapplied.clone(),
+        }
+    }
+}
+
+/// A page of sessions, in id order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionPage {
+    /// The sessions of this page.
+    pub sessions: Vec<SessionBody>,
+    /// The `after` of the next page; `null` on the last.
+    pub next_after: Option<u64>,
+}
+
+/// One session as the operator reads it, with its latest outputs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperatorSession {
+    /// The session.
+    #[serde(flatten)]
+    pub session: SessionBody,
+    /// Its latest outputs (at most 50), oldest first.
+    pub recent_outputs: Vec<RecentOutput>,
+}
+
+/// One released output.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecentOutput {
+    /// Its number (from 1).
+    pub number: u64,
+    /// The output (JSON, or the text as a string if it does not parse).
+    pub body: serde_json::Value,
+}
+
+/// `POST /v1/sessions/{session}/events`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryBody {
+    /// `accepted`: durable in the session's inbox; `duplicate`: an event with the same
+    /// idempotency key was acknowledged before, and this one changed nothing.
+    pub delivery: Delivery,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterBody {
+    /// `postgres`, or `single node (not PostgreSQL)`.
+    pub store: &'static str,
+    /// This node's claim name, on PostgreSQL.
+    pub node: Option<String>,
+    /// Whether this node holds every shard (on PostgreSQL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds_all_shards: Option<bool>,
+    /// Every shard's lease as the database has it now.
+    pub shards: Vec<LeaseRow>,
+}
+
+/// `GET /v1/overview`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Overview {
+    /// The seconds the `recent` figures are read over.
+    pub window_s: u64,
+    /// The host's own figures.
+    pub host: HostFigures,
+    /// Each tenant, by name.
+    pub tenants: Vec<TenantRow>,
+}
+
+/// The host's figures, now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HostFigures {
+    /// Sessions the host holds.
+    pub sessions: u64,
+    /// Sessions waiting for a customer.
+    pub waiting: u64,
+    /// Actions waiting in the tenants' queues.
+    pub queue_depth: u64,
+    /// Output streams open.
+    pub output_streams: u64,
+    /// Whether the store takes writes.
+    pub store_up: bool,
+    /// Sessions set aside at start because their stored rows did not decode.
+    pub quarantined: u64,
+}
+
+/// One tenant in the overview: counters since the host started, and recent latency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantRow {
+    /// Its name.
+    pub name: String,
+    /// Its weight.
+    pub weight: u32,
+    /// Whether it is suspended.
+    pub suspended: bool,
+    /// Sessions it has open.
+    pub open_sessions: u64,
+    /// Actions run.
+    pub actions: u64,
+    /// Fuel burned.
+    pub fuel: u64,
+    /// What its actions were charged, in fuel (real cost).
+    pub cost: u64,
+    /// Microseconds its actions held a worker.
+    pub worker_us: u64,
+    /// Microseconds of that in host calls.
+    pub host_us: u64,
+    /// Milliseconds its actions waited for its fuel rate.
+    pub throttled_ms: u64,
+    /// Failed actions, by kind.
+    pub failures: BTreeMap<FailureKind, u64>,
+    /// Actions waiting in its queue.
+    pub queue_depth: u64,
+    /// Actions of it running or in the action list.
+    pub in_flight: u64,
+    /// Sessions started.
+    pub sessions_started: u64,
+    /// Sessions ended.
+    pub sessions_finished: u64,
+    /// Its actions over the last `window_s` seconds.
+    pub recent: Recent,
+}
+
+/// Actions over the overview's window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recent {
+    /// Actions finished in the window.
+    pub actions: u64,
+    /// Their median latency, in microseconds.
+    pub p50_us: u64,
+    /// Their 99th percentile latency, in microseconds.
+    pub p99_us: u64,
+}
+
+/// One event of a session's output stream (`text/event-stream`).
+#[derive(Debug, ToSchema)]
+pub struct StreamEvent {
+    /// `output`: one output, `data` is its JSON; `end`: the session finished, `data` is
+    /// `{"status", "step"}` and the stream closes.
+    #[schema(pattern = "^(output|end)$")]
+    pub event: &'static str,
+    /// The output's number, on `output` events: reconnect with it as `Last-Event-ID` to resume
+    /// after it.
+    pub id: Option<String>,
+    /// The event's JSON.
+    pub data: String,
+}
