@@ -296,8 +296,10 @@ async fn healthz() -> &'static str {
     summary = "This document",
     responses((status = 200, description = "The OpenAPI 3.1 document.", body = Object))
 )]
-async fn openapi_json() -> Json<Value> {
-    Json(openapi_document())
+async fn openapi_json() -> Response {
+    // Built once: anyone may ask for it, so asking must not cost the host a build each time.
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| openapi_document().to_string());
+    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT.as_str()).into_response()
 }
 
 #[utoipa::path(
