@@ -205,9 +205,28 @@ impl Host {
     /// Changes a tenant's quota and weight; actions already running keep the limits they started
     /// with.
     pub fn update_tenant(&self, name: &str, config: TenantConfig) -> Result<(), Error> {
-        config.validate(self.runtime().max_memory_bytes())?;
+        self.change_tenant(name, |_| config)
+    }
+
+    /// Sets a tenant's weight, quotas and limits, keeping its suspension as it is (suspending
+    /// has a call of its own, and a change of quotas must not undo one made meanwhile).
+    pub fn reconfigure_tenant(&self, name: &str, config: TenantConfig) -> Result<(), Error> {
+        self.change_tenant(name, |old| TenantConfig { suspended: old.suspended, ..config })
+    }
+
+    /// Suspends a tenant (its new sessions and events are refused, its queued actions wait) or
+    /// lifts the suspension.
+    pub fn suspend_tenant(&self, name: &str, suspended: bool) -> Result<(), Error> {
+        self.change_tenant(name, |old| TenantConfig { suspended, ..old.clone() })
+    }
+
+    /// Changes a tenant's configuration to `change` of the current one, read and written under
+    /// the registry's admin lock: two changes at once (a suspension and a new quota) both land.
+    fn change_tenant(&self, name: &str, change: impl FnOnce(&TenantConfig) -> TenantConfig) -> Result<(), Error> {
         let _admin = self.core.tenants().admin();
         let tenant = self.core.tenants().get(name).ok_or_else(|| Error::not_found("tenant", name))?;
+        let config = change(&tenant.policy());
+        config.validate(self.runtime().max_memory_bytes())?;
         self.core.store().put_tenant(&TenantRecord { name: name.to_owned(), config: config.clone() })?;
         let retention_changed = tenant.policy().retention != config.retention;
         let policy = Arc::new(config);
@@ -218,13 +237,6 @@ impl Host {
             self.core.retention_changed(&tenant);
         }
         Ok(())
-    }
-
-    /// Suspends a tenant (its new sessions and events are refused, its queued actions wait) or
-    /// lifts the suspension.
-    pub fn suspend_tenant(&self, name: &str, suspended: bool) -> Result<(), Error> {
-        let config = self.tenant(name)?.config;
-        self.update_tenant(name, TenantConfig { suspended, ..config })
     }
 
     /// Deletes a tenant with everything it has: apps (their compiled code is dropped when no one

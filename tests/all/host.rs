@@ -4,6 +4,7 @@
 //! as upper bounds a slow machine can only make easier.
 
 use crate::fixtures::{abi_module, example, outputs_of};
+use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 use turnstile::{FailureKind, Host, HostConfig, Limits, SessionEvent, SessionId, Status, TenantConfig, TenantMetrics};
@@ -445,4 +446,27 @@ fn operators_list_suspend_and_delete_tenants() {
     assert_eq!(host.tenants().len(), 1);
     host.create_tenant("acme", TenantConfig::default()).expect("the name is free again");
     assert!(host.tenant("acme").expect("acme").apps.is_empty());
+}
+
+#[test]
+fn a_suspension_and_a_change_of_quotas_at_once_both_land() {
+    // Found by a red-team helper: each read the tenant's configuration, then wrote it back
+    // whole, so whichever wrote last undid the other (128 of 200 suspensions lost over HTTP).
+    let host = Arc::new(host(1));
+    host.create_tenant("acme", TenantConfig::default()).expect("tenant");
+    for round in 0..200 {
+        host.suspend_tenant("acme", false).expect("resume");
+        host.reconfigure_tenant("acme", TenantConfig::default()).expect("reset");
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let (h, s) = (host.clone(), start.clone());
+        let quotas = std::thread::spawn(move || {
+            s.wait();
+            h.reconfigure_tenant("acme", TenantConfig { weight: 7, ..TenantConfig::default() }).expect("reconfigure");
+        });
+        start.wait();
+        host.suspend_tenant("acme", true).expect("suspend");
+        quotas.join().expect("joins");
+        let config = host.tenant("acme").expect("tenant").config;
+        assert_eq!((config.suspended, config.weight), (true, 7), "round {round}: one change undid the other");
+    }
 }

@@ -90,8 +90,7 @@ pub(super) async fn update_tenant(
 ) -> Result<Json<TenantBody>, ApiError> {
     let host = api.host.clone();
     let info = blocking(move || {
-        let suspended = host.tenant(&tenant)?.config.suspended;
-        host.update_tenant(&tenant, TenantConfig { suspended, ..config })?;
+        host.reconfigure_tenant(&tenant, config)?;
         host.tenant(&tenant)
     })
     .await?;
