@@ -510,3 +510,25 @@ async fn a_tenant_holds_at_most_its_output_streams_and_another_is_not_held_to_th
     assert_eq!(open(&mine, id).await.expect("answers").status(), StatusCode::OK);
     drop(second);
 }
+
+#[tokio::test]
+async fn a_session_list_reads_its_query_as_clients_encode_it() {
+    let server = Server::new();
+    let (token, _) = server.tenant("acme").await;
+    for (query, status) in [
+        ("limit=%31", StatusCode::OK),
+        ("limit=1&after=0", StatusCode::OK),
+        ("limit=0", StatusCode::BAD_REQUEST),
+        ("limit=1001", StatusCode::BAD_REQUEST),
+        ("after=9223372036854775808", StatusCode::BAD_REQUEST),
+        ("after=-1", StatusCode::BAD_REQUEST),
+        ("page=2", StatusCode::BAD_REQUEST),
+    ] {
+        let (got, body) =
+            server.call(Method::GET, &format!("/v1/sessions?{query}"), Some(&token), None, Vec::new()).await;
+        assert_eq!(got, status, "?{query}: {body}");
+        if status == StatusCode::BAD_REQUEST {
+            assert_eq!(code(&body), "bad_query", "?{query}: {body}");
+        }
+    }
+}

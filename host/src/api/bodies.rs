@@ -125,11 +125,11 @@ pub struct Deployed {
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
     /// The app to run (its current version).
-    #[schema(example = "ivr")]
+    #[schema(example = "ivr", min_length = 1)]
     pub app: String,
     /// The action to start with.
     #[serde(default = "start")]
-    #[schema(default = "start")]
+    #[schema(default = "start", min_length = 1)]
     pub entry: String,
     /// The first action's input.
     #[serde(default)]

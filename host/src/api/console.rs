@@ -181,7 +181,8 @@ pub(super) async fn overview(_: Admin, State(api): State<Api>) -> Result<Json<Ov
     description = "As the tenant would list them: in id order, a page at a time.",
     params(
         ("tenant" = String, Path, description = "The tenant's name."),
-        ("after" = Option<u64>, Query, description = "List the sessions after this id (`next_after` of the page before)."),
+        ("after" = Option<u64>, Query, maximum = 9223372036854775807_i64,
+         description = "List the sessions after this id (`next_after` of the page before)."),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Sessions in the page (default 100)."),
     ),
     responses(

@@ -143,10 +143,11 @@ pub(super) async fn start_session(
 /// The paging of a session list: `?after=ID&limit=N` (defaults 0 and 100).
 fn page_query(query: Option<&str>) -> Result<(u64, usize), ApiError> {
     let (mut after, mut limit) = (0u64, 100usize);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", format!("the query string: {e}")))?;
+    for (name, value) in &pairs {
         let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", format!("`{name}`: {what}"));
-        match name {
+        match name.as_str() {
             // Session ids are stored as signed 64-bit integers: none is larger.
             "after" => {
                 after = value
@@ -183,7 +184,8 @@ pub(super) async fn sessions_page(
     summary = "List the tenant's sessions",
     description = "Open ones, and finished ones not yet purged, in id order, a page at a time.",
     params(
-        ("after" = Option<u64>, Query, description = "List the sessions after this id (`next_after` of the page before)."),
+        ("after" = Option<u64>, Query, maximum = 9223372036854775807_i64,
+         description = "List the sessions after this id (`next_after` of the page before)."),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Sessions in the page (default 100)."),
     ),
     responses(
@@ -247,7 +249,8 @@ pub(super) async fn cancel_session(
                    the same `Idempotency-Key` again changes nothing.",
     params(
         ("session" = u64, Path, description = "The session's id."),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 128 characters of visible ASCII."),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$",
+         description = "1 to 128 characters of visible ASCII."),
     ),
     request_body(
         description = "The event (at most the tenant's `max_input_bytes`).",
