@@ -210,11 +210,18 @@ pub(crate) fn demo(engine: EngineConfig, sessions: usize, workers: Option<usize>
     table.draw(&metrics, finished, total, started_at.elapsed())?;
     let rush = rush_hour(&host, workers)?;
     summary(&metrics, started_at.elapsed(), &rush);
-    Ok(if rush.iter().all(Share::fair) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if rush.iter().all(Share::within) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// How long the rush hour is measured, after a short warm-up.
+/// How long the rush hour is measured, after [`WARM_UP`].
 const RUSH: Duration = Duration::from_secs(5);
+
+/// How long the rush hour runs before it is measured. The fair share remembers debt, and the
+/// hostile tenant comes to the rush in debt from the calls (its sleepers are charged the time
+/// they sleep, while the others wanted less than their share): it pays that back first, which
+/// took up to about two seconds here. Measured from the start, its share came out anywhere
+/// from 7% to 16% against its weight's 14.3%.
+const WARM_UP: Duration = Duration::from_secs(3);
 
 /// A report: burns about 2 million fuel (a couple of milliseconds), then is filed.
 const REPORT: &str = r#"(module
@@ -231,30 +238,12 @@ struct Share {
     tenant: String,
     cost: f64,
     weight: f64,
-    hostile: bool,
 }
 
 impl Share {
     /// Whether its share of the cost is within ±10% of its weight's share.
     fn within(&self) -> bool {
         (self.cost / self.weight - 1.0).abs() <= 0.10
-    }
-
-    /// Whether it was treated fairly: a well-behaved tenant got its weight's share (±10%), the
-    /// hostile tenant no more than its own (+10%). (Its long actions beside short ones have been
-    /// seen to get less than their share on a debug build, which harms no one else.)
-    fn fair(&self) -> bool {
-        if self.hostile { self.cost / self.weight <= 1.10 } else { self.within() }
-    }
-
-    /// The verdict, in words.
-    fn verdict(&self) -> &'static str {
-        match (self.within(), self.fair()) {
-            (true, _) => "within ±10%",
-            (false, true) => "held below its share",
-            (false, false) if self.hostile => "OVER its share",
-            (false, false) => "OUTSIDE ±10%",
-        }
     }
 }
 
@@ -290,7 +279,7 @@ fn rush_hour(host: &Host, workers: usize) -> Result<Vec<Share>> {
         host.metrics().tenants.iter().map(|t| (t.tenant.clone(), t.cost as f64)).collect()
     };
     let began = Instant::now();
-    let warm = Duration::from_millis(500);
+    let warm = WARM_UP;
     let mut before = None;
     while began.elapsed() < warm + RUSH {
         if before.is_none() && began.elapsed() >= warm {
@@ -334,7 +323,6 @@ fn rush_hour(host: &Host, workers: usize) -> Result<Vec<Share>> {
             tenant: c.tenant.to_owned(),
             cost: spent[c.tenant] / total_cost,
             weight: f64::from(c.weight) / total_weight,
-            hostile: c.example == "hostile",
         })
         .collect())
 }
@@ -404,19 +392,18 @@ fn summary(metrics: &MetricsSnapshot, elapsed: Duration, rush: &[Share]) {
         actions as f64 / elapsed.as_secs_f64()
     );
     println!("  the calls wanted less than the pool: every tenant got what it asked for, and no more.");
-    println!("  the rush hour, when every tenant wanted more than its share: each well-behaved tenant got its");
+    println!("  the rush hour, when every tenant wanted more than its share: each got its weight's share");
     println!(
-        "  weight's share of the real cost (fuel, or the time it kept a worker busy or slept when that is more), and the"
+        "  of the real cost (fuel, or the time it kept a worker busy or slept when that is more), the hostile tenant included:"
     );
-    println!("  hostile tenant no more than its own:");
     for share in rush {
         println!(
-            "    {:<11} {:>5.1}% of the cost, weight share {:>5.1}%  ({:+.0}%)  {}",
+            "    {:<11} {:>5.1}% of the cost, weight share {:>5.1}%  ({:+.0}%){}",
             share.tenant,
             100.0 * share.cost,
             100.0 * share.weight,
             100.0 * (share.cost / share.weight - 1.0),
-            share.verdict()
+            if share.within() { "  within ±10%" } else { "  OUTSIDE ±10%" }
         );
     }
     if let Some(mallory) = metrics.tenant("mallory") {
