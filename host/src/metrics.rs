@@ -158,7 +158,7 @@ impl TenantCounters {
 }
 
 /// One tenant's figures at one instant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TenantMetrics {
     /// The tenant.
     pub tenant: String,

@@ -3,15 +3,14 @@
 //! is what it gets.
 
 use crate::failure::Failure;
-use crate::failure::FailureKind;
 use crate::host::{AppInfo, Delivery, SessionView, TenantInfo};
 use crate::limits::TenantConfig;
+use crate::metrics::TenantMetrics;
 use crate::runtime::CompileSource;
 use crate::session::{Counters, Status};
 use crate::store::postgres::leases::LeaseRow;
 use crate::store::{StorageUsage, Unapplied};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 /// Every error: a stable code to match on and a message for a person.
@@ -258,39 +257,16 @@ pub struct HostFigures {
     pub quarantined: u64,
 }
 
-/// One tenant in the overview: counters since the host started, and recent latency.
+/// One tenant in the overview: its figures since the host started, and recent latency.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantRow {
-    /// Its name.
-    pub name: String,
-    /// Its weight.
-    pub weight: u32,
+    /// Its counters since the host started, queue and actions in flight.
+    #[serde(flatten)]
+    pub figures: TenantMetrics,
     /// Whether it is suspended.
     pub suspended: bool,
     /// Sessions it has open.
     pub open_sessions: u64,
-    /// Actions run.
-    pub actions: u64,
-    /// Fuel burned.
-    pub fuel: u64,
-    /// What its actions were charged, in fuel (real cost).
-    pub cost: u64,
-    /// Microseconds its actions held a worker.
-    pub worker_us: u64,
-    /// Microseconds of that in host calls.
-    pub host_us: u64,
-    /// Milliseconds its actions waited for its fuel rate.
-    pub throttled_ms: u64,
-    /// Failed actions, by kind.
-    pub failures: BTreeMap<FailureKind, u64>,
-    /// Actions waiting in its queue.
-    pub queue_depth: u64,
-    /// Actions of it running or in the action list.
-    pub in_flight: u64,
-    /// Sessions started.
-    pub sessions_started: u64,
-    /// Sessions ended.
-    pub sessions_finished: u64,
     /// Its actions over the last `window_s` seconds.
     pub recent: Recent,
 }

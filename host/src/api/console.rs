@@ -134,21 +134,9 @@ pub(super) async fn overview(_: Admin, State(api): State<Api>) -> Result<Json<Ov
                 let info = tenants.get(&t.tenant);
                 let recent = from.get(&t.tenant).map_or_else(|| t.latency.clone(), |earlier| t.latency.since(earlier));
                 TenantRow {
-                    name: t.tenant.clone(),
-                    weight: t.weight,
+                    figures: t.clone(),
                     suspended: info.is_some_and(|i| i.config.suspended),
                     open_sessions: info.map_or(0, |i| i.open_sessions),
-                    actions: t.actions,
-                    fuel: t.fuel,
-                    cost: t.cost,
-                    worker_us: t.worker_us,
-                    host_us: t.host_us,
-                    throttled_ms: t.throttled_ms,
-                    failures: t.failures.clone(),
-                    queue_depth: t.queue_depth,
-                    in_flight: t.in_flight,
-                    sessions_started: t.sessions_started,
-                    sessions_finished: t.sessions_finished,
                     recent: Recent {
                         actions: recent.count(),
                         p50_us: micros(recent.quantile(500)),

@@ -90,7 +90,7 @@ async function poll() {
   if (sent < pollDrawn) return;
   pollDrawn = sent;
   byId("poll-error").textContent = "";
-  samples.push({ t: performance.now(), tenants: new Map(overview.tenants.map((row) => [row.name, row])) });
+  samples.push({ t: performance.now(), tenants: new Map(overview.tenants.map((row) => [row.tenant, row])) });
   if (samples.length > KEEP + 1) samples.shift();
   drawHost(overview);
   drawTenants(overview);
@@ -159,12 +159,12 @@ function drawTenants(overview) {
   const body = byId("tenants").tBodies[0];
   body.replaceChildren();
   for (const row of overview.tenants) {
-    const f = figures.get(row.name) || { rate: 0, costShare: 0, weightShare: 0, workerShare: 0, throttled: 0 };
+    const f = figures.get(row.tenant) || { rate: 0, costShare: 0, weightShare: 0, workerShare: 0, throttled: 0 };
     const tr = el("tr", null, row.suspended ? "suspended" : "");
-    tr.dataset.tenant = row.name;
+    tr.dataset.tenant = row.tenant;
     const name = el("td");
-    const open = el("button", row.name, "link");
-    open.addEventListener("click", () => selectTenant(row.name));
+    const open = el("button", row.tenant, "link");
+    open.addEventListener("click", () => selectTenant(row.tenant));
     name.append(open);
     const failures = Object.entries(row.failures || {}).map(([kind, n]) => kind + " " + n).join(", ") || "0";
     const cells = [
@@ -190,7 +190,7 @@ function drawTenants(overview) {
     const action = el("td");
     const button = el("button", row.suspended ? "Resume" : "Suspend");
     button.dataset.action = row.suspended ? "resume" : "suspend";
-    button.addEventListener("click", () => setSuspended(row.name, !row.suspended));
+    button.addEventListener("click", () => setSuspended(row.tenant, !row.suspended));
     action.append(button);
     tr.append(action);
     body.append(tr);
