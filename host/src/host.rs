@@ -202,14 +202,9 @@ impl Host {
         Ok(())
     }
 
-    /// Changes a tenant's quota and weight; actions already running keep the limits they started
-    /// with.
-    pub fn update_tenant(&self, name: &str, config: TenantConfig) -> Result<(), Error> {
-        self.change_tenant(name, |_| config)
-    }
-
     /// Sets a tenant's weight, quotas and limits, keeping its suspension as it is (suspending
-    /// has a call of its own, and a change of quotas must not undo one made meanwhile).
+    /// has a call of its own, and a change of quotas must not undo one made meanwhile); actions
+    /// already running keep the limits they started with.
     pub fn reconfigure_tenant(&self, name: &str, config: TenantConfig) -> Result<(), Error> {
         self.change_tenant(name, |old| TenantConfig { suspended: old.suspended, ..config })
     }

@@ -378,7 +378,7 @@ fn events_for_a_busy_session_wait_in_its_inbox_and_arrive_in_order() {
     host.deliver("t", id, br#""second""#.to_vec(), None).expect("kept in the inbox");
     assert!(matches!(host.session("t", id).expect("s").status, Status::Ready { .. }));
 
-    host.update_tenant("t", TenantConfig { fuel_per_second: 1_000_000_000, ..throttled }).expect("updated");
+    host.reconfigure_tenant("t", TenantConfig { fuel_per_second: 1_000_000_000, ..throttled }).expect("updated");
     // The first echo ends in a wait, which takes the inbox's second event at once.
     await_events(&events, 2, |e| e.session == id && matches!(e.status, Status::Waiting { .. }));
     assert_eq!(outputs_of(&host, "t", id), [r#""first""#, r#""second""#]);
@@ -404,7 +404,7 @@ fn cancelled_sessions_end_cancelled_whether_idle_or_busy() {
     // Busy: queued behind an empty fuel bucket.
     let busy = host.start_session("t", "app", "start", Vec::new()).expect("starts");
     host.cancel_session("t", busy).expect("cancelled");
-    host.update_tenant("t", TenantConfig { fuel_per_second: 1_000_000_000, ..throttled }).expect("updated");
+    host.reconfigure_tenant("t", TenantConfig { fuel_per_second: 1_000_000_000, ..throttled }).expect("updated");
     await_events(&events, 1, |e| e.session == busy && e.status == Status::Cancelled);
     assert_eq!(host.session("t", busy).expect("s").status, Status::Cancelled);
     assert_eq!(host.metrics().tenant("t").map(|t| t.sessions_finished), Some(2));

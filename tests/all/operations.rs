@@ -298,8 +298,8 @@ fn a_changed_retention_applies_to_sessions_already_finished() {
         ended.push(id);
     }
     // A legal hold: one tenant's retention goes from 1 s to an hour, the other's from an hour to 1 s.
-    host.update_tenant("lengthened", keep(3600)).expect("updated");
-    host.update_tenant("shortened", keep(1)).expect("updated");
+    host.reconfigure_tenant("lengthened", keep(3600)).expect("updated");
+    host.reconfigure_tenant("shortened", keep(1)).expect("updated");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while host.session("shortened", ended[1]).is_ok() {
         assert!(std::time::Instant::now() < deadline, "a shortened retention was not applied");

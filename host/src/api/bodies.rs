@@ -2,6 +2,7 @@
 //! and the OpenAPI document's schemas are derived from them (`utoipa`), so what a client is told
 //! is what it gets.
 
+use super::ApiError;
 use crate::failure::Failure;
 use crate::host::{AppInfo, Delivery, SessionView, TenantInfo};
 use crate::limits::TenantConfig;
@@ -10,8 +11,9 @@ use crate::runtime::CompileSource;
 use crate::session::{Counters, Status};
 use crate::store::postgres::leases::LeaseRow;
 use crate::store::{StorageUsage, Unapplied};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// Every error: a stable code to match on and a message for a person.
 #[derive(Debug, Serialize, ToSchema)]
@@ -294,4 +296,38 @@ pub struct StreamEvent {
     pub id: Option<String>,
     /// The event's JSON.
     pub data: String,
+}
+
+/// The most sessions one page lists.
+const SESSION_PAGE: usize = 1000;
+
+/// The paging of a session list, `?after=ID&limit=N`: how the query is read, and documented.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct Page {
+    /// List the sessions after this id (`next_after` of the page before; default 0). Session
+    /// ids are stored as signed 64-bit integers: none is larger.
+    #[param(maximum = 9223372036854775807_i64)]
+    after: Option<u64>,
+    /// Sessions in the page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+impl Page {
+    /// Reads a query string (percent-decoded as clients encode it): `(after, limit)`.
+    pub(super) fn read(query: Option<&str>) -> Result<(u64, usize), ApiError> {
+        let bad = |what: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", what);
+        let page: Page = serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| bad(e.to_string()))?;
+        let after = page.after.unwrap_or(0);
+        if i64::try_from(after).is_err() {
+            return Err(bad("`after`: a session id (0 to 9223372036854775807)".into()));
+        }
+        let limit = page.limit.unwrap_or(100);
+        if !(1..=SESSION_PAGE).contains(&limit) {
+            return Err(bad("`limit`: 1 to 1000".into()));
+        }
+        Ok((after, limit))
+    }
 }

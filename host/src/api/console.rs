@@ -6,7 +6,7 @@
 //! shares and the plots are drawn by the page from successive overviews.
 
 use super::bodies::{
-    ErrorBody, HostFigures, OperatorSession, Overview, Recent, RecentOutput, SessionBody, SessionPage, TenantRow,
+    ErrorBody, HostFigures, OperatorSession, Overview, Page, Recent, RecentOutput, SessionBody, SessionPage, TenantRow,
 };
 use super::sessions::sessions_page;
 use super::{Admin, Api, ApiError, blocking, session_id};
@@ -169,9 +169,7 @@ pub(super) async fn overview(_: Admin, State(api): State<Api>) -> Result<Json<Ov
     description = "As the tenant would list them: in id order, a page at a time.",
     params(
         ("tenant" = String, Path, description = "The tenant's name."),
-        ("after" = Option<u64>, Query, maximum = 9223372036854775807_i64,
-         description = "List the sessions after this id (`next_after` of the page before)."),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Sessions in the page (default 100)."),
+        Page,
     ),
     responses(
         (status = 200, description = "A page.", body = SessionPage),

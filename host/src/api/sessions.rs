@@ -2,7 +2,7 @@
 //! deliver customer events to them (their outputs stream from `stream.rs`). Every one takes that
 //! tenant's token, and another tenant's apps and sessions answer exactly like missing ones.
 
-use super::bodies::{AppBody, DeliveryBody, Deployed, ErrorBody, NewSession, SessionBody, SessionPage};
+use super::bodies::{AppBody, DeliveryBody, Deployed, ErrorBody, NewSession, Page, SessionBody, SessionPage};
 use super::{Api, ApiError, Body, Tenant, blocking, session_id};
 use crate::error::Error;
 use crate::session::SessionId;
@@ -14,8 +14,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 /// Idempotency keys are at most this long, in visible ASCII.
 const KEY_LIMIT: usize = 128;
-/// The most sessions one page lists.
-const SESSION_PAGE: usize = 1000;
 
 /// Refuses a body whose content type is not one of `allowed`, saying what to send.
 fn require_content_type(headers: &HeaderMap, allowed: &[&str], hint: &str) -> Result<(), ApiError> {
@@ -140,39 +138,13 @@ pub(super) async fn start_session(
     Ok((StatusCode::CREATED, Json(SessionBody::from(&view))))
 }
 
-/// The paging of a session list: `?after=ID&limit=N` (defaults 0 and 100).
-fn page_query(query: Option<&str>) -> Result<(u64, usize), ApiError> {
-    let (mut after, mut limit) = (0u64, 100usize);
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", format!("the query string: {e}")))?;
-    for (name, value) in &pairs {
-        let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", format!("`{name}`: {what}"));
-        match name.as_str() {
-            // Session ids are stored as signed 64-bit integers: none is larger.
-            "after" => {
-                after = value
-                    .parse()
-                    .ok()
-                    .filter(|&id| i64::try_from(id).is_ok())
-                    .ok_or_else(|| bad("a session id (0 to 9223372036854775807)"))?;
-            }
-            "limit" => {
-                limit =
-                    value.parse().ok().filter(|n| (1..=SESSION_PAGE).contains(n)).ok_or_else(|| bad("1 to 1000"))?;
-            }
-            _ => return Err(bad("unknown parameter (`after`, `limit`)")),
-        }
-    }
-    Ok((after, limit))
-}
-
 /// A page of `tenant`'s sessions, in id order, with the cursor of the next page.
 pub(super) async fn sessions_page(
     api: &Api,
     tenant: String,
     query: Option<&str>,
 ) -> Result<Json<SessionPage>, ApiError> {
-    let (after, limit) = page_query(query)?;
+    let (after, limit) = Page::read(query)?;
     let host = api.host.clone();
     let sessions = blocking(move || host.tenant_sessions(&tenant, SessionId(after), limit)).await?;
     let next_after = (sessions.len() == limit).then(|| sessions.last().map(|s| s.id.0)).flatten();
@@ -183,11 +155,7 @@ pub(super) async fn sessions_page(
     get, path = "/v1/sessions", tag = "tenant", security(("tenant" = [])),
     summary = "List the tenant's sessions",
     description = "Open ones, and finished ones not yet purged, in id order, a page at a time.",
-    params(
-        ("after" = Option<u64>, Query, maximum = 9223372036854775807_i64,
-         description = "List the sessions after this id (`next_after` of the page before)."),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Sessions in the page (default 100)."),
-    ),
+    params(Page),
     responses(
         (status = 200, description = "A page.", body = SessionPage),
         (status = 400, description = "`bad_query`: a parameter named, out of range or unknown.", body = ErrorBody),
