@@ -4,13 +4,12 @@
 
 use super::ApiError;
 use crate::failure::Failure;
-use crate::host::{AppInfo, Delivery, SessionView, TenantInfo};
+use crate::host::{Delivery, SessionView, TenantInfo};
 use crate::limits::TenantConfig;
 use crate::metrics::TenantMetrics;
-use crate::runtime::CompileSource;
 use crate::session::{Counters, Status};
+use crate::store::Unapplied;
 use crate::store::postgres::leases::LeaseRow;
-use crate::store::{StorageUsage, Unapplied};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -36,65 +35,11 @@ pub struct NewTenant {
     pub config: Option<TenantConfig>,
 }
 
-/// A tenant as the operator reads it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TenantBody {
-    /// Its name.
-    pub name: String,
-    /// Its weight, quotas, limits and whether it is suspended.
-    pub config: TenantConfig,
-    /// Sessions it has open.
-    pub open_sessions: u64,
-    /// Finished sessions held until their retention passes.
-    pub finished_sessions: u64,
-    /// What it holds in the store, against its storage quotas.
-    pub storage: StorageUsage,
-    /// Its apps, by name.
-    pub apps: Vec<AppBody>,
-}
-
-impl From<&TenantInfo> for TenantBody {
-    fn from(tenant: &TenantInfo) -> TenantBody {
-        TenantBody {
-            name: tenant.name.clone(),
-            config: tenant.config.clone(),
-            open_sessions: tenant.open_sessions,
-            finished_sessions: tenant.finished_sessions,
-            storage: tenant.storage,
-            apps: tenant.apps.iter().map(AppBody::from).collect(),
-        }
-    }
-}
-
 /// `GET /v1/tenants`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantList {
     /// Every tenant, by name.
-    pub tenants: Vec<TenantBody>,
-}
-
-/// An app as its tenant reads it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AppBody {
-    /// Its name.
-    pub name: String,
-    /// The version new sessions start on (the module's sha-256, hex).
-    pub version: String,
-    /// That version's actions.
-    pub actions: Vec<String>,
-    /// Every version it has had, oldest first.
-    pub versions: Vec<String>,
-}
-
-impl From<&AppInfo> for AppBody {
-    fn from(app: &AppInfo) -> AppBody {
-        AppBody {
-            name: app.name.clone(),
-            version: app.version.clone(),
-            actions: app.actions.clone(),
-            versions: app.versions.clone(),
-        }
-    }
+    pub tenants: Vec<TenantInfo>,
 }
 
 /// `POST /v1/tenants/{tenant}/tokens`.
@@ -106,19 +51,6 @@ pub struct IssuedToken {
     pub token: String,
     /// A reminder of the above.
     pub note: &'static str,
-}
-
-/// `PUT /v1/apps/{app}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Deployed {
-    /// The app.
-    pub app: String,
-    /// The version deployed (the module's sha-256, hex); new sessions start on it.
-    pub version: String,
-    /// Its actions.
-    pub actions: Vec<String>,
-    /// Where its compiled code came from.
-    pub compiled: CompileSource,
 }
 
 /// `POST /v1/sessions`.

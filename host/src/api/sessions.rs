@@ -2,9 +2,10 @@
 //! deliver customer events to them (their outputs stream from `stream.rs`). Every one takes that
 //! tenant's token, and another tenant's apps and sessions answer exactly like missing ones.
 
-use super::bodies::{AppBody, DeliveryBody, Deployed, ErrorBody, NewSession, Page, SessionBody, SessionPage};
+use super::bodies::{DeliveryBody, ErrorBody, NewSession, Page, SessionBody, SessionPage};
 use super::{Api, ApiError, Body, Tenant, blocking, session_id};
 use crate::error::Error;
+use crate::host::{AppInfo, AppVersion};
 use crate::session::SessionId;
 use axum::Json;
 use axum::body::Bytes;
@@ -43,7 +44,7 @@ fn require_content_type(headers: &HeaderMap, allowed: &[&str], hint: &str) -> Re
         content(("application/wasm"), ("application/octet-stream")),
     ),
     responses(
-        (status = 201, description = "Deployed.", body = Deployed, links(
+        (status = 201, description = "Deployed.", body = AppVersion, links(
             ("read" = (operation_id = "get_app", parameters(("app" = "$response.body#/app")))),
         )),
         (status = 409, description = "`conflict`.", body = ErrorBody),
@@ -64,7 +65,7 @@ pub(super) async fn deploy(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Deployed>), ApiError> {
+) -> Result<(StatusCode, Json<AppVersion>), ApiError> {
     require_content_type(
         &headers,
         &["application/wasm", "application/octet-stream"],
@@ -73,18 +74,16 @@ pub(super) async fn deploy(
     let bytes = body?;
     let host = api.host.clone();
     let version = blocking(move || host.deploy(&tenant, &app, &bytes)).await?;
-    let deployed =
-        Deployed { app: version.app, version: version.version, actions: version.actions, compiled: version.source };
-    Ok((StatusCode::CREATED, Json(deployed)))
+    Ok((StatusCode::CREATED, Json(version)))
 }
 
 #[utoipa::path(
     get, path = "/v1/apps", tag = "tenant", security(("tenant" = [])),
     summary = "List the tenant's apps",
-    responses((status = 200, description = "Its apps, by name: current version, actions, every version.", body = Vec<AppBody>))
+    responses((status = 200, description = "Its apps, by name: current version, actions, every version.", body = Vec<AppInfo>))
 )]
-pub(super) async fn list_apps(Tenant(tenant): Tenant, State(api): State<Api>) -> Result<Json<Vec<AppBody>>, ApiError> {
-    Ok(Json(api.host.tenant(&tenant)?.apps.iter().map(AppBody::from).collect()))
+pub(super) async fn list_apps(Tenant(tenant): Tenant, State(api): State<Api>) -> Result<Json<Vec<AppInfo>>, ApiError> {
+    Ok(Json(api.host.tenant(&tenant)?.apps))
 }
 
 #[utoipa::path(
@@ -92,7 +91,7 @@ pub(super) async fn list_apps(Tenant(tenant): Tenant, State(api): State<Api>) ->
     summary = "Read an app",
     params(("app" = String, Path, description = "The app's name.")),
     responses(
-        (status = 200, description = "The app: current version, actions, every version.", body = AppBody),
+        (status = 200, description = "The app: current version, actions, every version.", body = AppInfo),
         (status = 404, description = "`not_found`.", body = ErrorBody),
     )
 )]
@@ -100,10 +99,11 @@ pub(super) async fn get_app(
     Tenant(tenant): Tenant,
     State(api): State<Api>,
     Path(app): Path<String>,
-) -> Result<Json<AppBody>, ApiError> {
+) -> Result<Json<AppInfo>, ApiError> {
     let info = api.host.tenant(&tenant)?;
-    let app = info.apps.iter().find(|a| a.name == app).ok_or_else(|| ApiError::from(Error::not_found("app", &app)))?;
-    Ok(Json(AppBody::from(app)))
+    let app =
+        info.apps.into_iter().find(|a| a.name == app).ok_or_else(|| ApiError::from(Error::not_found("app", &app)))?;
+    Ok(Json(app))
 }
 
 #[utoipa::path(

@@ -1,9 +1,10 @@
 //! The operator's routes over tenants (create, read, set their quotas, suspend, delete), their
 //! tokens, and the cluster's shard leases. Every one takes the admin token.
 
-use super::bodies::{ClusterBody, ErrorBody, IssuedToken, NewTenant, TenantBody, TenantList};
+use super::bodies::{ClusterBody, ErrorBody, IssuedToken, NewTenant, TenantList};
 use super::{Admin, Api, ApiError, Body, blocking};
 use crate::error::Error;
+use crate::host::TenantInfo;
 use crate::limits::TenantConfig;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -15,7 +16,7 @@ use axum::http::StatusCode;
     description = "With its weight, quotas and limits (`config`; the server's default tenant when left out).",
     request_body = NewTenant,
     responses(
-        (status = 201, description = "Created.", body = TenantBody, links(
+        (status = 201, description = "Created.", body = TenantInfo, links(
             ("read" = (operation_id = "get_tenant", parameters(("tenant" = "$response.body#/name")))),
             ("update" = (operation_id = "update_tenant", parameters(("tenant" = "$response.body#/name")))),
             ("suspend" = (operation_id = "suspend_tenant", parameters(("tenant" = "$response.body#/name")))),
@@ -32,7 +33,7 @@ pub(super) async fn create_tenant(
     _: Admin,
     State(api): State<Api>,
     Body(new): Body<NewTenant>,
-) -> Result<(StatusCode, Json<TenantBody>), ApiError> {
+) -> Result<(StatusCode, Json<TenantInfo>), ApiError> {
     let host = api.host.clone();
     let config = new.config.unwrap_or_else(|| TenantConfig::clone(&api.default_tenant));
     let info = blocking(move || {
@@ -40,7 +41,7 @@ pub(super) async fn create_tenant(
         host.tenant(&new.name)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(TenantBody::from(&info))))
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 #[utoipa::path(
@@ -50,7 +51,7 @@ pub(super) async fn create_tenant(
     responses((status = 200, description = "The tenants, by name.", body = TenantList))
 )]
 pub(super) async fn list_tenants(_: Admin, State(api): State<Api>) -> Json<TenantList> {
-    Json(TenantList { tenants: api.host.tenants().iter().map(TenantBody::from).collect() })
+    Json(TenantList { tenants: api.host.tenants() })
 }
 
 #[utoipa::path(
@@ -58,7 +59,7 @@ pub(super) async fn list_tenants(_: Admin, State(api): State<Api>) -> Json<Tenan
     summary = "Read a tenant",
     params(("tenant" = String, Path, description = "The tenant's name.")),
     responses(
-        (status = 200, description = "The tenant.", body = TenantBody),
+        (status = 200, description = "The tenant.", body = TenantInfo),
         (status = 404, description = "`not_found`.", body = ErrorBody),
     )
 )]
@@ -66,8 +67,8 @@ pub(super) async fn get_tenant(
     _: Admin,
     State(api): State<Api>,
     Path(tenant): Path<String>,
-) -> Result<Json<TenantBody>, ApiError> {
-    Ok(Json(TenantBody::from(&api.host.tenant(&tenant)?)))
+) -> Result<Json<TenantInfo>, ApiError> {
+    Ok(Json(api.host.tenant(&tenant)?))
 }
 
 #[utoipa::path(
@@ -77,7 +78,7 @@ pub(super) async fn get_tenant(
     params(("tenant" = String, Path, description = "The tenant's name.")),
     request_body = TenantConfig,
     responses(
-        (status = 200, description = "The tenant as it is now.", body = TenantBody),
+        (status = 200, description = "The tenant as it is now.", body = TenantInfo),
         (status = 404, description = "`not_found`.", body = ErrorBody),
         (status = 422, description = "`invalid_config` (the field named), or `invalid_body`.", body = ErrorBody),
     )
@@ -87,14 +88,14 @@ pub(super) async fn update_tenant(
     State(api): State<Api>,
     Path(tenant): Path<String>,
     Body(config): Body<TenantConfig>,
-) -> Result<Json<TenantBody>, ApiError> {
+) -> Result<Json<TenantInfo>, ApiError> {
     let host = api.host.clone();
     let info = blocking(move || {
         host.reconfigure_tenant(&tenant, config)?;
         host.tenant(&tenant)
     })
     .await?;
-    Ok(Json(TenantBody::from(&info)))
+    Ok(Json(info))
 }
 
 #[utoipa::path(
@@ -118,14 +119,14 @@ pub(super) async fn delete_tenant(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn set_suspended(api: Api, tenant: String, suspended: bool) -> Result<Json<TenantBody>, ApiError> {
+async fn set_suspended(api: Api, tenant: String, suspended: bool) -> Result<Json<TenantInfo>, ApiError> {
     let host = api.host.clone();
     let info = blocking(move || {
         host.suspend_tenant(&tenant, suspended)?;
         host.tenant(&tenant)
     })
     .await?;
-    Ok(Json(TenantBody::from(&info)))
+    Ok(Json(info))
 }
 
 #[utoipa::path(
@@ -134,7 +135,7 @@ async fn set_suspended(api: Api, tenant: String, suspended: bool) -> Result<Json
     description = "Its new sessions and events are refused (`tenant_suspended`) and its queued actions wait.",
     params(("tenant" = String, Path, description = "The tenant's name.")),
     responses(
-        (status = 200, description = "The tenant as it is now.", body = TenantBody),
+        (status = 200, description = "The tenant as it is now.", body = TenantInfo),
         (status = 404, description = "`not_found`.", body = ErrorBody),
     )
 )]
@@ -142,7 +143,7 @@ pub(super) async fn suspend_tenant(
     _: Admin,
     State(api): State<Api>,
     Path(tenant): Path<String>,
-) -> Result<Json<TenantBody>, ApiError> {
+) -> Result<Json<TenantInfo>, ApiError> {
     set_suspended(api, tenant, true).await
 }
 
@@ -151,7 +152,7 @@ pub(super) async fn suspend_tenant(
     summary = "Lift a tenant's suspension",
     params(("tenant" = String, Path, description = "The tenant's name.")),
     responses(
-        (status = 200, description = "The tenant as it is now.", body = TenantBody),
+        (status = 200, description = "The tenant as it is now.", body = TenantInfo),
         (status = 404, description = "`not_found`.", body = ErrorBody),
     )
 )]
@@ -159,7 +160,7 @@ pub(super) async fn resume_tenant(
     _: Admin,
     State(api): State<Api>,
     Path(tenant): Path<String>,
-) -> Result<Json<TenantBody>, ApiError> {
+) -> Result<Json<TenantInfo>, ApiError> {
     set_suspended(api, tenant, false).await
 }
 

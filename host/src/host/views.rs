@@ -49,8 +49,8 @@ pub struct Output {
     pub body: String,
 }
 
-/// A tenant as the operator sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tenant as the operator sees it (the API's answer too).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct TenantInfo {
     /// Its name.
     pub name: String,
@@ -66,8 +66,8 @@ pub struct TenantInfo {
     pub apps: Vec<AppInfo>,
 }
 
-/// An app as its tenant sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An app as its tenant sees it (the API's answer too).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct AppInfo {
     /// Its name.
     pub name: String,
@@ -79,8 +79,8 @@ pub struct AppInfo {
     pub versions: Vec<String>,
 }
 
-/// A deployed app version, as deploy reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A deployed app version, as deploy reports it (the API's answer too).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct AppVersion {
     /// The app's name.
     pub app: String,
@@ -90,5 +90,6 @@ pub struct AppVersion {
     pub actions: Vec<String>,
     /// `AlreadyDeployed` if this tenant had deployed these bytes before, `Compiled` otherwise
     /// (whether another tenant's compile was reused is none of this tenant's business).
+    #[serde(rename = "compiled")]
     pub source: CompileSource,
 }
