@@ -327,6 +327,7 @@ fn a_store_whose_connections_were_killed_connects_again() {
     let store = PgStore::open(&schema.url).expect("opens");
     assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
     assert_eq!(store.lease_table().expect("reads the leases").len(), 64, "the lease connection is open");
+    assert_eq!(store.outputs(SessionId(1), 0, 10).expect("reads"), [], "a reader is pooled");
     let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
     let killed: i64 = raw(&schema)
         .query_one(
@@ -336,17 +337,12 @@ fn a_store_whose_connections_were_killed_connects_again() {
         .expect("terminates")
         .get(0);
     assert!(killed >= 1);
-    // The first use may still meet the dead connection; the store is back by the next.
-    let first = store.commit(&[checkpoint(1, 0, "after")]);
-    let written = match first {
-        Ok(written) => written,
-        Err(error) => {
-            assert!(matches!(error, StoreError::Postgres { .. }), "{error}");
-            store.commit(&[checkpoint(1, 0, "after")]).expect("connects again")
-        }
-    };
+    // A group that finds the writer dead before it wrote anything is tried again on a new
+    // connection: its callers see nothing of it.
+    let written = store.commit(&[checkpoint(1, 0, "after")]).expect("commits at once");
     assert_eq!(written, [Written::Committed]);
-    assert_eq!(store.outputs(SessionId(1), 0, 10).expect("reads"), [(1, "after".to_owned())]);
+    // A read never fails for a pooled connection that died: it runs again on another.
+    assert_eq!(store.outputs(SessionId(1), 0, 10).expect("reads at once"), [(1, "after".to_owned())]);
     // So is the lease connection (the one a claim renews on).
     if let Err(error) = store.lease_table() {
         assert!(matches!(error, StoreError::Postgres { .. }), "{error}");
@@ -382,6 +378,44 @@ fn two_standbys_never_split_the_shards_between_them() {
     let (second, last) = finished.recv().expect("the other takes over after it");
     assert_ne!(first, second);
     assert!(last.holds_claim());
+}
+
+/// A standby outlives a database that drops its connections (a restart, an operator's
+/// `pg_terminate_backend`): it keeps waiting on a new connection instead of exiting, and the
+/// acting host, whose idle connection died too, still releases the shards at once when it stops.
+#[test]
+fn a_standby_whose_connection_was_killed_keeps_waiting_and_takes_over() {
+    let schema = PgSchema::new("standby_reconnect");
+    let url = schema.url_with("shards=4");
+    // Renewed every 4 s, so the leases outlive a drop by at least 8 s; a standby asks every 2 s.
+    let lease = Duration::from_secs(12);
+    let policy = move |node: &str| ClaimPolicy { node: node.into(), lease, wait: true };
+    let active = Arc::new(PgStore::open(&url).expect("opens"));
+    active.claim_all(&policy("active"), |_| {}, || {}).expect("claims");
+    let (told, heard) = std::sync::mpsc::channel();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let store = Arc::new(PgStore::open(&url).expect("opens"));
+        let claimed = store.claim_all(&policy("standby"), |_| told.send(()).expect("sends"), || {});
+        done.send(claimed.map(|()| store)).expect("sends");
+    });
+    heard.recv().expect("the standby waits");
+    let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
+    let killed: i64 = raw(&schema)
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("turnstile {name}")],
+        )
+        .expect("terminates")
+        .get(0);
+    assert!(killed >= 2, "the active host's and the standby's connections");
+    assert!(
+        finished.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the standby neither fails nor takes shards still held"
+    );
+    drop(active);
+    let standby = finished.recv_timeout(lease / 3).expect("released at once, not after the lease").expect("claims");
+    assert!(standby.holds_claim());
 }
 
 /// A host whose renewals were held up (a pause, a slow database) past its self-fencing margin

@@ -205,6 +205,25 @@ impl PgStore {
         Ok(writer)
     }
 
+    /// One attempt at a group commit on the writer (connected again first if it was lost); a
+    /// failure that killed the connection marks it for reconnection.
+    fn commit_on_writer(
+        &self,
+        claimed: bool,
+        batch: &[Write],
+    ) -> Result<Result<Vec<Written>, commit::Failed>, StoreError> {
+        let mut writer = self.writer()?;
+        let outcome =
+            commit::commit(&mut writer, self.shards, claimed, &|shard, given| self.write_epoch(shard, given), batch);
+        if let Err(commit::Failed::Before(error) | commit::Failed::AtCommit { error, .. }) = &outcome
+            && let StoreError::Postgres { source, .. } = error
+            && kills_connection(source)
+        {
+            self.broken.store(true, Ordering::Release);
+        }
+        Ok(outcome)
+    }
+
     /// Whether the transaction `xid`, whose `COMMIT` got no answer, committed: asked of the
     /// server on a new connection, again and again for up to [`COMMIT_STATUS_PATIENCE`] (its
     /// backend may still be finishing it, or the server restarting). `None` if it could not
@@ -235,23 +254,33 @@ impl PgStore {
         None
     }
 
-    /// Runs `read` on a connection of the read pool (opening one if none is free).
+    /// Runs `read` on a connection of the read pool (opening one if none is free). A pooled
+    /// connection found dead (the server restarted, or its backend was killed, while it sat in
+    /// the pool) is dropped and the read runs again on the next: a read changes nothing, so only
+    /// a fresh connection's failure reaches the caller.
     fn read<T>(
         &self,
-        read: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        mut read: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
         op: &'static str,
     ) -> Result<T, StoreError> {
-        let taken = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let mut client = match taken {
-            Some(client) if !client.is_closed() => client,
-            _ => self.target.connect()?,
-        };
-        let result = read(&mut client).map_err(pg(op));
-        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        if result.is_ok() && readers.len() < READERS_KEPT {
-            readers.push(client);
+        loop {
+            let taken = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let (mut client, pooled) = match taken {
+                Some(client) if !client.is_closed() => (client, true),
+                _ => (self.target.connect()?, false),
+            };
+            match read(&mut client) {
+                Ok(value) => {
+                    let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+                    if readers.len() < READERS_KEPT {
+                        readers.push(client);
+                    }
+                    return Ok(value);
+                }
+                Err(error) if pooled && kills_connection(&error) => {}
+                Err(error) => return Err(pg(op)(error)),
+            }
         }
-        result
     }
 }
 
@@ -430,26 +459,23 @@ impl Store for PgStore {
     fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
         let claimed = self.claim_node().is_some();
         self.refresh_if_stale();
-        let mut writer = self.writer()?;
-        let outcome =
-            commit::commit(&mut writer, self.shards, claimed, &|shard, given| self.write_epoch(shard, given), batch);
-        if let Err(commit::Failed::Before(error) | commit::Failed::AtCommit { error, .. }) = &outcome
-            && let StoreError::Postgres { source, .. } = error
+        let mut outcome = self.commit_on_writer(claimed, batch)?;
+        // A writer connection that died while idle (the server restarted, or dropped it) is
+        // found dead by the group's first statement: nothing was written, so the group is tried
+        // once more on a new connection instead of failing its callers.
+        if let Err(commit::Failed::Before(StoreError::Postgres { source, .. })) = &outcome
             && kills_connection(source)
         {
-            self.broken.store(true, Ordering::Release);
+            outcome = self.commit_on_writer(claimed, batch)?;
         }
         match outcome {
             Ok(written) => Ok(written),
             Err(commit::Failed::Before(error)) => Err(error),
-            Err(commit::Failed::AtCommit { xid, written, error }) => {
-                drop(writer);
-                match self.commit_status(xid) {
-                    Some(true) => Ok(written),
-                    Some(false) => Err(error),
-                    None => Err(StoreError::CommitUnknown { source: Box::new(error) }),
-                }
-            }
+            Err(commit::Failed::AtCommit { xid, written, error }) => match self.commit_status(xid) {
+                Some(true) => Ok(written),
+                Some(false) => Err(error),
+                None => Err(StoreError::CommitUnknown { source: Box::new(error) }),
+            },
         }
     }
 
