@@ -86,7 +86,17 @@ impl PgStore {
         let mut told = false;
         loop {
             let sent = Instant::now();
-            if let Some(held) = self.acquire_all(&policy.node, policy.lease)? {
+            let acquired = match self.acquire_all(&policy.node, policy.lease) {
+                // A standby outlives a database that restarts or drops its connection: it asks
+                // again on a new connection, and takes over as before once it can.
+                Err(error) if policy.wait && error.is_unavailable() => {
+                    tracing::warn!(%error, "waiting for the shards: the database is unavailable; asking again");
+                    std::thread::sleep(policy.lease / 6);
+                    continue;
+                }
+                acquired => acquired?,
+            };
+            if let Some(held) = acquired {
                 let epochs = held.iter().map(|l| (l.shard, l.epoch)).collect();
                 let taken_over = u32::try_from(held.iter().filter(|l| l.epoch > 1).count()).unwrap_or(u32::MAX);
                 let claim = Claim {
@@ -109,7 +119,10 @@ impl PgStore {
                     .map_err(|source| StoreError::Io { context: "starting the lease renewal thread", source })?;
                 return Ok(());
             }
-            let holders = self.lease_table()?;
+            let holders = match self.lease_table() {
+                Err(error) if policy.wait && error.is_unavailable() => Vec::new(),
+                holders => holders?,
+            };
             let other = holders.iter().find_map(|row| row.owner.clone().filter(|o| *o != policy.node));
             let holder = other.unwrap_or_else(|| "another node".to_owned());
             if !policy.wait {
@@ -190,9 +203,14 @@ impl PgStore {
     pub(super) fn release_claim(&self) {
         let claim = self.claim.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(claim) = claim.filter(|c| !c.lost) {
-            let held: Vec<Lease> =
-                claim.epochs.iter().map(|(shard, epoch)| Lease { shard: *shard, epoch: *epoch }).collect();
-            if let Err(error) = self.release(&claim.node, &held) {
+            let held = claim.held();
+            // A connection that died while idle (the database restarted, or dropped it) is
+            // only found dead by this statement: once more on a new one, so that a standby does
+            // not wait a whole lease for nothing.
+            let released = self
+                .release(&claim.node, &held)
+                .or_else(|error| if error.is_unavailable() { self.release(&claim.node, &held) } else { Err(error) });
+            if let Err(error) = released {
                 tracing::warn!(error = %error, "releasing the shard leases failed: a standby takes over when they run out");
             }
         }
@@ -207,9 +225,7 @@ fn renew_while_alive(store: &Weak<PgStore>) -> bool {
         let (node, lease, held) = {
             let claim = store.claim.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(claim) = claim.as_ref().filter(|c| !c.lost) else { return false };
-            let held: Vec<Lease> =
-                claim.epochs.iter().map(|(shard, epoch)| Lease { shard: *shard, epoch: *epoch }).collect();
-            (claim.node.clone(), claim.lease, held)
+            (claim.node.clone(), claim.lease, claim.held())
         };
         let sent = Instant::now();
         let renewed = store.renew(&node, lease, &held);
