@@ -11,6 +11,7 @@ mod containment;
 mod crash;
 mod deploy;
 mod durability;
+mod failover;
 mod fixtures;
 mod flows;
 mod hardening;
