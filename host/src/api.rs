@@ -20,11 +20,13 @@ mod error;
 mod openapi;
 mod server;
 mod sessions;
+mod standby;
 mod stream;
 mod tenants;
 
 pub use error::ApiError;
 pub use server::{HttpLimits, serve};
+pub use standby::Standby;
 
 use crate::error::Error;
 use crate::host::Host;

@@ -64,17 +64,21 @@ pub struct ClusterConfig {
     /// host died (renewed every third of it). From 1 s to 5 min.
     #[serde(with = "crate::human::duration")]
     pub lease: std::time::Duration,
+    /// Where other nodes reach this one's API, `http://host:port`: a standby forwards the
+    /// requests it gets to the acting node's. Default: the address it listens on (or, listening
+    /// on every interface, this machine's host name and that port).
+    pub advertise: Option<String>,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { node: None, lease: std::time::Duration::from_secs(3) }
+        ClusterConfig { node: None, lease: std::time::Duration::from_secs(3), advertise: None }
     }
 }
 
 impl ClusterConfig {
-    /// How the store claims its shards for this node.
-    pub fn policy(&self) -> Result<crate::store::postgres::ClaimPolicy, Error> {
+    /// How the store claims its shards for this node, which listens on `listening`.
+    pub fn policy(&self, listening: SocketAddr) -> Result<crate::store::postgres::ClaimPolicy, Error> {
         if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&self.lease) {
             return Err(Error::InvalidConfig {
                 field: "cluster.lease",
@@ -82,7 +86,26 @@ impl ClusterConfig {
             });
         }
         let node = self.node.clone().unwrap_or_else(crate::store::postgres::ClaimPolicy::default_node);
-        Ok(crate::store::postgres::ClaimPolicy { node, lease: self.lease, wait: true })
+        let address = match &self.advertise {
+            Some(address) => {
+                let valid = address.strip_prefix("http://").is_some_and(|rest| {
+                    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                });
+                if !valid {
+                    return Err(Error::InvalidConfig {
+                        field: "cluster.advertise",
+                        problem: format!("{address:?} is not an http://host:port address"),
+                    });
+                }
+                address.clone()
+            }
+            None if listening.ip().is_unspecified() => {
+                let host = crate::store::postgres::ClaimPolicy::host_name();
+                format!("http://{}:{}", host.as_deref().unwrap_or("localhost"), listening.port())
+            }
+            None => format!("http://{listening}"),
+        };
+        Ok(crate::store::postgres::ClaimPolicy { node, lease: self.lease, wait: true, address: Some(address) })
     }
 }
 
@@ -192,5 +215,27 @@ impl ServeConfig {
             config.admin_token = Some(token);
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClusterConfig;
+    use crate::error::Error;
+
+    #[test]
+    fn a_node_advertises_where_it_listens_unless_told_and_a_bad_address_is_refused() {
+        let listening = "127.0.0.1:8081".parse().expect("an address");
+        let policy = ClusterConfig::default().policy(listening).expect("valid");
+        assert_eq!(policy.address.as_deref(), Some("http://127.0.0.1:8081"));
+        let everywhere = ClusterConfig::default().policy("0.0.0.0:8081".parse().expect("an address")).expect("valid");
+        assert!(everywhere.address.as_deref().is_some_and(|a| a.starts_with("http://") && a.ends_with(":8081")));
+        let told = ClusterConfig { advertise: Some("http://node-a.internal:80".into()), ..ClusterConfig::default() };
+        assert_eq!(told.policy(listening).expect("valid").address.as_deref(), Some("http://node-a.internal:80"));
+        for bad in ["node-a:80", "https://node-a", "http://", "http://a b", "http://a/path"] {
+            let config = ClusterConfig { advertise: Some(bad.into()), ..ClusterConfig::default() };
+            let refused = config.policy(listening).expect_err(bad);
+            assert!(matches!(refused, Error::InvalidConfig { field: "cluster.advertise", .. }), "{bad}: {refused}");
+        }
     }
 }

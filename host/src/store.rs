@@ -417,6 +417,7 @@ pub fn open_store(url: &str) -> Result<std::sync::Arc<dyn Store>, Error> {
             node: postgres::ClaimPolicy::default_node(),
             lease: std::time::Duration::from_secs(3),
             wait: false,
+            address: None,
         };
         store.claim_all(&policy, |_| {}, || {})?;
         return Ok(store);

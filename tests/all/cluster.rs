@@ -201,21 +201,25 @@ fn a_newer_schema_is_refused_untouched() {
 fn one_host_holds_the_shards_and_a_standby_takes_them_when_it_is_dropped() {
     let schema = PgSchema::new("claim");
     let url = schema.url_with("shards=4");
-    let policy = |node: &str, wait: bool| ClaimPolicy { node: node.into(), lease: LEASE, wait };
+    let policy = |node: &str, wait: bool| ClaimPolicy { node: node.into(), lease: LEASE, wait, address: None };
     let active = Arc::new(PgStore::open(&url).expect("opens"));
-    active.claim_all(&policy("active", false), |_| {}, || {}).expect("claims");
+    let advertised = ClaimPolicy { address: Some("http://10.0.0.7:8080".into()), ..policy("active", false) };
+    active.claim_all(&advertised, |_| {}, || {}).expect("claims");
     assert!(active.holds_claim());
     let second = Arc::new(PgStore::open(&url).expect("opens"));
     let error = second.claim_all(&policy("second", false), |_| {}, || {}).expect_err("refused");
     assert!(matches!(&error, StoreError::ShardsHeld { holder } if holder == "active"), "{error}");
-    // A standby waits, and says so once; it holds everything once the active store is dropped.
+    // A standby waits, seeing who holds the shards and where it answers (to forward requests
+    // there); it holds everything once the active store is dropped.
     let (told, heard) = std::sync::mpsc::channel();
     let standby = std::thread::spawn(move || {
         second
-            .claim_all(&policy("second", true), |holder| told.send(holder.to_owned()).expect("sends"), || {})
+            .claim_all(&policy("second", true), |holder| told.send(holder.clone()).expect("sends"), || {})
             .map(|()| second)
     });
-    assert_eq!(heard.recv().expect("told"), "active");
+    let holder = heard.recv().expect("told");
+    assert_eq!(holder.owner.as_deref(), Some("active"));
+    assert_eq!(holder.address.as_deref(), Some("http://10.0.0.7:8080"));
     // Whatever fencing token the host gives, the claim's epoch is what the store writes under.
     assert_eq!(active.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
     drop(active);
@@ -248,6 +252,7 @@ fn a_standby_server_takes_over_the_calls_of_a_killed_one() {
     let store = OsStr::new(&schema.url);
     let (dir_a, dir_b) = (crate::durability::temp_dir("failover-a"), crate::durability::temp_dir("failover-b"));
     let (mut active, port) = start_server(&[OsStr::new("--store"), store, OsStr::new("--data-dir"), dir_a.as_os_str()]);
+    wait_until("the first node to act", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
     let (status, _) = request(port, "POST", "/v1/tenants", ADMIN, "application/json", br#"{"name":"bank"}"#);
     assert_eq!(status, 201);
     let (_, body) = request(port, "POST", "/v1/tenants/bank/tokens", ADMIN, "application/json", b"");
@@ -263,14 +268,36 @@ fn a_standby_server_takes_over_the_calls_of_a_killed_one() {
         json_body(&request(port, "GET", &session, &token, "", b"").1)["status"] == "waiting"
     });
 
-    let standby = std::thread::spawn({
-        let (store, dir) = (schema.url.clone(), dir_b.clone());
-        move || start_server(&[OsStr::new("--store"), OsStr::new(&store), OsStr::new("--data-dir"), dir.as_os_str()])
+    // The standby answers while it waits: it is not ready, and it forwards every other request
+    // to the acting node (whose address it read beside the leases), output streams included.
+    let (mut standby, standby_port) =
+        start_server(&[OsStr::new("--store"), store, OsStr::new("--data-dir"), dir_b.as_os_str()]);
+    let (status, body) = request(standby_port, "GET", "/readyz", "", "", b"");
+    assert_eq!((status, json_body(&body)["code"].as_str()), (503, Some("standby")), "{body}");
+    // (`standby` with Retry-After until it has read the lease table once.)
+    wait_until("the standby to forward", || {
+        json_body(&request(standby_port, "GET", &session, &token, "", b"").1)["status"] == "waiting"
     });
+    let cluster = json_body(&request(standby_port, "GET", "/v1/cluster", ADMIN, "", b"").1);
+    assert_eq!(cluster["shards"][0]["address"], format!("http://127.0.0.1:{port}"), "{cluster}");
+    // A request some standby forwarded already is not forwarded again (two standbys with an old
+    // view of the holder would bounce it between them).
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", standby_port)).expect("connects");
+    std::io::Write::write_all(
+        &mut stream,
+        format!("GET {session} HTTP/1.0\r\nAuthorization: Bearer {token}\r\nTurnstile-Forwarded-By: x\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("sends");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("reads");
+    assert!(answer.starts_with("HTTP/1.0 503") && answer.contains("\"standby\""), "{answer}");
+
     active.kill().expect("SIGKILL");
     let killed = Instant::now();
     active.wait().expect("reaped");
-    let (mut standby, port) = standby.join().expect("joins");
+    let port = standby_port;
+    wait_until("the standby to take over", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
     eprintln!("takeover after SIGKILL: {:.2} s (lease 3 s)", killed.elapsed().as_secs_f64());
     let view = json_body(&request(port, "GET", &session, &token, "", b"").1);
     assert_eq!(view["status"], "waiting", "{view}");
@@ -289,15 +316,15 @@ fn a_standby_server_takes_over_the_calls_of_a_killed_one() {
     // A graceful stop hands the shards over at once: the next standby does not wait for the
     // leases to run out.
     let dir_c = crate::durability::temp_dir("failover-c");
-    let next = std::thread::spawn({
-        let store = schema.url.clone();
-        move || start_server(&[OsStr::new("--store"), OsStr::new(&store), OsStr::new("--data-dir"), dir_c.as_os_str()])
-    });
+    let (mut next, next_port) =
+        start_server(&[OsStr::new("--store"), store, OsStr::new("--data-dir"), dir_c.as_os_str()]);
+    wait_until("the next standby to wait", || request(next_port, "GET", "/readyz", "", "", b"").0 == 503);
     let terminated = Instant::now();
     let killed = std::process::Command::new("kill").args(["-TERM", &standby.id().to_string()]).status();
     assert!(killed.expect("kill runs").success());
     assert!(standby.wait().expect("reaped").success(), "a SIGTERM ends the server cleanly");
-    let (mut next, port) = next.join().expect("joins");
+    let port = next_port;
+    wait_until("the next standby to take over", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
     eprintln!("hand-off after SIGTERM: {:.2} s", terminated.elapsed().as_secs_f64());
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_turnstile"))
         .args(["cluster", "status", "--server", &format!("http://127.0.0.1:{port}"), "--token", ADMIN])
@@ -354,7 +381,7 @@ fn a_store_whose_connections_were_killed_connects_again() {
 fn two_standbys_never_split_the_shards_between_them() {
     let schema = PgSchema::new("two_standbys");
     let url = schema.url_with("shards=16");
-    let policy = |node: &str| ClaimPolicy { node: node.into(), lease: LEASE, wait: true };
+    let policy = |node: &str| ClaimPolicy { node: node.into(), lease: LEASE, wait: true, address: None };
     let active = Arc::new(PgStore::open(&url).expect("opens"));
     active.claim_all(&policy("active"), |_| {}, || {}).expect("claims");
     let (done, finished) = std::sync::mpsc::channel();
@@ -389,7 +416,7 @@ fn a_standby_whose_connection_was_killed_keeps_waiting_and_takes_over() {
     let url = schema.url_with("shards=4");
     // Renewed every 4 s, so the leases outlive a drop by at least 8 s; a standby asks every 2 s.
     let lease = Duration::from_secs(12);
-    let policy = move |node: &str| ClaimPolicy { node: node.into(), lease, wait: true };
+    let policy = move |node: &str| ClaimPolicy { node: node.into(), lease, wait: true, address: None };
     let active = Arc::new(PgStore::open(&url).expect("opens"));
     active.claim_all(&policy("active"), |_| {}, || {}).expect("claims");
     let (told, heard) = std::sync::mpsc::channel();
@@ -426,7 +453,7 @@ fn an_overdue_claim_is_renewed_by_the_next_commit_not_given_up() {
     let schema = PgSchema::new("overdue");
     let url = schema.url_with("shards=2");
     let store = Arc::new(PgStore::open(&url).expect("opens"));
-    let policy = ClaimPolicy { node: "slow".into(), lease: Duration::from_secs(1), wait: false };
+    let policy = ClaimPolicy { node: "slow".into(), lease: Duration::from_secs(1), wait: false, address: None };
     store.claim_all(&policy, |_| {}, || panic!("the claim is not lost")).expect("claims");
     assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
     // The renewals wait behind a lock on the lease rows for longer than the lease.
@@ -464,6 +491,7 @@ fn a_paused_server_that_lost_its_shards_exits_and_writes_nothing() {
     };
     let a_args = args(&dir_a);
     let (mut zombie, port) = start_server(&a_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    wait_until("the first node to act", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
     let (status, _) = request(port, "POST", "/v1/tenants", ADMIN, "application/json", br#"{"name":"bank"}"#);
     assert_eq!(status, 201);
     let (_, body) = request(port, "POST", "/v1/tenants/bank/tokens", ADMIN, "application/json", b"");
@@ -478,13 +506,13 @@ fn a_paused_server_that_lost_its_shards_exits_and_writes_nothing() {
     });
 
     let b_args = args(&dir_b);
-    let standby = std::thread::spawn(move || start_server(&b_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>()));
+    let (mut standby, port) = start_server(&b_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
     let pause = |signal: &str| {
         let sent = std::process::Command::new("kill").args([signal, &zombie.id().to_string()]).status();
         assert!(sent.expect("kill runs").success());
     };
     pause("-STOP");
-    let (mut standby, port) = standby.join().expect("the standby takes over");
+    wait_until("the standby to take over", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
     let (status, body) = request(port, "POST", &format!("{session}/events"), &token, "text/plain", b"\"answered\"");
     assert_eq!(status, 202, "{body}");
     wait_until("the call to end", || json_body(&request(port, "GET", &session, &token, "", b"").1)["status"] == "done");

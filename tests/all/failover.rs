@@ -120,8 +120,8 @@ impl Dice {
     }
 }
 
-/// The three processes, each on a fixed port so that clients can try any of them (a standby does
-/// not listen until it acts), its output in a log file of its own.
+/// The three processes, each on a fixed port so that clients can try any of them (a standby
+/// forwards what it gets to the acting node), its output in a log file of its own.
 struct Cluster {
     ports: [u16; NODES],
     config: PathBuf,
@@ -189,13 +189,14 @@ impl Cluster {
         loop {
             self.revive();
             for node in (0..NODES).filter(|&n| Some(n) != not) {
-                let asked = exchange(
-                    self.ports[node],
-                    &head("GET", "/v1/cluster", ADMIN, "", "", 0),
-                    b"",
-                    Duration::from_millis(500),
-                );
-                if let Ok((200, body)) = asked {
+                // Standbys answer too (forwarding to the acting node), but are never ready.
+                let ask = |path: &str| {
+                    exchange(self.ports[node], &head("GET", path, ADMIN, "", "", 0), b"", Duration::from_millis(500))
+                };
+                if !matches!(ask("/readyz"), Ok((200, _))) {
+                    continue;
+                }
+                if let Ok((200, body)) = ask("/v1/cluster") {
                     let view = json_body(&body);
                     if view["holds_all_shards"] == true {
                         let shards = view["shards"].as_array().expect("shards");
@@ -333,7 +334,7 @@ fn send(ports: [u16; NODES], token: &str, calls: &[(usize, u64)], seed: u64, tal
                         tally.note("409 session_state (the last event, already applied)".into());
                         break;
                     }
-                    Ok((status @ (409 | 429 | 503), answer)) => {
+                    Ok((status @ (409 | 429 | 502 | 503), answer)) => {
                         tally.note(format!("{status} {}", json_body(&answer)["code"].as_str().unwrap_or("?")));
                     }
                     Ok((status, answer)) => panic!("event {number} of call {id}: {status} {answer}"),

@@ -5,9 +5,11 @@
 use anyhow::{Context, Result, bail};
 use std::process::ExitCode;
 use std::sync::Arc;
-use turnstile::api::{self, Api, router};
+use turnstile::api::{self, Api, Standby, router};
 use turnstile::config::ServeConfig;
-use turnstile::{EngineConfig, Error, Host, HostConfig, PgStore, RuntimeConfig, Store, open_store};
+use turnstile::{
+    ClaimPolicy, EngineConfig, Error, Host, HostConfig, LeaseRow, PgStore, RuntimeConfig, Store, open_store,
+};
 
 pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -20,23 +22,19 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
             "set an admin token of at least 16 characters (TURNSTILE_ADMIN_TOKEN or `admin_token` in the configuration)"
         );
     };
+    // Bound first: a standby answers (and forwards) while it waits for the shards.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let listening = listener.local_addr()?;
+    // The port actually bound (the configuration may ask for port 0): tests read this line.
+    println!("listening on http://{listening}");
     let url = config.store_url();
     let mut cluster = None;
     let store: Arc<dyn Store> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        // One host acts for the database at a time: this one waits (a standby) while another
-        // holds the shards, and loads the sessions only once it holds them all.
         let store = Arc::new(PgStore::open(&url)?);
-        let policy = config.cluster.policy()?;
-        let waiting = |holder: &str| {
-            eprintln!("standby: {holder} holds the shards; this host takes over when it stops or its leases run out");
-        };
-        // A host that lost its shards can write nothing more: it exits, to be started again as
-        // a standby (everything it acknowledged is committed; what it had not is refused).
-        let lost = || {
-            eprintln!("this host lost its shard leases to another node: exiting");
-            std::process::exit(3);
-        };
-        store.claim_all(&policy, waiting, lost)?;
+        let policy = config.cluster.policy(listening)?;
+        wait_for_the_shards(&runtime, &listener, &config, &store, &policy)?;
         eprintln!("node {} holds all {} shards", policy.node, store.shard_count());
         cluster = Some(store.clone());
         store
@@ -74,12 +72,8 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     if let Some(store) = cluster {
         api = api.with_cluster(store);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        // The port actually bound (the configuration may ask for port 0): tests read this line.
-        println!("listening on http://{}", listener.local_addr()?);
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let (closing, shutdown_api) = (api.closing(), api.clone());
         let shutdown = async move {
             shutdown_signal().await;
@@ -93,6 +87,57 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     // The last handle: dropping the host finishes the actions in flight and commits them.
     drop(host);
     Ok(ExitCode::SUCCESS)
+}
+
+/// One host acts for the database at a time: this one waits (a standby) while another holds
+/// the shards, forwarding the requests it gets to that one, and returns once it holds them all
+/// (the sessions are loaded only then). A host that later loses its shards can write nothing
+/// more: it exits 3, to be started again as a standby (everything it acknowledged is committed;
+/// what it had not is refused).
+fn wait_for_the_shards(
+    runtime: &tokio::runtime::Runtime,
+    listener: &std::net::TcpListener,
+    config: &ServeConfig,
+    store: &Arc<PgStore>,
+    policy: &ClaimPolicy,
+) -> Result<()> {
+    let standby = Standby::new(&policy.node);
+    let (claimed, on_claimed) = tokio::sync::oneshot::channel::<()>();
+    let forwarding = {
+        let _context = runtime.enter();
+        tokio::net::TcpListener::from_std(listener.try_clone()?)?
+    };
+    let (router, limits) = (standby.clone().router(), config.http.clone());
+    let closing = Arc::new(tokio::sync::watch::channel(false).0);
+    // Once the shards are this host's, the standby's loop stops taking connections (its
+    // requests in flight finish by themselves) and the API's own loop takes them from the same
+    // socket.
+    runtime.spawn(async move {
+        let stop = async move {
+            let _ = on_claimed.await;
+        };
+        if let Err(error) = api::serve(forwarding, router, &limits, closing, stop).await {
+            tracing::warn!(%error, "the standby's HTTP server failed");
+        }
+    });
+    let mut told = false;
+    let waiting = |holder: &LeaseRow| {
+        standby.saw(holder);
+        if !told {
+            let name = holder.owner.as_deref().unwrap_or("another node");
+            eprintln!(
+                "standby: {name} holds the shards; this host forwards requests to it, and takes over when it stops or its leases run out"
+            );
+            told = true;
+        }
+    };
+    let lost = || {
+        eprintln!("this host lost its shard leases to another node: exiting");
+        std::process::exit(3);
+    };
+    store.claim_all(policy, waiting, lost)?;
+    let _ = claimed.send(());
+    Ok(())
 }
 
 async fn shutdown_signal() {

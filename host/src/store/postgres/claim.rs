@@ -14,7 +14,7 @@
 //! later write is refused here, without asking the database.
 
 use super::PgStore;
-use super::leases::Lease;
+use super::leases::{Lease, LeaseRow};
 use crate::store::StoreError;
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, Weak};
@@ -60,33 +60,39 @@ pub struct ClaimPolicy {
     pub lease: Duration,
     /// Wait for the shards another node holds (a standby) instead of failing at once.
     pub wait: bool,
+    /// Where this node answers HTTP (`http://host:port`), written beside its leases so that
+    /// standbys can forward requests to it.
+    pub address: Option<String>,
 }
 
 impl ClaimPolicy {
     /// This machine's host name and this process's id: a name no other running node has.
     pub fn default_node() -> String {
+        format!("{}-{}", Self::host_name().as_deref().unwrap_or("turnstile"), std::process::id())
+    }
+
+    /// This machine's host name, if it has one.
+    pub fn host_name() -> Option<String> {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        let host = host.trim();
-        format!("{}-{}", if host.is_empty() { "turnstile" } else { host }, std::process::id())
+        Some(host.trim().to_owned()).filter(|h| !h.is_empty())
     }
 }
 
 impl PgStore {
     /// Takes every shard's lease for `policy.node` (waiting for them if it says so, calling
-    /// `waiting` once with the holder's name), then keeps them renewed on a thread of its own
+    /// `waiting` with the holder's lease row each time it finds them held), then keeps them renewed on a thread of its own
     /// until the store is dropped, when they are released. Sessions must be loaded only after
     /// this returns. `lost` is called (on the renewal thread) if the claim is lost: from then on
     /// every write is refused, and the host should stop.
     pub fn claim_all(
         self: &Arc<Self>,
         policy: &ClaimPolicy,
-        mut waiting: impl FnMut(&str),
+        mut waiting: impl FnMut(&LeaseRow),
         lost: impl FnOnce() + Send + 'static,
     ) -> Result<(), StoreError> {
-        let mut told = false;
         loop {
             let sent = Instant::now();
-            let acquired = match self.acquire_all(&policy.node, policy.lease) {
+            let acquired = match self.acquire_all(&policy.node, policy.address.as_deref(), policy.lease) {
                 // A standby outlives a database that restarts or drops its connection: it asks
                 // again on a new connection, and takes over as before once it can.
                 Err(error) if policy.wait && error.is_unavailable() => {
@@ -123,15 +129,13 @@ impl PgStore {
                 Err(error) if policy.wait && error.is_unavailable() => Vec::new(),
                 holders => holders?,
             };
-            let other = holders.iter().find_map(|row| row.owner.clone().filter(|o| *o != policy.node));
-            let holder = other.unwrap_or_else(|| "another node".to_owned());
+            let holder = holders.into_iter().find(|row| row.owner.as_ref().is_some_and(|o| *o != policy.node));
+            let holder = holder.unwrap_or(LeaseRow { shard: 0, owner: None, address: None, epoch: 0, remaining_ms: 0 });
             if !policy.wait {
+                let holder = holder.owner.unwrap_or_else(|| "another node".to_owned());
                 return Err(StoreError::ShardsHeld { holder });
             }
-            if !told {
-                waiting(&holder);
-                told = true;
-            }
+            waiting(&holder);
             std::thread::sleep(policy.lease / 6);
         }
     }

@@ -35,6 +35,8 @@ pub struct LeaseRow {
     pub shard: u32,
     /// Its holder, if any.
     pub owner: Option<String>,
+    /// Where its holder answers HTTP (`http://host:port`), if it said.
+    pub address: Option<String>,
     /// Its epoch.
     pub epoch: u64,
     /// Milliseconds until the lease runs out by the database's clock (0 once it has).
@@ -87,7 +89,7 @@ impl PgStore {
                 "WITH free AS (
                      SELECT shard FROM leases WHERE owner IS NULL OR expires_at < now()
                      ORDER BY shard LIMIT $2 FOR UPDATE SKIP LOCKED)
-                 UPDATE leases l SET owner = $1, epoch = l.epoch + 1,
+                 UPDATE leases l SET owner = $1, address = NULL, epoch = l.epoch + 1,
                      expires_at = now() + $3 * interval '1 millisecond'
                  FROM free WHERE l.shard = free.shard
                  RETURNING l.shard, l.epoch",
@@ -103,7 +105,13 @@ impl PgStore {
     /// all of them were free (no owner, or a lease run out). Claimants take turns (an advisory
     /// lock for the transaction), so two standbys never split the shards and wait on each other
     /// for ever.
-    pub fn acquire_all(&self, node: &str, lease: Duration) -> Result<Option<Vec<Lease>>, StoreError> {
+    /// `address` is where the node answers HTTP, if it does (standbys forward requests there).
+    pub fn acquire_all(
+        &self,
+        node: &str,
+        address: Option<&str>,
+        lease: Duration,
+    ) -> Result<Option<Vec<Lease>>, StoreError> {
         let total = usize::try_from(self.shards).unwrap_or(usize::MAX);
         self.on_control("taking every shard's lease", |client| {
             let mut tx = client.transaction()?;
@@ -112,11 +120,11 @@ impl PgStore {
                 "WITH free AS (
                      SELECT shard FROM leases WHERE owner IS NULL OR expires_at < now()
                      ORDER BY shard FOR UPDATE SKIP LOCKED)
-                 UPDATE leases l SET owner = $1, epoch = l.epoch + 1,
+                 UPDATE leases l SET owner = $1, address = $3, epoch = l.epoch + 1,
                      expires_at = now() + $2 * interval '1 millisecond'
                  FROM free WHERE l.shard = free.shard
                  RETURNING l.shard, l.epoch",
-                &[&node, &millis(lease)],
+                &[&node, &millis(lease), &address],
             )?;
             if rows.len() < total {
                 tx.rollback()?;
@@ -160,7 +168,7 @@ impl PgStore {
                      SELECT shard FROM leases
                      WHERE owner = $1 AND (shard, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
                      ORDER BY shard FOR NO KEY UPDATE)
-                 UPDATE leases l SET owner = NULL, expires_at = '-infinity' FROM mine WHERE l.shard = mine.shard",
+                 UPDATE leases l SET owner = NULL, address = NULL, expires_at = '-infinity' FROM mine WHERE l.shard = mine.shard",
                 &[&node, &shards, &epochs],
             )?;
             Ok(())
@@ -172,7 +180,7 @@ impl PgStore {
         self.on_control("reading the shard leases", |client| {
             let rows = client.query(
                 "SELECT shard, owner, epoch,
-                     floor(extract(epoch FROM (greatest(expires_at, now()) - now())) * 1000)::bigint
+                     floor(extract(epoch FROM (greatest(expires_at, now()) - now())) * 1000)::bigint, address
                  FROM leases ORDER BY shard",
                 &[],
             )?;
@@ -183,6 +191,7 @@ impl PgStore {
                     owner: r.get(1),
                     epoch: u64_of(r.get(2)),
                     remaining_ms: u64_of(r.get(3)),
+                    address: r.get(4),
                 })
                 .collect())
         })

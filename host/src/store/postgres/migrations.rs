@@ -7,7 +7,8 @@
 //! key may hold any byte, which `TEXT` would refuse (a NUL).
 
 /// The migrations, in order: entry `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE tenants (name TEXT PRIMARY KEY, config TEXT NOT NULL);
     CREATE TABLE modules (hash TEXT PRIMARY KEY, bytes BYTEA NOT NULL);
     CREATE TABLE apps (
@@ -36,7 +37,12 @@ pub(super) const MIGRATIONS: &[&str] = &[r#"
         shard INTEGER PRIMARY KEY, owner TEXT, epoch BIGINT NOT NULL DEFAULT 0,
         expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity');
     INSERT INTO meta (key, value) VALUES ('purged_up_to', 0) ON CONFLICT DO NOTHING;
-"#];
+"#,
+    // Where a shard's holder answers HTTP: a standby forwards requests there.
+    r#"
+    ALTER TABLE leases ADD COLUMN address TEXT;
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();

@@ -1,0 +1,123 @@
+//! What a standby answers while another node acts for the database (cluster mode): `/healthz`
+//! (alive), `/readyz` (503 `standby`, naming the acting node), and every other request forwarded
+//! to the acting node's advertised address, its body and its answer streamed through (output
+//! streams too), so that a client or a load balancer may send any request to any node. A request
+//! that was forwarded once already is refused (`standby`) instead of forwarded again: two nodes
+//! with an old view of the holder never bounce a request between them.
+
+use super::ApiError;
+use crate::LeaseRow;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Marks a request a standby forwarded (its value: that node's name).
+const FORWARDED_BY: HeaderName = HeaderName::from_static("turnstile-forwarded-by");
+
+/// Headers that belong to one connection, not to the request (RFC 9110, 7.6.1), and `host`,
+/// which the client sets for the acting node.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// A standby's view of the acting node, and the client it forwards with.
+pub struct Standby {
+    node: String,
+    holder: Mutex<Option<Holder>>,
+    client: Client<HttpConnector, Body>,
+}
+
+#[derive(Clone)]
+struct Holder {
+    node: String,
+    address: Option<String>,
+}
+
+impl Standby {
+    /// A standby for the node named `node`.
+    pub fn new(node: &str) -> Arc<Standby> {
+        let mut connector = HttpConnector::new();
+        // A dead or paused holder is given up on quickly; the client tries again.
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Arc::new(Standby { node: node.to_owned(), holder: Mutex::new(None), client })
+    }
+
+    /// Notes who holds the shards now (from the lease table, each time the standby looks).
+    pub fn saw(&self, row: &LeaseRow) {
+        let holder = row.owner.clone().map(|node| Holder { node, address: row.address.clone() });
+        *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = holder;
+    }
+
+    /// The standby's routes: the probes, and everything else forwarded.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .fallback(forward)
+            .with_state(self)
+    }
+
+    fn holder(&self) -> Option<Holder> {
+        self.holder.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+async fn readyz(State(standby): State<Arc<Standby>>) -> Response {
+    let holder = standby.holder().map_or_else(|| "another node".to_owned(), |h| h.node);
+    refusal(&format!(
+        "this node is a standby: {holder} acts for the database, and requests sent here are forwarded to it"
+    ))
+}
+
+fn refusal(message: &str) -> Response {
+    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "standby", message).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+/// Sends `request` on to the acting node and streams its answer back.
+async fn forward(State(standby): State<Arc<Standby>>, mut request: Request) -> Response {
+    if request.headers().contains_key(&FORWARDED_BY) {
+        return refusal("this node is a standby too: its view of the acting node is out of date; try again");
+    }
+    let Some(Holder { node, address: Some(address) }) = standby.holder() else {
+        return refusal("this node is a standby and knows of no node acting for the database yet; try again");
+    };
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = format!("{address}{target}").parse::<Uri>() else {
+        return refusal(&format!("the acting node {node} advertises an address that is not a URL: {address}"));
+    };
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    for name in HOP_BY_HOP.iter().chain([&header::HOST]) {
+        headers.remove(name);
+    }
+    if let Ok(value) = standby.node.parse() {
+        headers.insert(FORWARDED_BY, value);
+    }
+    match standby.client.request(request).await {
+        Ok(answer) => answer.map(Body::new),
+        Err(error) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "forward_failed",
+            format!("this node is a standby and could not reach the acting node {node} at {address}: {error}"),
+        )
+        .into_response(),
+    }
+}
