@@ -407,6 +407,29 @@ fn two_standbys_never_split_the_shards_between_them() {
     assert!(last.holds_claim());
 }
 
+/// A graceful stop wakes a waiting standby at once (a notification on release), whatever the
+/// lease: here a standby would otherwise look again only after 50 s.
+#[test]
+fn a_release_wakes_a_waiting_standby_at_once() {
+    let schema = PgSchema::new("wake");
+    let url = schema.url_with("shards=4");
+    let policy =
+        |node: &str| ClaimPolicy { node: node.into(), lease: Duration::from_secs(300), wait: true, address: None };
+    let active = Arc::new(PgStore::open(&url).expect("opens"));
+    active.claim_all(&policy("active"), |_| {}, || {}).expect("claims");
+    let (told, heard) = std::sync::mpsc::channel();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let store = Arc::new(PgStore::open(&url).expect("opens"));
+        let claimed = store.claim_all(&policy("standby"), |_| told.send(()).expect("sends"), || {});
+        done.send(claimed.map(|()| store)).expect("sends");
+    });
+    heard.recv().expect("the standby waits");
+    drop(active);
+    let standby = finished.recv_timeout(Duration::from_secs(10)).expect("woken by the release").expect("claims");
+    assert!(standby.holds_claim());
+}
+
 /// A standby outlives a database that drops its connections (a restart, an operator's
 /// `pg_terminate_backend`): it keeps waiting on a new connection instead of exiting, and the
 /// acting host, whose idle connection died too, still releases the shards at once when it stops.

@@ -175,13 +175,18 @@ pub(crate) fn tenants(client: &Client, create: Option<&str>) -> Result<ExitCode>
     }
 }
 
-/// Operator: `turnstile cluster status`: the shard leases, summed up per node, then the JSON.
+/// Operator: `turnstile cluster status`: the shard leases, summed up per node (with the address
+/// it answers at), then the JSON.
 pub(crate) fn cluster_status(client: &Client) -> Result<ExitCode> {
     let cluster = json_of(client.get("/v1/cluster")?)?;
     let shards = cluster["shards"].as_array().cloned().unwrap_or_default();
     let mut owners: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for shard in &shards {
-        *owners.entry(shard["owner"].as_str().unwrap_or("(nobody)").to_owned()).or_default() += 1;
+        let owner = match (shard["owner"].as_str(), shard["address"].as_str()) {
+            (Some(owner), Some(address)) => format!("{owner} at {address}"),
+            (owner, _) => owner.unwrap_or("(nobody)").to_owned(),
+        };
+        *owners.entry(owner).or_default() += 1;
     }
     println!(
         "store: {}; this node: {}",

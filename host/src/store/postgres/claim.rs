@@ -136,7 +136,10 @@ impl PgStore {
                 return Err(StoreError::ShardsHeld { holder });
             }
             waiting(&holder);
-            std::thread::sleep(policy.lease / 6);
+            if let Err(error) = self.await_release(policy.lease / 6) {
+                tracing::warn!(%error, "waiting for the shards: the database is unavailable; asking again");
+                std::thread::sleep(policy.lease / 6);
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use super::load::{load_sessions, snapshot};
 use super::{PgStore, kills_connection, pg, u64_of};
 use crate::store::{Quarantined, StoreError, StoredSession};
 use postgres::Client;
+use postgres::fallible_iterator::FallibleIterator;
 use std::sync::PoisonError;
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ pub struct LeaseRow {
     /// Milliseconds until the lease runs out by the database's clock (0 once it has).
     pub remaining_ms: u64,
 }
+
+/// The notification channel a release is announced on.
+const RELEASED: &str = "turnstile_shards_released";
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
@@ -158,12 +162,14 @@ impl PgStore {
         })
     }
 
-    /// Gives `held` up at once (a graceful stop), so that another node takes them at its next
-    /// look instead of after the lease runs out.
+    /// Gives `held` up at once (a graceful stop), and wakes the standbys waiting for them (see
+    /// [`PgStore::await_release`]), so that one takes them now instead of after the lease.
     pub fn release(&self, node: &str, held: &[Lease]) -> Result<(), StoreError> {
         let (shards, epochs) = shard_numbers(held);
         self.on_control("releasing shard leases", |client| {
-            client.execute(
+            // One transaction: the notification is sent when the release commits.
+            let mut tx = client.transaction()?;
+            tx.execute(
                 "WITH mine AS (
                      SELECT shard FROM leases
                      WHERE owner = $1 AND (shard, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
@@ -171,6 +177,21 @@ impl PgStore {
                  UPDATE leases l SET owner = NULL, address = NULL, expires_at = '-infinity' FROM mine WHERE l.shard = mine.shard",
                 &[&node, &shards, &epochs],
             )?;
+            tx.batch_execute(&format!("NOTIFY {RELEASED}"))?;
+            tx.commit()
+        })
+    }
+
+    /// Waits up to `patience` for a node to release shards (or returns at once if one did since
+    /// the last call): a standby looks again as soon as it is told. (Channels are per database,
+    /// so another schema's release wakes it too: it only looks once more.)
+    pub fn await_release(&self, patience: Duration) -> Result<(), StoreError> {
+        self.on_control("waiting for released shards", |client| {
+            client.batch_execute(&format!("LISTEN {RELEASED}"))?;
+            let mut notifications = client.notifications();
+            notifications.timeout_iter(patience).next()?;
+            // Anything else queued meanwhile is the same news.
+            while notifications.iter().next()?.is_some() {}
             Ok(())
         })
     }
