@@ -86,6 +86,13 @@ impl ClusterConfig {
             });
         }
         let node = self.node.clone().unwrap_or_else(crate::store::postgres::ClaimPolicy::default_node);
+        // The name marks the requests this node forwards (an HTTP header) and fills the lease table.
+        if node.is_empty() || node.len() > 128 || node.chars().any(char::is_control) {
+            return Err(Error::InvalidConfig {
+                field: "cluster.node",
+                problem: format!("{node:?} is not 1 to 128 bytes without control characters"),
+            });
+        }
         let address = match &self.advertise {
             Some(address) => {
                 let valid = address.strip_prefix("http://").is_some_and(|rest| {
@@ -224,7 +231,7 @@ mod tests {
     use crate::error::Error;
 
     #[test]
-    fn a_node_advertises_where_it_listens_unless_told_and_a_bad_address_is_refused() {
+    fn a_node_advertises_where_it_listens_unless_told_and_a_bad_name_or_address_is_refused() {
         let listening = "127.0.0.1:8081".parse().expect("an address");
         let policy = ClusterConfig::default().policy(listening).expect("valid");
         assert_eq!(policy.address.as_deref(), Some("http://127.0.0.1:8081"));
@@ -232,6 +239,13 @@ mod tests {
         assert!(everywhere.address.as_deref().is_some_and(|a| a.starts_with("http://") && a.ends_with(":8081")));
         let told = ClusterConfig { advertise: Some("http://node-a.internal:80".into()), ..ClusterConfig::default() };
         assert_eq!(told.policy(listening).expect("valid").address.as_deref(), Some("http://node-a.internal:80"));
+        for bad in ["", "y\u{1}", "tab\there"] {
+            let config = ClusterConfig { node: Some(bad.into()), ..ClusterConfig::default() };
+            let refused = config.policy(listening).expect_err(bad);
+            assert!(matches!(refused, Error::InvalidConfig { field: "cluster.node", .. }), "{bad:?}: {refused}");
+        }
+        let named = ClusterConfig { node: Some("nœud-y".into()), ..ClusterConfig::default() };
+        assert_eq!(named.policy(listening).expect("valid").node, "nœud-y");
         for bad in ["node-a:80", "https://node-a", "http://", "http://a b", "http://a/path"] {
             let config = ClusterConfig { advertise: Some(bad.into()), ..ClusterConfig::default() };
             let refused = config.policy(listening).expect_err(bad);

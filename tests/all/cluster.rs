@@ -502,6 +502,7 @@ fn a_paused_server_that_lost_its_shards_exits_and_writes_nothing() {
     let config = crate::durability::temp_dir("zombie-config").join("turnstile.toml");
     std::fs::write(&config, "[cluster]\nlease = \"1s\"\n").expect("config");
     let (dir_a, dir_b) = (crate::durability::temp_dir("zombie-a"), crate::durability::temp_dir("zombie-b"));
+    let dir_c = crate::durability::temp_dir("zombie-c");
     let args = |dir: &std::path::Path| {
         [
             OsStr::new("--config").to_owned(),
@@ -528,14 +529,35 @@ fn a_paused_server_that_lost_its_shards_exits_and_writes_nothing() {
         json_body(&request(port, "GET", &session, &token, "", b"").1)["status"] == "waiting"
     });
 
-    let b_args = args(&dir_b);
-    let (mut standby, port) = start_server(&b_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    let (b_args, c_args) = (args(&dir_b), args(&dir_c));
+    let (mut standby, port_b) = start_server(&b_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    let (mut third, port_c) = start_server(&c_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    wait_until("both standbys to forward", || {
+        [port_b, port_c]
+            .iter()
+            .all(|&p| json_body(&request(p, "GET", &session, &token, "", b"").1)["status"] == "waiting")
+    });
     let pause = |signal: &str| {
         let sent = std::process::Command::new("kill").args([signal, &zombie.id().to_string()]).status();
         assert!(sent.expect("kill runs").success());
     };
     pause("-STOP");
-    wait_until("the standby to take over", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
+    // Requests forwarded to the paused node meanwhile are not left hanging on it once another
+    // node acts: both standbys (the one that takes over, and the other) answer them `standby`.
+    let hanging: Vec<_> = [port_b, port_c]
+        .into_iter()
+        .map(|p| {
+            let (token, session) = (token.clone(), session.clone());
+            std::thread::spawn(move || request(p, "GET", &session, &token, "", b""))
+        })
+        .collect();
+    let acting = |p: u16| request(p, "GET", "/readyz", "", "", b"").0 == 200;
+    wait_until("a standby to take over", || acting(port_b) || acting(port_c));
+    for asked in hanging {
+        let (status, body) = asked.join().expect("answered while the zombie is still paused");
+        assert_eq!((status, json_body(&body)["code"].as_str()), (503, Some("standby")), "{body}");
+    }
+    let port = if acting(port_b) { port_b } else { port_c };
     let (status, body) = request(port, "POST", &format!("{session}/events"), &token, "text/plain", b"\"answered\"");
     assert_eq!(status, 202, "{body}");
     wait_until("the call to end", || json_body(&request(port, "GET", &session, &token, "", b"").1)["status"] == "done");
@@ -550,6 +572,8 @@ fn a_paused_server_that_lost_its_shards_exits_and_writes_nothing() {
     assert_eq!((view["status"].as_str(), view["outputs"].as_u64()), (Some("done"), Some(1)), "{view}");
     let cluster = json_body(&request(port, "GET", "/v1/cluster", ADMIN, "", b"").1);
     assert_eq!(cluster["holds_all_shards"], true, "{cluster}");
-    standby.kill().expect("stops");
-    standby.wait().expect("reaped");
+    for node in [&mut standby, &mut third] {
+        node.kill().expect("stops");
+        node.wait().expect("reaped");
+    }
 }

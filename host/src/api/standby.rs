@@ -16,8 +16,9 @@ use axum::routing::get;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Marks a request a standby forwarded (its value: that node's name).
 const FORWARDED_BY: HeaderName = HeaderName::from_static("turnstile-forwarded-by");
@@ -37,31 +38,59 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// A standby's view of the acting node, and the client it forwards with.
 pub struct Standby {
     node: String,
-    holder: Mutex<Option<Holder>>,
+    /// Where this node itself answers: a holder seen there is a previous run of this node.
+    address: Option<String>,
+    /// The acting node as last seen; told to every request in flight when it changes.
+    view: watch::Sender<View>,
     client: Client<HttpConnector, Body>,
 }
 
-#[derive(Clone)]
+/// Who acts for the database, as a standby last saw it.
+#[derive(Clone, Default, PartialEq)]
+struct View {
+    holder: Option<Holder>,
+    /// This node took the shards over: nothing more is forwarded.
+    took_over: bool,
+}
+
+#[derive(Clone, PartialEq)]
 struct Holder {
     node: String,
     address: Option<String>,
 }
 
 impl Standby {
-    /// A standby for the node named `node`.
-    pub fn new(node: &str) -> Arc<Standby> {
+    /// A standby for the node named `node`, which answers at `address`.
+    pub fn new(node: &str, address: Option<&str>) -> Arc<Standby> {
         let mut connector = HttpConnector::new();
         // A dead or paused holder is given up on quickly; the client tries again.
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Arc::new(Standby { node: node.to_owned(), holder: Mutex::new(None), client })
+        Arc::new(Standby {
+            node: node.to_owned(),
+            address: address.map(str::to_owned),
+            view: watch::Sender::new(View::default()),
+            client,
+        })
     }
 
     /// Notes who holds the shards now (from the lease table, each time the standby looks).
+    /// Requests in flight to a holder that is no longer the one are answered `standby` at once
+    /// (the client tries again) rather than left waiting on a node that may be paused or gone.
     pub fn saw(&self, row: &LeaseRow) {
         let holder = row.owner.clone().map(|node| Holder { node, address: row.address.clone() });
-        *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = holder;
+        self.view.send_if_modified(|view| {
+            let changed = view.holder != holder;
+            view.holder = holder;
+            changed
+        });
+    }
+
+    /// This node holds the shards now: requests still in flight to the previous holder are
+    /// answered `standby` (the client tries again, and reaches this node's own API).
+    pub fn took_over(&self) {
+        self.view.send_modify(|view| view.took_over = true);
     }
 
     /// The standby's routes: the probes, and everything else forwarded.
@@ -74,7 +103,7 @@ impl Standby {
     }
 
     fn holder(&self) -> Option<Holder> {
-        self.holder.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.view.borrow().holder.clone()
     }
 }
 
@@ -96,22 +125,50 @@ async fn forward(State(standby): State<Arc<Standby>>, mut request: Request) -> R
     if request.headers().contains_key(&FORWARDED_BY) {
         return refusal("this node is a standby too: its view of the acting node is out of date; try again");
     }
-    let Some(Holder { node, address: Some(address) }) = standby.holder() else {
+    let mut view = standby.view.subscribe();
+    let seen = view.borrow_and_update().clone();
+    if seen.took_over {
+        return refusal("this node has just taken over from the acting node; try again");
+    }
+    let Some(Holder { node, address: Some(address) }) = seen.holder else {
         return refusal("this node is a standby and knows of no node acting for the database yet; try again");
     };
+    if standby.address.as_ref() == Some(&address) {
+        // A run of this node before a restart: it is gone, and its leases run out soon.
+        return refusal(&format!(
+            "this node is a standby, and {node}, which held the shards at this same address, has stopped: \
+             a standby takes over when its leases run out; try again"
+        ));
+    }
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let Ok(uri) = format!("{address}{target}").parse::<Uri>() else {
         return refusal(&format!("the acting node {node} advertises an address that is not a URL: {address}"));
     };
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
-    for name in HOP_BY_HOP.iter().chain([&header::HOST]) {
+    // The headers the client's `Connection` names are that connection's too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| name.trim().parse().ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain([&header::HOST]).chain(&named) {
         headers.remove(name);
     }
-    if let Ok(value) = standby.node.parse() {
-        headers.insert(FORWARDED_BY, value);
-    }
-    match standby.client.request(request).await {
+    // Without the mark, two standbys could bounce the request between them for ever.
+    let Ok(mark) = standby.node.parse() else {
+        return refusal("this node's name cannot be sent in an HTTP header, so it does not forward requests");
+    };
+    headers.insert(FORWARDED_BY, mark);
+    let answer = tokio::select! {
+        answer = standby.client.request(request) => answer,
+        _ = view.changed() => {
+            return refusal(&format!("{node} stopped acting for the database while this request waited for it; try again"));
+        }
+    };
+    match answer {
         Ok(answer) => answer.map(Body::new),
         Err(error) => ApiError::new(
             StatusCode::BAD_GATEWAY,

@@ -101,7 +101,7 @@ fn wait_for_the_shards(
     store: &Arc<PgStore>,
     policy: &ClaimPolicy,
 ) -> Result<()> {
-    let standby = Standby::new(&policy.node);
+    let standby = Standby::new(&policy.node, policy.address.as_deref());
     let (claimed, on_claimed) = tokio::sync::oneshot::channel::<()>();
     let forwarding = {
         let _context = runtime.enter();
@@ -136,6 +136,7 @@ fn wait_for_the_shards(
         std::process::exit(3);
     };
     store.claim_all(policy, waiting, lost)?;
+    standby.took_over();
     let _ = claimed.send(());
     Ok(())
 }
