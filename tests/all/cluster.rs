@@ -355,15 +355,7 @@ fn a_store_whose_connections_were_killed_connects_again() {
     assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
     assert_eq!(store.lease_table().expect("reads the leases").len(), 64, "the lease connection is open");
     assert_eq!(store.outputs(SessionId(1), 0, 10).expect("reads"), [], "a reader is pooled");
-    let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
-    let killed: i64 = raw(&schema)
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("turnstile {name}")],
-        )
-        .expect("terminates")
-        .get(0);
-    assert!(killed >= 1);
+    assert!(kill_connections(&schema) >= 1);
     // A group that finds the writer dead before it wrote anything is tried again on a new
     // connection: its callers see nothing of it.
     let written = store.commit(&[checkpoint(1, 0, "after")]).expect("commits at once");
@@ -407,24 +399,54 @@ fn two_standbys_never_split_the_shards_between_them() {
     assert!(last.holds_claim());
 }
 
+/// A store holding every shard of `url` for the node "active", and a store on a thread of its
+/// own waiting for them as "standby" (it has looked once when this returns); the receiver gets
+/// the standby's claim when it takes over.
+fn active_and_waiting_standby(
+    url: &str,
+    lease: Duration,
+) -> (Arc<PgStore>, std::sync::mpsc::Receiver<Result<Arc<PgStore>, StoreError>>) {
+    let policy = move |node: &str| ClaimPolicy { node: node.into(), lease, wait: true, address: None };
+    let active = Arc::new(PgStore::open(url).expect("opens"));
+    active.claim_all(&policy("active"), |_| {}, || {}).expect("claims");
+    let (told, heard) = std::sync::mpsc::channel();
+    let (done, finished) = std::sync::mpsc::channel();
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let store = Arc::new(PgStore::open(&url).expect("opens"));
+        // (Told at every look; only the first is waited for.)
+        let claimed = store.claim_all(
+            &policy("standby"),
+            |_| {
+                let _ = told.send(());
+            },
+            || {},
+        );
+        done.send(claimed.map(|()| store)).expect("sends");
+    });
+    heard.recv().expect("the standby waits");
+    (active, finished)
+}
+
+/// Kills every connection of the schema's stores (as a database restart or an operator would);
+/// returns how many.
+pub(crate) fn kill_connections(schema: &PgSchema) -> i64 {
+    let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
+    raw(schema)
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("turnstile {name}")],
+        )
+        .expect("terminates")
+        .get(0)
+}
+
 /// A graceful stop wakes a waiting standby at once (a notification on release), whatever the
 /// lease: here a standby would otherwise look again only after 50 s.
 #[test]
 fn a_release_wakes_a_waiting_standby_at_once() {
     let schema = PgSchema::new("wake");
-    let url = schema.url_with("shards=4");
-    let policy =
-        |node: &str| ClaimPolicy { node: node.into(), lease: Duration::from_secs(300), wait: true, address: None };
-    let active = Arc::new(PgStore::open(&url).expect("opens"));
-    active.claim_all(&policy("active"), |_| {}, || {}).expect("claims");
-    let (told, heard) = std::sync::mpsc::channel();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let store = Arc::new(PgStore::open(&url).expect("opens"));
-        let claimed = store.claim_all(&policy("standby"), |_| told.send(()).expect("sends"), || {});
-        done.send(claimed.map(|()| store)).expect("sends");
-    });
-    heard.recv().expect("the standby waits");
+    let (active, finished) = active_and_waiting_standby(&schema.url_with("shards=4"), Duration::from_secs(300));
     drop(active);
     let standby = finished.recv_timeout(Duration::from_secs(10)).expect("woken by the release").expect("claims");
     assert!(standby.holds_claim());
@@ -436,28 +458,10 @@ fn a_release_wakes_a_waiting_standby_at_once() {
 #[test]
 fn a_standby_whose_connection_was_killed_keeps_waiting_and_takes_over() {
     let schema = PgSchema::new("standby_reconnect");
-    let url = schema.url_with("shards=4");
     // Renewed every 4 s, so the leases outlive a drop by at least 8 s; a standby asks every 2 s.
     let lease = Duration::from_secs(12);
-    let policy = move |node: &str| ClaimPolicy { node: node.into(), lease, wait: true, address: None };
-    let active = Arc::new(PgStore::open(&url).expect("opens"));
-    active.claim_all(&policy("active"), |_| {}, || {}).expect("claims");
-    let (told, heard) = std::sync::mpsc::channel();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let store = Arc::new(PgStore::open(&url).expect("opens"));
-        let claimed = store.claim_all(&policy("standby"), |_| told.send(()).expect("sends"), || {});
-        done.send(claimed.map(|()| store)).expect("sends");
-    });
-    heard.recv().expect("the standby waits");
-    let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
-    let killed: i64 = raw(&schema)
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("turnstile {name}")],
-        )
-        .expect("terminates")
-        .get(0);
+    let (active, finished) = active_and_waiting_standby(&schema.url_with("shards=4"), lease);
+    let killed = kill_connections(&schema);
     assert!(killed >= 2, "the active host's and the standby's connections");
     assert!(
         finished.recv_timeout(Duration::from_millis(500)).is_err(),

@@ -12,7 +12,7 @@
 use crate::durability::temp_dir;
 use crate::fixtures::wat;
 use crate::serve::{ADMIN, json_body};
-use crate::store::{PgSchema, postgres_url};
+use crate::store::PgSchema;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -465,15 +465,7 @@ fn three_nodes_under_chaos_apply_every_acknowledged_event_once() {
 
     // Every connection of the cluster to the database killed at once.
     progress(&mut cluster, 70);
-    let mut database = postgres::Client::connect(&postgres_url(), postgres::NoTls).expect("connects");
-    let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
-    let killed: i64 = database
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("turnstile {name}")],
-        )
-        .expect("terminates")
-        .get(0);
+    let killed = crate::cluster::kill_connections(&schema);
     eprintln!("chaos 4 at {:?}: {killed} database connections killed", began.elapsed());
     progress(&mut cluster, 85);
     let (_, now) = cluster.acting(None);
