@@ -10,7 +10,7 @@
 //! and exited 3.
 
 use crate::durability::temp_dir;
-use crate::fixtures::wat;
+use crate::fixtures::abi_module;
 use crate::serve::{ADMIN, json_body};
 use crate::store::PgSchema;
 use std::collections::BTreeMap;
@@ -39,17 +39,8 @@ const PATIENCE: Duration = Duration::from_secs(90);
 fn accumulator() -> Vec<u8> {
     let wait = r#"{"wait":{"action":"step"}}"#;
     let done = r#"{"done":"ok"}"#;
-    wat(&format!(
-        r#"(module
-            (import "turnstile" "input_len" (func $input_len (result i32)))
-            (import "turnstile" "input_read" (func $input_read (param i32)))
-            (import "turnstile" "state_len" (func $state_len (result i32)))
-            (import "turnstile" "state_read" (func $state_read (param i32)))
-            (import "turnstile" "state_write" (func $state_write (param i32 i32)))
-            (import "turnstile" "emit" (func $emit (param i32 i32)))
-            (import "turnstile" "next" (func $next (param i32 i32)))
-            (memory (export "memory") 1)
-            (data (i32.const 0) "{wait_text}")
+    abi_module(&format!(
+        r#"            (data (i32.const 0) "{wait_text}")
             (data (i32.const 200) "{done_text}")
             (func (export "start") (result i32) (call $next (i32.const 0) (i32.const {wait_len})) i32.const 0)
             (func (export "step") (result i32)
@@ -71,7 +62,7 @@ fn accumulator() -> Vec<u8> {
                   (call $emit (i32.const 5000) (i32.add (local.get $state) (i32.const 2)))
                   (call $next (i32.const 200) (i32.const {done_len})))
                 (else (call $next (i32.const 0) (i32.const {wait_len}))))
-              i32.const 0))"#,
+              i32.const 0)"#,
         wait_text = wait.replace('"', "\\\""),
         wait_len = wait.len(),
         done_text = done.replace('"', "\\\""),
@@ -140,10 +131,8 @@ impl Cluster {
         let config = temp_dir(&format!("{name}-config")).join("turnstile.toml");
         std::fs::write(&config, "[cluster]\nlease = \"2s\"\n").expect("config");
         let dirs = (0..NODES).map(|i| temp_dir(&format!("{name}-{i}"))).collect();
-        let mut cluster =
-            Cluster { ports, config, store: store.to_owned(), dirs, children: Vec::new(), exits: Vec::new() };
-        cluster.children = (0..NODES).map(|_| None).collect();
-        cluster
+        let children = (0..NODES).map(|_| None).collect();
+        Cluster { ports, config, store: store.to_owned(), dirs, children, exits: Vec::new() }
     }
 
     fn spawn(&mut self, node: usize) {

@@ -54,6 +54,7 @@ pub fn abi_module(items: &str) -> Vec<u8> {
             (import "turnstile" "input_len" (func $input_len (result i32)))
             (import "turnstile" "input_read" (func $input_read (param i32)))
             (import "turnstile" "state_len" (func $state_len (result i32)))
+            (import "turnstile" "state_read" (func $state_read (param i32)))
             (import "turnstile" "state_write" (func $state_write (param i32 i32)))
             (import "turnstile" "emit" (func $emit (param i32 i32)))
             (import "turnstile" "next" (func $next (param i32 i32)))

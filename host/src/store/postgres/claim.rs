@@ -80,8 +80,8 @@ impl ClaimPolicy {
 
 impl PgStore {
     /// Takes every shard's lease for `policy.node` (waiting for them if it says so, calling
-    /// `waiting` with the holder's lease row each time it finds them held), then keeps them renewed on a thread of its own
-    /// until the store is dropped, when they are released. Sessions must be loaded only after
+    /// `waiting` with the holder's lease row each time it finds them held), then keeps them
+    /// renewed on a thread of its own until the store is dropped, when they are released. Sessions must be loaded only after
     /// this returns. `lost` is called (on the renewal thread) if the claim is lost: from then on
     /// every write is refused, and the host should stop.
     pub fn claim_all(
@@ -129,8 +129,11 @@ impl PgStore {
                 Err(error) if policy.wait && error.is_unavailable() => Vec::new(),
                 holders => holders?,
             };
-            let holder = holders.into_iter().find(|row| row.owner.as_ref().is_some_and(|o| *o != policy.node));
-            let holder = holder.unwrap_or(LeaseRow { shard: 0, owner: None, address: None, epoch: 0, remaining_ms: 0 });
+            // (No row: the database could not be read; the holder is unknown.)
+            let holder = holders
+                .into_iter()
+                .find(|row| row.owner.as_ref().is_some_and(|o| *o != policy.node))
+                .unwrap_or_default();
             if !policy.wait {
                 let holder = holder.owner.unwrap_or_else(|| "another node".to_owned());
                 return Err(StoreError::ShardsHeld { holder });

@@ -30,7 +30,7 @@ pub struct Lease {
 }
 
 /// One shard's lease as the database has it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct LeaseRow {
     /// The shard.
     pub shard: u32,
