@@ -37,6 +37,17 @@ pub enum Error {
         /// The session.
         session: SessionId,
     },
+    /// An idempotency key that started a session for a different request (another app, entry
+    /// action or input).
+    #[error(
+        "the Idempotency-Key `{key}` started session {session} with another app, entry or input: use a new key for a new session"
+    )]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The session it started.
+        session: SessionId,
+    },
     /// A customer event over the size limit.
     #[error("the event is {size} bytes, over the limit of {limit}")]
     EventTooLarge {
@@ -183,6 +194,7 @@ impl Error {
             Error::UnknownAction { .. } => "unknown_action",
             Error::SessionState { .. } => "session_state",
             Error::NotApplied { .. } => "not_applied",
+            Error::KeyReused { .. } => "idempotency_key_reused",
             Error::EventTooLarge { .. } => "event_too_large",
             Error::NotFound { .. } => "not_found",
             Error::InvalidName { .. } => "invalid_name",

@@ -61,7 +61,7 @@ mod views;
 
 pub use bus::SessionEvent;
 pub use health::StoreOutage;
-pub use views::{AppInfo, AppVersion, Delivery, Output, SessionView, TenantInfo};
+pub use views::{AppInfo, AppVersion, Delivery, Output, SessionView, Started, TenantInfo};
 
 use self::kernel::Kernel;
 use crate::error::Error;
@@ -306,7 +306,7 @@ impl Host {
         check_name("app", app)?;
         let owner = self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
         let hash = crate::app::module_hash(bytes);
-        check_app_quota(&owner, app, &hash)?;
+        owner.may_deploy(app, &hash)?;
         // No compile for a version the store could not keep now.
         self.core.health().check()?;
         let _turn = owner.deploy_turn()?;
@@ -322,7 +322,7 @@ impl Host {
         let deployment = self.runtime().deploy_holding(bytes, hold)?;
         let version = deployment.app;
         let admin = self.core.tenants().admin();
-        check_app_quota(&owner, app, version.hash())?;
+        owner.may_deploy(app, version.hash())?;
         let record = AppRecord { tenant: tenant.to_owned(), app: app.to_owned(), version: version.hash().to_owned() };
         self.core.store().put_app(&record, bytes)?;
         if !seen_before {
@@ -340,9 +340,23 @@ impl Host {
 
     /// Starts a session of the app's current version at `entry`. It is stored before this returns.
     pub fn start_session(&self, tenant: &str, app: &str, entry: &str, input: Vec<u8>) -> Result<SessionId, Error> {
+        self.start_session_once(tenant, app, entry, input, None).map(|started| started.session)
+    }
+
+    /// [`Host::start_session`] under an idempotency key: a start under a key that started a
+    /// session before (still kept, not purged) starts nothing and answers that session, whatever
+    /// the quotas say now, if it asks for the same app, entry and input (`idempotency_key_reused`
+    /// if not). Keys are the tenant's own.
+    pub fn start_session_once(
+        &self,
+        tenant: &str,
+        app: &str,
+        entry: &str,
+        input: Vec<u8>,
+        key: Option<&str>,
+    ) -> Result<Started, Error> {
         let owner = self.core.tenants().get(tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
-        let (session, record) = self.core.new_entry(&owner, app, entry, input)?;
-        self.core.create(session, record)
+        self.core.start(&owner, app, entry, input, key)
     }
 
     /// Delivers a customer event. It is acknowledged (this returns `Ok`) once it is durable in
@@ -531,30 +545,6 @@ pub struct StreamSlot {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.tenant.close_stream();
-    }
-}
-
-/// Refuses a deploy that would take a tenant past its apps or an app past its versions.
-fn check_app_quota(tenant: &tenants::Tenant, app: &str, hash: &str) -> Result<(), Error> {
-    let policy = tenant.policy();
-    let apps = tenant.apps();
-    match apps.get(app) {
-        None if apps.len() >= usize::try_from(policy.max_apps).unwrap_or(usize::MAX) => Err(Error::Quota {
-            owner: format!("tenant `{}`", tenant.name()),
-            what: "apps",
-            count: u64::try_from(apps.len()).unwrap_or(u64::MAX),
-        }),
-        Some(existing)
-            if !existing.versions.iter().any(|v| v == hash)
-                && existing.versions.len() >= usize::try_from(policy.max_versions).unwrap_or(usize::MAX) =>
-        {
-            Err(Error::Quota {
-                owner: format!("app `{app}`"),
-                what: "versions",
-                count: u64::try_from(existing.versions.len()).unwrap_or(u64::MAX),
-            })
-        }
-        _ => Ok(()),
     }
 }
 

@@ -81,8 +81,8 @@ pub use error::Error;
 pub use error::QueueFull;
 pub use failure::{Failure, FailureKind};
 pub use host::{
-    AppInfo, AppVersion, Delivery, Host, HostConfig, Output, SessionEvent, SessionView, StoreOutage, StreamSlot,
-    TenantInfo,
+    AppInfo, AppVersion, Delivery, Host, HostConfig, Output, SessionEvent, SessionView, Started, StoreOutage,
+    StreamSlot, TenantInfo,
 };
 pub use limits::{DeployLimits, Limits, TenantConfig};
 pub use local::{LocalSession, MemoryKv, Step};
@@ -95,5 +95,6 @@ pub use store::postgres::ClaimPolicy;
 pub use store::postgres::leases::{Lease, LeaseRow};
 pub use store::{
     AppRecord, Appended, Checkpoint, Image, InboxEvent, MemoryStore, PgStore, Quarantined, SessionRecord, SqliteStore,
-    StorageUsage, Store, StoreError, StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, open_store,
+    StartKey, StorageUsage, Store, StoreError, StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written,
+    open_store,
 };

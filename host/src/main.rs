@@ -136,6 +136,9 @@ enum Command {
         /// The entry action's input.
         #[arg(long, default_value = "")]
         input: String,
+        /// An idempotency key: a retry with the same key starts one session.
+        #[arg(long)]
+        key: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -317,7 +320,9 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Drive { data_dir } => cli::drive::drive(&data_dir),
         Command::Deploy { app, module, remote } => cli::client::deploy(&remote.client()?, &app, &module),
         Command::Apps { remote } => cli::client::apps(&remote.client()?),
-        Command::Start { app, entry, input, remote } => cli::client::start(&remote.client()?, &app, &entry, &input),
+        Command::Start { app, entry, input, key, remote } => {
+            cli::client::start(&remote.client()?, &app, &entry, &input, key.as_deref())
+        }
         Command::Send { session, event, key, remote } => {
             cli::client::send(&remote.client()?, session, &event, key.as_deref())
         }

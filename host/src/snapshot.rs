@@ -149,7 +149,7 @@ pub fn import_session(store: &dyn Store, snapshot: &Snapshot) -> Result<SessionI
         snapshot: snapshot.snapshot.clone(),
         fence: 0,
     };
-    let mut batch = vec![Write::Create(record)];
+    let mut batch = vec![Write::Create { record, key: None }];
     batch.extend(events.into_iter().map(|event| Write::Append {
         session: id,
         tenant: snapshot.tenant.clone(),

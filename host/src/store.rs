@@ -352,11 +352,26 @@ pub struct Checkpoint {
     pub fence: u64,
 }
 
+/// The idempotency key a session was started with, and a digest of what it was asked to start:
+/// a retry under the same key finds the session it started, and must ask for the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartKey {
+    /// The key (its tenant's own: two tenants may use the same).
+    pub key: String,
+    /// sha-256 of the request (app, entry action, input), hex.
+    pub request: String,
+}
+
 /// One write of a commit batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    /// A new session.
-    Create(SessionRecord),
+    /// A new session, unless its tenant already started one with the same key.
+    Create {
+        /// The session.
+        record: SessionRecord,
+        /// The key it is started under, if any.
+        key: Option<StartKey>,
+    },
     /// A customer event for a session's inbox, with its idempotency key.
     Append {
         /// The session.
@@ -378,7 +393,7 @@ impl Write {
     /// The session it writes.
     pub fn session(&self) -> SessionId {
         match self {
-            Write::Create(record) => record.id,
+            Write::Create { record, .. } => record.id,
             Write::Append { session, .. } => *session,
             Write::Checkpoint(checkpoint) => checkpoint.session,
         }
@@ -390,6 +405,14 @@ impl Write {
 pub enum Written {
     /// The session was created.
     Created,
+    /// Its tenant had started a session with the same key before (kept until that session is
+    /// purged): nothing was written.
+    AlreadyStarted {
+        /// The session that key started.
+        session: SessionId,
+        /// Whether it was asked for the same app, entry action and input.
+        same_request: bool,
+    },
     /// The event was appended (or not: see [`Appended`]).
     Appended(Appended),
     /// The checkpoint was committed.
@@ -451,6 +474,9 @@ pub trait Store: Send + Sync {
     fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
     /// The bytes of the module `hash` (an app version), if they are stored.
     fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The session `tenant` started under idempotency key `key`, with the digest of its request
+    /// ([`StartKey::request`]), if it is still kept.
+    fn started_with(&self, tenant: &str, key: &str) -> Result<Option<(SessionId, String)>, StoreError>;
     /// The value under `key` in `tenant`'s key-value space.
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Deletes finished sessions past their retention with everything kept for them (inbox,

@@ -198,6 +198,47 @@ async fn tenants_run_sessions_with_events_and_idempotency_keys() {
     assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "session_state"), "a finished session can't be cancelled");
 }
 
+/// Starts a session under an idempotency key.
+async fn start_keyed(server: &Server, token: &str, key: &str, body: Value) -> (StatusCode, Value) {
+    let request = Request::post("/v1/sessions")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let response = server.router.clone().oneshot(request).await.expect("response");
+    let status = response.status();
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_start_retried_under_its_key_finds_its_session_whatever_the_quota() {
+    let server = Server::new();
+    let (token, _) = server.tenant("acme").await;
+    let (status, body) = server.json(Method::PUT, "/v1/tenants/acme", ADMIN, json!({ "max_sessions": 2 })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let call = json!({ "app": "ivr", "input": "+33 1 23" });
+    let (status, first) = start_keyed(&server, &token, "call-7", call.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    // The tenant is at its quota now: a start without a key is refused, a retry finds its session.
+    let (status, body) = server.json(Method::POST, "/v1/sessions", &token, json!({ "app": "ivr" })).await;
+    assert_eq!((status, code(&body)), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"), "{body}");
+    let (status, again) = start_keyed(&server, &token, "call-7", call).await;
+    assert_eq!((status, &again["id"]), (StatusCode::OK, &first["id"]), "{again}");
+    // The same key for another request is the client's mistake, named.
+    let (status, body) = start_keyed(&server, &token, "call-7", json!({ "app": "ivr", "input": "other" })).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"), "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains(&format!("session s-{}", first["id"])), "{body}");
+    let (status, body) = start_keyed(&server, &token, "call 7", json!({ "app": "ivr" })).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "bad_idempotency_key"), "{body}");
+    // Another tenant's key of the same name is its own.
+    let (other, _) = server.tenant("beta").await;
+    let (status, body) = start_keyed(&server, &other, "call-7", json!({ "app": "ivr", "input": "+33 1 23" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_ne!(body["id"], first["id"]);
+}
+
 #[tokio::test]
 async fn a_tenant_can_neither_reach_nor_detect_another_tenants_things() {
     let server = Server::new();

@@ -34,13 +34,16 @@ fn session() -> Session {
 }
 
 fn create(id: u64, fence: u64) -> Write {
-    Write::Create(SessionRecord {
-        id: SessionId(id),
-        tenant: "acme".into(),
-        app: "bot".into(),
-        snapshot: session(),
-        fence,
-    })
+    Write::Create {
+        record: SessionRecord {
+            id: SessionId(id),
+            tenant: "acme".into(),
+            app: "bot".into(),
+            snapshot: session(),
+            fence,
+        },
+        key: None,
+    }
 }
 
 fn checkpoint(id: u64, fence: u64, output: &str) -> Write {

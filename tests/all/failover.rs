@@ -1,13 +1,13 @@
 //! The cluster's chaos test: three `turnstile serve` processes on one PostgreSQL schema run a few
 //! hundred calls of a deterministic app whose last output is every event it was given, in order.
-//! Events go to random nodes and are retried, with the same `Idempotency-Key`, at random nodes
-//! until one answers 202; output streams are followed from random nodes and resumed with
-//! `Last-Event-ID`. Meanwhile the acting node is killed (SIGKILL) and started again, paused
-//! (SIGSTOP) past its lease and woken, and the database's connections are killed. A checker then
-//! proves that every acknowledged event was applied exactly once, that no output number was
-//! missed or repeated by any stream, that every call finished with the result its events make,
-//! that the shards' epochs only grew, and that the paused node, woken a zombie, wrote nothing
-//! and exited 3.
+//! Calls are started and events sent at random nodes, each retried, with the same
+//! `Idempotency-Key`, at random nodes until one accepts it; output streams are followed from
+//! random nodes and resumed with `Last-Event-ID`. Meanwhile the acting node is killed (SIGKILL)
+//! and started again, paused (SIGSTOP) past its lease and woken, and the database's connections
+//! are killed. A checker then proves that every call was started once, that every acknowledged
+//! event was applied exactly once, that no output number was missed or repeated by any stream,
+//! that every call finished with the result its events make, that the shards' epochs only grew,
+//! and that the paused node, woken a zombie, wrote nothing and exited 3.
 
 use crate::durability::temp_dir;
 use crate::fixtures::abi_module;
@@ -19,7 +19,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const NODES: usize = 3;
@@ -304,32 +304,66 @@ impl Tally {
     }
 }
 
-/// Sends every event of its calls, one round at a time, each to random nodes until one answers
-/// 202 (or, for a call's last event whose first answer was lost, says the call has finished).
-fn send(ports: [u16; NODES], token: &str, calls: &[(usize, u64)], seed: u64, tally: &Tally) {
+/// Retries `request` at random nodes until one answers one of `wanted`: that answer. Refusals a
+/// failover explains (409 `fenced`, 429, 502, 503, no answer) are tallied and retried.
+fn until_taken(
+    ports: [u16; NODES],
+    dice: &mut Dice,
+    (request, body): (&str, &str),
+    wanted: &[u16],
+    what: &str,
+    tally: &Tally,
+) -> (u16, String) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "{what} was never taken");
+        // Short: a paused node takes connections into its backlog and never answers.
+        match exchange(ports[dice.node()], request, body.as_bytes(), Duration::from_secs(1)) {
+            Ok((status, answer)) if wanted.contains(&status) => return (status, answer),
+            Ok((status @ (409 | 429 | 502 | 503), answer)) if json_body(&answer)["code"] != "session_state" => {
+                tally.note(format!("{status} {}", json_body(&answer)["code"].as_str().unwrap_or("?")));
+            }
+            Ok((status, answer)) => return (status, answer),
+            Err(error) => tally.note(format!("no answer: {:?}", error.kind())),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts its calls (each under its own key, with its first event) and sends every event of
+/// them, one round at a time, each to random nodes until one takes it (or, for a call's last
+/// event whose first answer was lost, says the call has finished).
+fn send(ports: [u16; NODES], token: &str, calls: &[usize], ids: &[OnceLock<u64>], seed: u64, tally: &Tally) {
     let mut dice = Dice(seed);
+    let new_call = r#"{"app":"calls"}"#;
     for number in 0..EVENTS {
-        for &(index, id) in calls {
+        for &index in calls {
+            if number == 0 {
+                let key = format!("Idempotency-Key: call{index}\r\n");
+                let request = head("POST", "/v1/sessions", token, "application/json", &key, new_call.len());
+                let what = format!("the start of call {index}");
+                let (status, answer) = until_taken(ports, &mut dice, (&request, new_call), &[200, 201], &what, tally);
+                assert!(status == 201 || status == 200, "{what}: {status} {answer}");
+                if status == 200 {
+                    tally.note("200 a retried start found its call".into());
+                }
+                let id = json_body(&answer)["id"].as_u64().expect("id");
+                // Sent again, as by a client whose answer was lost, at any node: the same call.
+                let (status, again) = until_taken(ports, &mut dice, (&request, new_call), &[200], &what, tally);
+                assert_eq!((status, json_body(&again)["id"].as_u64()), (200, Some(id)), "{what} again: {again}");
+                ids[index].set(id).expect("started once");
+            }
+            let id = ids[index].get().expect("started");
             let body = event(index, number);
             let key = format!("Idempotency-Key: call{id}-event{number}\r\n");
             let request = head("POST", &format!("/v1/sessions/{id}/events"), token, "text/plain", &key, body.len());
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                assert!(Instant::now() < deadline, "event {number} of call {id} was never acknowledged");
-                // Short: a paused node takes connections into its backlog and never answers.
-                match exchange(ports[dice.node()], &request, body.as_bytes(), Duration::from_secs(1)) {
-                    Ok((202, _)) => break,
-                    Ok((409, answer)) if json_body(&answer)["code"] == "session_state" && number == EVENTS - 1 => {
-                        tally.note("409 session_state (the last event, already applied)".into());
-                        break;
-                    }
-                    Ok((status @ (409 | 429 | 502 | 503), answer)) => {
-                        tally.note(format!("{status} {}", json_body(&answer)["code"].as_str().unwrap_or("?")));
-                    }
-                    Ok((status, answer)) => panic!("event {number} of call {id}: {status} {answer}"),
-                    Err(error) => tally.note(format!("no answer: {:?}", error.kind())),
+            let what = format!("event {number} of call {id}");
+            match until_taken(ports, &mut dice, (&request, &body), &[202], &what, tally) {
+                (202, _) => {}
+                (409, answer) if json_body(&answer)["code"] == "session_state" && number == EVENTS - 1 => {
+                    tally.note("409 session_state (the last event, already applied)".into());
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                (status, answer) => panic!("{what}: {status} {answer}"),
             }
             tally.acked.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(PACE);
@@ -364,42 +398,41 @@ fn three_nodes_under_chaos_apply_every_acknowledged_event_once() {
     let deploy = head("PUT", "/v1/apps/calls", &token, "application/wasm", "", app.len());
     let (status, body) = exchange(port, &deploy, &app, Duration::from_secs(10)).expect("deploys");
     assert_eq!(status, 201, "{body}");
-    let new_call = r#"{"app":"calls"}"#;
-    let calls: Vec<(usize, u64)> = (0..SESSIONS)
-        .map(|index| {
-            let request = head("POST", "/v1/sessions", &token, "application/json", "", new_call.len());
-            let (status, body) =
-                exchange(port, &request, new_call.as_bytes(), Duration::from_secs(10)).expect("starts");
-            assert_eq!(status, 201, "{body}");
-            (index, json_body(&body)["id"].as_u64().expect("id"))
-        })
-        .collect();
     cluster.spawn(1);
     cluster.spawn(2);
-    eprintln!("chaos: {SESSIONS} calls started at {:?}", began.elapsed());
 
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let ports = cluster.ports;
-    let senders: Vec<_> = calls
+    let ids: Arc<Vec<OnceLock<u64>>> = Arc::new((0..SESSIONS).map(|_| OnceLock::new()).collect());
+    let indices: Vec<usize> = (0..SESSIONS).collect();
+    let senders: Vec<_> = indices
         .chunks(SESSIONS / SENDERS)
         .enumerate()
         .map(|(n, mine)| {
-            let (mine, token, tally) = (mine.to_vec(), token.clone(), tally.clone());
-            std::thread::spawn(move || send(ports, &token, &mine, 0x9e37_79b9 + n as u64, &tally))
+            let (mine, token, tally, ids) = (mine.to_vec(), token.clone(), tally.clone(), ids.clone());
+            std::thread::spawn(move || send(ports, &token, &mine, &ids, 0x9e37_79b9 + n as u64, &tally))
         })
         .collect();
-    let followers: Vec<_> = calls
-        .iter()
+    let followers: Vec<_> = (0..SESSIONS)
         .step_by(SESSIONS / STREAMS)
-        .map(|&(index, id)| {
-            let (token, stop) = (token.clone(), stop.clone());
-            let path = format!("/v1/sessions/{id}/outputs");
-            std::thread::spawn(move || (index, id, follow(ports, &token, &path, 0x5151 + id, &stop)))
+        .map(|index| {
+            let (token, stop, ids) = (token.clone(), stop.clone(), ids.clone());
+            std::thread::spawn(move || {
+                let id = loop {
+                    match ids[index].get() {
+                        Some(id) => break *id,
+                        None => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                };
+                let path = format!("/v1/sessions/{id}/outputs");
+                (index, id, follow(ports, &token, &path, 0x5151 + id, &stop))
+            })
         })
         .collect();
 
-    // The chaos, each step once the calls made progress since the one before.
+    // The chaos, each step once the calls made progress since the one before; the first while
+    // most calls are still being started.
     let total = SESSIONS * EVENTS;
     let progress = |cluster: &mut Cluster, share: usize| {
         let target = total * share / 100;
@@ -412,7 +445,7 @@ fn three_nodes_under_chaos_apply_every_acknowledged_event_once() {
     };
     let mut takeovers = Vec::new();
     let mut acting = 0;
-    for (step, share) in [10, 25, 40].into_iter().enumerate() {
+    for (step, share) in [3, 25, 40].into_iter().enumerate() {
         progress(&mut cluster, share);
         let killed = Instant::now();
         cluster.children[acting].as_mut().expect("running").kill().expect("SIGKILL");
@@ -469,6 +502,20 @@ fn three_nodes_under_chaos_apply_every_acknowledged_event_once() {
     let (acting, now) = cluster.acting(None);
     grown(&epochs, &now, false);
     let port = cluster.ports[acting];
+    let calls: Vec<(usize, u64)> = ids.iter().map(|id| *id.get().expect("started")).enumerate().collect();
+    let (status, page) =
+        exchange(port, &head("GET", "/v1/sessions?limit=1000", &token, "", "", 0), b"", Duration::from_secs(10))
+            .expect("the sessions");
+    let mut listed: Vec<u64> = json_body(&page)["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status} {page}"))
+        .iter()
+        .map(|s| s["id"].as_u64().expect("id"))
+        .collect();
+    listed.sort_unstable();
+    let mut started: Vec<u64> = calls.iter().map(|(_, id)| *id).collect();
+    started.sort_unstable();
+    assert_eq!(listed, started, "every call was started once, however often its start was sent");
     for &(index, id) in &calls {
         let deadline = Instant::now() + PATIENCE;
         let session = format!("/v1/sessions/{id}");

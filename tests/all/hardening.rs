@@ -269,7 +269,7 @@ impl turnstile::Store for Faulty {
     fn commit(&self, batch: &[turnstile::Write]) -> Result<Vec<turnstile::Written>, turnstile::StoreError> {
         let refused = batch.iter().any(|write| match write {
             turnstile::Write::Append { event, .. } => event == br#""poison""#,
-            turnstile::Write::Create(_) => self.refuse_creates.load(std::sync::atomic::Ordering::SeqCst),
+            turnstile::Write::Create { .. } => self.refuse_creates.load(std::sync::atomic::Ordering::SeqCst),
             turnstile::Write::Checkpoint(_) => self.refuse_checkpoints.load(std::sync::atomic::Ordering::SeqCst),
         });
         if refused {
@@ -295,6 +295,13 @@ impl turnstile::Store for Faulty {
     }
     fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, turnstile::StoreError> {
         self.inner.module(hash)
+    }
+    fn started_with(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(turnstile::SessionId, String)>, turnstile::StoreError> {
+        self.inner.started_with(tenant, key)
     }
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, turnstile::StoreError> {
         self.inner.kv_get(tenant, key)

@@ -248,9 +248,12 @@ fn the_client_takes_a_script_from_nothing_to_an_answered_call() {
     let token = token.trim().to_owned();
     let (ok, out, err) = client(&token, &["deploy", "ivr", module.to_str().expect("utf-8")]);
     assert!(ok && out.contains("\"actions\""), "{out}{err}");
-    let (ok, id, err) = client(&token, &["start", "ivr"]);
+    let (ok, id, err) = client(&token, &["start", "ivr", "--key", "call-1"]);
     assert!(ok, "{err}");
     let id = id.trim().to_owned();
+    // Started again under its key (an answer lost, say): the same session.
+    let (ok, again, err) = client(&token, &["start", "ivr", "--key", "call-1"]);
+    assert!(ok && again.trim() == id, "{again}{err}");
     // The menu waits for a key: 9 hangs up, and the tail shows the call to its end.
     let (ok, _, err) = client(&token, &["send", &id, "9", "--key", "press-1"]);
     assert!(ok, "{err}");

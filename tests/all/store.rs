@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use turnstile::{
     AppRecord, Appended, Checkpoint, Counters, MemoryStore, PgStore, Session, SessionId, SessionRecord, SqliteStore,
-    Status, Store, TenantConfig, TenantRecord, TokenRecord, Unapplied, Write, Written,
+    StartKey, Status, Store, TenantConfig, TenantRecord, TokenRecord, Unapplied, Write, Written,
 };
 
 /// The PostgreSQL server the tests use.
@@ -79,13 +79,16 @@ fn ready() -> Status {
 }
 
 fn create(id: u64, tenant: &str) -> Write {
-    Write::Create(SessionRecord {
-        id: SessionId(id),
-        tenant: tenant.into(),
-        app: "bot".into(),
-        snapshot: session(ready(), 0),
-        fence: 0,
-    })
+    Write::Create {
+        record: SessionRecord {
+            id: SessionId(id),
+            tenant: tenant.into(),
+            app: "bot".into(),
+            snapshot: session(ready(), 0),
+            fence: 0,
+        },
+        key: None,
+    }
 }
 
 fn append(id: u64, event: &str, key: Option<&str>) -> Write {
@@ -304,6 +307,42 @@ fn the_last_key_value_write_of_a_batch_wins(kind: &str) {
     assert_eq!(subject.open().kv_get("acme", "nul\0key").expect("kv"), Some(b"kept".to_vec()));
 }
 
+/// A creation under an idempotency key, asking for `request`.
+fn create_keyed(id: u64, tenant: &str, key: &str, request: &str) -> Write {
+    let Write::Create { record, .. } = create(id, tenant) else { unreachable!() };
+    Write::Create { record, key: Some(StartKey { key: key.into(), request: request.into() }) }
+}
+
+fn a_start_key_starts_one_session_per_tenant_until_it_is_purged(kind: &str) {
+    let subject = Subject::new(kind, "startkey");
+    let store = subject.open();
+    let again =
+        |session: u64, same_request: bool| Written::AlreadyStarted { session: SessionId(session), same_request };
+    // The second start under a key, in the same batch or a later one, finds the first.
+    let written = store
+        .commit(&[create_keyed(1, "acme", "k", "r"), create_keyed(2, "acme", "k", "r"), create(3, "acme")])
+        .expect("commits");
+    assert_eq!(written, [Written::Created, again(1, true), Written::Created]);
+    let store = subject.open();
+    assert_eq!(store.started_with("acme", "k").expect("reads"), Some((SessionId(1), "r".into())));
+    assert_eq!(store.started_with("acme", "other").expect("reads"), None);
+    assert_eq!(store.started_with("keep", "k").expect("reads"), None, "keys are each tenant's own");
+    let written = store
+        .commit(&[create_keyed(4, "acme", "k", "another request"), create_keyed(5, "keep", "k", "r")])
+        .expect("commits");
+    assert_eq!(written, [again(1, false), Written::Created]);
+    let ids: Vec<u64> = store.load().expect("loads").sessions.iter().map(|s| s.record.id.0).collect();
+    assert_eq!(ids, [1, 3, 5], "a start that found its session wrote nothing");
+    // Purged with its session, the key starts a new one.
+    store.commit(&[checkpoint(1, "acme", done(), &[], 0, None)]).expect("commits");
+    assert_eq!(store.purge(&[SessionId(1)]).expect("purges"), [SessionId(1)]);
+    assert_eq!(store.started_with("acme", "k").expect("reads"), None);
+    assert_eq!(store.commit(&[create_keyed(6, "acme", "k", "r")]).expect("commits"), [Written::Created]);
+    // Deleted with its tenant.
+    store.delete_tenant("keep").expect("deleted");
+    assert_eq!(subject.open().started_with("keep", "k").expect("reads"), None);
+}
+
 /// Runs each contract test against each store.
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
@@ -321,4 +360,5 @@ conformance!(
     purges_take_only_finished_sessions_and_ids_stay_used,
     deleting_a_tenant_deletes_its_all_and_keeps_its_ids_used,
     the_last_key_value_write_of_a_batch_wins,
+    a_start_key_starts_one_session_per_tenant_until_it_is_purged,
 );

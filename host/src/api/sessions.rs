@@ -109,9 +109,17 @@ pub(super) async fn get_app(
 #[utoipa::path(
     post, path = "/v1/sessions", tag = "tenant", security(("tenant" = [])),
     summary = "Start a session",
-    description = "Runs `entry` of the app's current version with `input`; the session is durable when this answers.",
+    description = "Runs `entry` of the app's current version with `input`; the session is durable when this answers. \
+                   Under an `Idempotency-Key`, a retry (after a lost answer, or a failover) starts nothing: it answers \
+                   200 with the session the key started, as long as that session is kept.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$",
+         description = "1 to 128 characters of visible ASCII; the tenant's own (kept with the session until it is purged)."),
+    ),
     request_body = NewSession,
     responses(
+        (status = 200, description = "This key started this session before, for the same app, entry and input: \
+                                      nothing was started.", body = SessionBody),
         (status = 201, description = "Started.", body = SessionBody, links(
             ("read" = (operation_id = "get_session", parameters(("session" = "$response.body#/id")))),
             ("deliver" = (operation_id = "deliver", parameters(("session" = "$response.body#/id")))),
@@ -120,22 +128,27 @@ pub(super) async fn get_app(
         )),
         (status = 403, description = "`tenant_suspended`.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such app.", body = ErrorBody),
-        (status = 422, description = "`unknown_action`, or `invalid_body`.", body = ErrorBody),
+        (status = 400, description = "`bad_idempotency_key`.", body = ErrorBody),
+        (status = 422, description = "`unknown_action`, `invalid_body`, or `idempotency_key_reused` (the key started \
+                                      a session for another app, entry or input).", body = ErrorBody),
         (status = 429, description = "`quota_exceeded` (open sessions), or `queue_full`.", body = ErrorBody),
     )
 )]
 pub(super) async fn start_session(
     Tenant(tenant): Tenant,
     State(api): State<Api>,
+    headers: HeaderMap,
     Body(new): Body<NewSession>,
 ) -> Result<(StatusCode, Json<SessionBody>), ApiError> {
+    let key = idempotency_key(&headers)?;
     let host = api.host.clone();
-    let view = blocking(move || {
-        let id = host.start_session(&tenant, &new.app, &new.entry, new.input.into_bytes())?;
-        host.session(&tenant, id)
+    let (started, view) = blocking(move || {
+        let started = host.start_session_once(&tenant, &new.app, &new.entry, new.input.into_bytes(), key.as_deref())?;
+        Ok((started, host.session(&tenant, started.session)?))
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(SessionBody::from(&view))))
+    let status = if started.before { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(SessionBody::from(&view))))
 }
 
 /// A page of `tenant`'s sessions, in id order, with the cursor of the next page.

@@ -51,11 +51,26 @@ impl Client {
     }
 
     fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Result<Answer> {
+        self.send_keyed(method, path, content_type, body, None)
+    }
+
+    /// Sends `body` under an idempotency key, if one is given: a retry with it is applied once.
+    fn send_keyed(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        key: Option<&str>,
+    ) -> Result<Answer> {
         let url = self.url(path);
-        let request = match method {
+        let mut request = match method {
             "PUT" => self.agent.put(url),
             _ => self.agent.post(url),
         };
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
         self.answer(request.header("Authorization", self.auth()).header("Content-Type", content_type).send(body))
     }
 }
@@ -88,23 +103,19 @@ pub(crate) fn apps(client: &Client) -> Result<ExitCode> {
     print(&json_of(client.get("/v1/apps")?)?)
 }
 
-/// `turnstile start APP [--entry E] [--input TEXT]`: prints the new session's id.
-pub(crate) fn start(client: &Client, app: &str, entry: &str, input: &str) -> Result<ExitCode> {
+/// `turnstile start APP [--entry E] [--input TEXT] [--key K]`: prints the session's id (the one
+/// the key started before, if it did).
+pub(crate) fn start(client: &Client, app: &str, entry: &str, input: &str, key: Option<&str>) -> Result<ExitCode> {
     let body = json!({ "app": app, "entry": entry, "input": input }).to_string();
-    let session = json_of(client.send("POST", "/v1/sessions", "application/json", body.as_bytes())?)?;
+    let session = json_of(client.send_keyed("POST", "/v1/sessions", "application/json", body.as_bytes(), key)?)?;
     println!("{}", session["id"]);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `turnstile send SESSION EVENT [--key K]`.
 pub(crate) fn send(client: &Client, session: u64, event: &str, key: Option<&str>) -> Result<ExitCode> {
-    let url = client.url(&format!("/v1/sessions/{session}/events"));
-    let mut request =
-        client.agent.post(url).header("Authorization", client.auth()).header("Content-Type", "text/plain");
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    print(&json_of(client.answer(request.send(event.as_bytes()))?)?)
+    let path = format!("/v1/sessions/{session}/events");
+    print(&json_of(client.send_keyed("POST", &path, "text/plain", event.as_bytes(), key)?)?)
 }
 
 /// `turnstile sessions [--after ID] [--limit N]`: one line a session, then the cursor of the

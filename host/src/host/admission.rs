@@ -1,17 +1,41 @@
 //! Admission: whether a new session may start — the store takes writes, the tenant is not
 //! suspended, the input fits, the tenant is within its open and finished sessions, the app's
-//! queue has room — and the entry it starts with (its version's code loaded if need be).
+//! queue has room — and the entry it starts with (its version's code loaded if need be). A start
+//! under an idempotency key that started a session before finds that session instead, whatever
+//! the quotas say now.
 
 use super::kernel::Kernel;
 use super::lifecycle::Lifecycle;
 use super::sessions::SessionEntry;
 use super::tenants::Tenant;
+use super::views::Started;
 use crate::error::Error;
-use crate::session::Session;
-use crate::store::SessionRecord;
+use crate::session::{Session, SessionId};
+use crate::store::{SessionRecord, StartKey};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 impl Kernel {
+    /// Starts a session of `tenant`'s `app` at `entry_action`, or, under a key that started one
+    /// before (and is still kept), finds it; answers once the new session is durable.
+    pub(crate) fn start(
+        &self,
+        tenant: &Arc<Tenant>,
+        app: &str,
+        entry_action: &str,
+        input: Vec<u8>,
+        key: Option<&str>,
+    ) -> Result<Started, Error> {
+        let key = key.map(|key| StartKey { key: key.to_owned(), request: request_digest(app, entry_action, &input) });
+        if let Some(key) = &key
+            && let Some((session, request)) = self.store().started_with(tenant.name(), &key.key)?
+        {
+            return started_before(key, session, request == key.request);
+        }
+        let (entry, record) = self.new_entry(tenant, app, entry_action, input)?;
+        self.create(entry, record, key)
+    }
+
     /// A new session's entry, or why it can't be.
     pub(crate) fn new_entry(
         &self,
@@ -64,4 +88,25 @@ impl Kernel {
         };
         Ok((entry, record))
     }
+}
+
+/// What a start under `key` that found `session` answers: that session, if it was asked for the
+/// same app, entry and input; otherwise a refusal naming it.
+pub(crate) fn started_before(key: &StartKey, session: SessionId, same_request: bool) -> Result<Started, Error> {
+    if same_request {
+        Ok(Started { session, before: true })
+    } else {
+        Err(Error::KeyReused { key: key.key.clone(), session })
+    }
+}
+
+/// sha-256 of a start request, hex: each part's length before it, so that no two requests share
+/// a digest by moving bytes between parts.
+fn request_digest(app: &str, entry_action: &str, input: &[u8]) -> String {
+    let mut digest = Sha256::new();
+    for part in [app.as_bytes(), entry_action.as_bytes(), input] {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+    crate::app::hex(&digest.finalize())
 }

@@ -15,7 +15,7 @@ use super::storage::{stored_by, written_by};
 use super::tenants::{Admin, AppEntry, Tenant, Tenants};
 use super::timers::{Due, Timers};
 use super::tokens::Tokens;
-use super::views::{Delivery, SessionView};
+use super::views::{Delivery, SessionView, Started};
 use crate::app::ModuleInfo;
 use crate::error::Error;
 use crate::limits::TenantConfig;
@@ -23,7 +23,7 @@ use crate::runtime::Runtime;
 use crate::sandbox::{ActionCall, ActionOutcome, ActionTask, Usage};
 use crate::scheduler::{Bounds, Dispatch};
 use crate::session::{SessionId, Status, now_ms};
-use crate::store::{Appended, SessionRecord, StorageUsage, Store, Write, Written};
+use crate::store::{Appended, SessionRecord, StartKey, StorageUsage, Store, Write, Written};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -260,16 +260,16 @@ impl Kernel {
         // A creation or an event refused because this host no longer holds the session's shard
         // (another host took it over) was not written: never acknowledged.
         let written = match (&write, written) {
-            (Write::Create(_) | Write::Append { .. }, Ok(Written::Fenced)) => {
+            (Write::Create { .. } | Write::Append { .. }, Ok(Written::Fenced)) => {
                 Err(Error::Fenced { session: write.session() })
             }
             (_, written) => written,
         };
         match write {
-            Write::Create(record) => {
+            Write::Create { record, .. } => {
                 let id = record.id;
                 match written {
-                    Ok(written) => {
+                    Ok(written @ Written::Created) => {
                         let tenant = record.tenant;
                         self.transition(id, None, |entry| entry.life.created(&tenant));
                         if let Some(tenant) = self.tenants.get(&tenant) {
@@ -277,12 +277,13 @@ impl Kernel {
                         }
                         Ok(written)
                     }
-                    Err(error) => {
-                        // Never durable, never acknowledged: the session does not exist.
+                    // Never durable: the session does not exist (its tenant's key found another, or
+                    // the write failed and is not acknowledged).
+                    written => {
                         if let Some(entry) = super::sessions::release(&mut self.sessions.shard(id), id) {
                             entry.tenant.close_session();
                         }
-                        Err(error)
+                        written
                     }
                 }
             }
@@ -342,17 +343,28 @@ impl Kernel {
         }
     }
 
-    /// Starts a session whose record is built; answers once it is durable.
-    pub(crate) fn create(&self, entry: SessionEntry, record: SessionRecord) -> Result<SessionId, Error> {
+    /// Starts a session whose record is built; answers once it is durable (or once the store
+    /// found the session its key started before).
+    pub(crate) fn create(
+        &self,
+        entry: SessionEntry,
+        record: SessionRecord,
+        key: Option<StartKey>,
+    ) -> Result<Started, Error> {
         let id = record.id;
         let ticket = Arc::new(Ticket::default());
         {
             let mut shard = self.sessions.shard(id);
             super::sessions::hold(&mut shard, id, entry);
-            self.commits.enqueue(Write::Create(record), Some(ticket.clone()));
+            self.commits.enqueue(Write::Create { record, key: key.clone() }, Some(ticket.clone()));
         }
         // A create that failed was closed where its commit failed (`apply_write`), once.
-        self.wait_for(&ticket).map(|_| id)
+        match (self.wait_for(&ticket)?, key) {
+            (Written::AlreadyStarted { session, same_request }, Some(key)) => {
+                super::admission::started_before(&key, session, same_request)
+            }
+            _ => Ok(Started { session: id, before: false }),
+        }
     }
 
     /// Delivers an event: acknowledged once durable in the inbox of a session that had not ended.

@@ -84,6 +84,30 @@ impl KvRead for TenantKv {
 }
 
 impl Tenant {
+    /// Refuses a deploy that would take a tenant past its apps or an app past its versions.
+    pub(crate) fn may_deploy(&self, app: &str, hash: &str) -> Result<(), Error> {
+        let policy = self.policy();
+        let apps = self.apps();
+        match apps.get(app) {
+            None if apps.len() >= usize::try_from(policy.max_apps).unwrap_or(usize::MAX) => Err(Error::Quota {
+                owner: format!("tenant `{}`", self.name()),
+                what: "apps",
+                count: u64::try_from(apps.len()).unwrap_or(u64::MAX),
+            }),
+            Some(existing)
+                if !existing.versions.iter().any(|v| v == hash)
+                    && existing.versions.len() >= usize::try_from(policy.max_versions).unwrap_or(usize::MAX) =>
+            {
+                Err(Error::Quota {
+                    owner: format!("app `{app}`"),
+                    what: "versions",
+                    count: u64::try_from(existing.versions.len()).unwrap_or(u64::MAX),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn new(name: &str, ix: TenantIx, policy: Arc<TenantConfig>, store: &Arc<dyn Store>) -> Tenant {
         let name: Arc<str> = name.into();
         Tenant {

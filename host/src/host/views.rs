@@ -40,6 +40,15 @@ pub enum Delivery {
     Duplicate,
 }
 
+/// What starting a session did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// The session.
+    pub session: SessionId,
+    /// Whether it was started before, under the same idempotency key: this start changed nothing.
+    pub before: bool,
+}
+
 /// One released output of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {

@@ -2,8 +2,8 @@
 //! from it (that is how recovery is tested without a disk); nothing survives the process.
 
 use super::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, StorageUsage, Store, StoreError, StoredSession,
-    TenantRecord, TokenRecord, Unapplied, Write, Written,
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, SessionRecord, StartKey, StorageUsage, Store, StoreError,
+    StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written,
 };
 use crate::session::SessionId;
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +24,8 @@ struct Inner {
     sessions: BTreeMap<SessionId, Stored>,
     kv: HashMap<String, BTreeMap<String, Vec<u8>>>,
     tokens: BTreeMap<String, TokenRecord>,
+    /// The sessions started under an idempotency key, by (tenant, key).
+    started: HashMap<(String, String), SessionId>,
     /// The highest session id purged (ids are never used twice).
     purged_up_to: u64,
 }
@@ -38,6 +40,8 @@ struct Stored {
     next_seq: u64,
     /// Idempotency keys seen, with the sequence number of their event.
     keys: HashMap<String, u64>,
+    /// The key it was started under.
+    start_key: Option<StartKey>,
 }
 
 impl MemoryStore {
@@ -47,6 +51,41 @@ impl MemoryStore {
 }
 
 impl Inner {
+    fn create(&mut self, record: &SessionRecord, key: Option<&StartKey>) -> Written {
+        if let Some(key) = key {
+            let by = (record.tenant.clone(), key.key.clone());
+            if let Some(session) = self.started.get(&by).copied() {
+                let same_request = self
+                    .sessions
+                    .get(&session)
+                    .and_then(|s| s.start_key.as_ref())
+                    .is_some_and(|k| k.request == key.request);
+                return Written::AlreadyStarted { session, same_request };
+            }
+            self.started.insert(by, record.id);
+        }
+        let stored = Stored {
+            record: record.clone(),
+            inbox: Vec::new(),
+            unapplied: Vec::new(),
+            outputs: Vec::new(),
+            next_seq: 0,
+            keys: HashMap::new(),
+            start_key: key.cloned(),
+        };
+        self.sessions.insert(record.id, stored);
+        Written::Created
+    }
+
+    /// Forgets a session with everything kept for it.
+    fn remove(&mut self, id: SessionId) {
+        if let Some(stored) = self.sessions.remove(&id)
+            && let Some(key) = stored.start_key
+        {
+            self.started.remove(&(stored.record.tenant, key.key));
+        }
+    }
+
     fn append(&mut self, session: SessionId, event: &[u8], key: Option<&str>) -> Appended {
         let Some(stored) = self.sessions.get_mut(&session) else { return Appended::SessionEnded };
         if let Some(seq) = key.and_then(|key| stored.keys.get(key)) {
@@ -125,6 +164,7 @@ impl Store for MemoryStore {
         let last = inner.sessions.values().filter(|s| s.record.tenant == name).map(|s| s.record.id.0).max();
         inner.purged_up_to = inner.purged_up_to.max(last.unwrap_or(0));
         inner.sessions.retain(|_, s| s.record.tenant != name);
+        inner.started.retain(|(tenant, _), _| tenant != name);
         inner.kv.remove(name);
         inner.tokens.retain(|_, t| t.tenant != name);
         Ok(())
@@ -159,18 +199,7 @@ impl Store for MemoryStore {
         Ok(batch
             .iter()
             .map(|write| match write {
-                Write::Create(record) => {
-                    let stored = Stored {
-                        record: record.clone(),
-                        inbox: Vec::new(),
-                        unapplied: Vec::new(),
-                        outputs: Vec::new(),
-                        next_seq: 0,
-                        keys: HashMap::new(),
-                    };
-                    inner.sessions.insert(record.id, stored);
-                    Written::Created
-                }
+                Write::Create { record, key } => inner.create(record, key.as_ref()),
                 Write::Append { session, event, key, .. } => {
                     Written::Appended(inner.append(*session, event, key.as_deref()))
                 }
@@ -190,6 +219,13 @@ impl Store for MemoryStore {
         Ok(self.lock().modules.get(hash).cloned())
     }
 
+    fn started_with(&self, tenant: &str, key: &str) -> Result<Option<(SessionId, String)>, StoreError> {
+        let inner = self.lock();
+        let Some(session) = inner.started.get(&(tenant.to_owned(), key.to_owned())) else { return Ok(None) };
+        let request = inner.sessions.get(session).and_then(|s| s.start_key.as_ref()).map(|k| k.request.clone());
+        Ok(request.map(|request| (*session, request)))
+    }
+
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().kv.get(tenant).and_then(|space| space.get(key)).cloned())
     }
@@ -199,7 +235,7 @@ impl Store for MemoryStore {
         let mut purged = Vec::new();
         for id in sessions {
             if inner.sessions.get(id).is_some_and(|s| s.record.snapshot.status.is_finished()) {
-                inner.sessions.remove(id);
+                inner.remove(*id);
                 inner.purged_up_to = inner.purged_up_to.max(id.0);
                 purged.push(*id);
             }

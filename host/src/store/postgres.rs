@@ -343,6 +343,17 @@ fn migrate(client: &mut Client, schema: &str, asked: Option<u32>) -> Result<u32,
     Ok(shards)
 }
 
+/// The session `tenant` started under `key`, with its request's digest.
+pub(super) fn started_with(
+    client: &mut impl postgres::GenericClient,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<(SessionId, String)>, postgres::Error> {
+    let row = client
+        .query_opt("SELECT id, start_request FROM sessions WHERE tenant = $1 AND start_key = $2", &[&tenant, &key])?;
+    Ok(row.map(|r| (SessionId(u64_of(r.get(0))), r.get(1))))
+}
+
 pub(super) fn json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
 }
@@ -498,6 +509,10 @@ impl Store for PgStore {
             |client| Ok(client.query_opt("SELECT bytes FROM modules WHERE hash = $1", &[&hash])?.map(|r| r.get(0))),
             "reading a module",
         )
+    }
+
+    fn started_with(&self, tenant: &str, key: &str) -> Result<Option<(SessionId, String)>, StoreError> {
+        self.read(|client| started_with(client, tenant, key), "looking up a session's start key")
     }
 
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

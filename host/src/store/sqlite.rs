@@ -8,8 +8,8 @@
 //! through a small pool of read-only connections: in WAL mode a reader never waits for a writer.
 
 use super::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, Quarantined, SessionRecord, StorageUsage, Store, StoreError,
-    StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, quarantined_session,
+    AppRecord, Appended, Checkpoint, Image, InboxEvent, Quarantined, SessionRecord, StartKey, StorageUsage, Store,
+    StoreError, StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, quarantined_session,
 };
 use crate::session::SessionId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -333,10 +333,7 @@ impl Store for SqliteStore {
         let mut written = Vec::with_capacity(batch.len());
         for write in batch {
             written.push(match write {
-                Write::Create(record) => {
-                    create(&tx, record)?;
-                    Written::Created
-                }
+                Write::Create { record, key } => create(&tx, record, key.as_ref())?,
                 Write::Append { session, event, key, .. } => {
                     Written::Appended(append(&tx, *session, event, key.as_deref())?)
                 }
@@ -372,6 +369,10 @@ impl Store for SqliteStore {
             },
             "reading a module",
         )
+    }
+
+    fn started_with(&self, tenant: &str, key: &str) -> Result<Option<(SessionId, String)>, StoreError> {
+        self.read(|conn| started_with(conn, tenant, key), "looking up a session's start key")
     }
 
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -456,10 +457,17 @@ fn quarantine(tx: &Transaction<'_>, row: &Row, reason: &str) -> Result<crate::se
     Ok(snapshot)
 }
 
-fn create(tx: &Transaction<'_>, record: &SessionRecord) -> Result<(), StoreError> {
+fn create(tx: &Transaction<'_>, record: &SessionRecord, key: Option<&StartKey>) -> Result<Written, StoreError> {
+    if let Some(key) = key
+        && let Some((session, request)) =
+            started_with(tx, &record.tenant, &key.key).map_err(sqlite("looking up a session's start key"))?
+    {
+        return Ok(Written::AlreadyStarted { session, same_request: request == key.request });
+    }
     let snapshot = json("checkpoint", &record.snapshot)?;
     tx.prepare_cached(
-        "INSERT INTO sessions (id, tenant, app, snapshot, fence, finished) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO sessions (id, tenant, app, snapshot, fence, finished, start_key, start_request)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .and_then(|mut insert| {
         insert.execute(params![
@@ -469,10 +477,19 @@ fn create(tx: &Transaction<'_>, record: &SessionRecord) -> Result<(), StoreError
             snapshot,
             sql_u64(record.fence),
             record.snapshot.status.is_finished(),
+            key.map(|k| &k.key),
+            key.map(|k| &k.request),
         ])
     })
     .map_err(sqlite("storing a new session"))?;
-    Ok(())
+    Ok(Written::Created)
+}
+
+/// The session `tenant` started under `key`, with its request's digest.
+fn started_with(conn: &Connection, tenant: &str, key: &str) -> rusqlite::Result<Option<(SessionId, String)>> {
+    conn.prepare_cached("SELECT id, start_request FROM sessions WHERE tenant = ?1 AND start_key = ?2")?
+        .query_row(params![tenant, key], |r| Ok((SessionId(u64_of(r.get(0)?)), r.get(1)?)))
+        .optional()
 }
 
 fn append(tx: &Transaction<'_>, session: SessionId, event: &[u8], key: Option<&str>) -> Result<Appended, StoreError> {

@@ -50,6 +50,9 @@ impl Store for Timed {
     fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.module(hash)
     }
+    fn started_with(&self, tenant: &str, key: &str) -> Result<Option<(SessionId, String)>, StoreError> {
+        self.inner.started_with(tenant, key)
+    }
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.kv_get(tenant, key)
     }

@@ -21,7 +21,7 @@
 
 use super::{json, pg, shard_of, sql_id, sql_u64, u64_of};
 use crate::session::SessionId;
-use crate::store::{Appended, Checkpoint, SessionRecord, StoreError, Write, Written};
+use crate::store::{Appended, Checkpoint, SessionRecord, StartKey, StoreError, Write, Written};
 use postgres::{Client, Transaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -90,7 +90,7 @@ fn writes(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, batch: &[Write]) -> Res
         run.clear();
         in_run.clear();
         match write {
-            Write::Create(record) => written.push(create(tx, epochs, record)?),
+            Write::Create { record, key } => written.push(create(tx, epochs, record, key.as_ref())?),
             Write::Checkpoint(checkpoint) => {
                 in_run.insert(checkpoint.session);
                 run.push(checkpoint);
@@ -158,24 +158,45 @@ impl Epochs<'_> {
     }
 }
 
-fn create(tx: &mut Transaction<'_>, epochs: &Epochs<'_>, record: &SessionRecord) -> Result<Written, StoreError> {
+/// Stores a new session, unless its tenant started one under the same key before: a concurrent
+/// start under that key (another transaction) waits for this one and then finds its session.
+fn create(
+    tx: &mut Transaction<'_>,
+    epochs: &Epochs<'_>,
+    record: &SessionRecord,
+    key: Option<&StartKey>,
+) -> Result<Written, StoreError> {
     if !epochs.hold(record.id, record.fence) {
         return Ok(Written::Fenced);
     }
-    tx.execute(
-        "INSERT INTO sessions (id, shard, tenant, app, snapshot, fence, finished) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            &sql_id(record.id),
-            &shard_number(record.id, epochs.shards),
-            &record.tenant,
-            &record.app,
-            &json("checkpoint", &record.snapshot)?,
-            &sql_u64(record.fence),
-            &record.snapshot.status.is_finished(),
-        ],
-    )
-    .map_err(pg("storing a new session"))?;
-    Ok(Written::Created)
+    let snapshot = json("checkpoint", &record.snapshot)?;
+    // A key whose session is purged between the insert and the look-up is free again: try again.
+    loop {
+        let inserted = tx
+            .execute(
+                "INSERT INTO sessions (id, shard, tenant, app, snapshot, fence, finished, start_key, start_request)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (tenant, start_key) WHERE start_key IS NOT NULL DO NOTHING",
+                &[
+                    &sql_id(record.id),
+                    &shard_number(record.id, epochs.shards),
+                    &record.tenant,
+                    &record.app,
+                    &snapshot,
+                    &sql_u64(record.fence),
+                    &record.snapshot.status.is_finished(),
+                    &key.map(|k| &k.key),
+                    &key.map(|k| &k.request),
+                ],
+            )
+            .map_err(pg("storing a new session"))?;
+        let Some(key) = key.filter(|_| inserted == 0) else { return Ok(Written::Created) };
+        let found =
+            super::started_with(tx, &record.tenant, &key.key).map_err(pg("looking up a session's start key"))?;
+        if let Some((session, request)) = found {
+            return Ok(Written::AlreadyStarted { session, same_request: request == key.request });
+        }
+    }
 }
 
 /// A customer event to append.

@@ -42,6 +42,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE leases ADD COLUMN address TEXT;
 "#,
+    // Idempotent session starts: the key a session was started under, and a digest of what it
+    // was asked to start, kept with it until it is purged.
+    r#"
+    ALTER TABLE sessions ADD COLUMN start_key TEXT;
+    ALTER TABLE sessions ADD COLUMN start_request TEXT;
+    CREATE UNIQUE INDEX sessions_by_start_key ON sessions (tenant, start_key) WHERE start_key IS NOT NULL;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -56,6 +56,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO meta (key, value) VALUES ('purged_up_to', 0);
 "#,
+    // Idempotent session starts: the key a session was started under, and a digest of what it
+    // was asked to start, kept with it until it is purged.
+    r#"
+    ALTER TABLE sessions ADD COLUMN start_key TEXT;
+    ALTER TABLE sessions ADD COLUMN start_request TEXT;
+    CREATE UNIQUE INDEX sessions_by_start_key ON sessions (tenant, start_key) WHERE start_key IS NOT NULL;
+"#,
 ];
 
 /// The schema version this build writes.
