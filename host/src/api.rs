@@ -21,12 +21,14 @@ mod openapi;
 mod server;
 mod sessions;
 mod standby;
+mod starting;
 mod stream;
 mod tenants;
 
 pub use error::ApiError;
 pub use server::{HttpLimits, serve};
 pub use standby::Standby;
+pub use starting::{HOLD, starting_router};
 
 use crate::error::Error;
 use crate::host::Host;

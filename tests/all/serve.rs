@@ -288,6 +288,29 @@ fn the_client_takes_a_script_from_nothing_to_an_answered_call() {
 }
 
 #[test]
+fn a_starting_server_is_alive_not_ready_and_holds_requests_for_its_api() {
+    // The database is locked by another connection, so the server's start waits on it (up to
+    // its busy timeout): meanwhile it is alive and not ready, and a request waits for the API.
+    let dir = temp_dir("starting");
+    let lock = rusqlite::Connection::open(dir.join("turnstile.db")).expect("opens");
+    lock.execute_batch("CREATE TABLE held (x); BEGIN EXCLUSIVE; INSERT INTO held VALUES (1);").expect("locks");
+    let (mut server, port) = start_server(&[OsStr::new("--data-dir"), dir.as_os_str()]);
+    let (status, body) = request(port, "GET", "/healthz", "", "text/plain", b"");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = request(port, "GET", "/readyz", "", "text/plain", b"");
+    assert_eq!((status, json_body(&body)["code"].as_str()), (503, Some("starting")), "{body}");
+    let held = std::thread::spawn(move || request(port, "GET", "/v1/tenants", ADMIN, "text/plain", b""));
+    lock.execute_batch("ROLLBACK").expect("unlocks");
+    drop(lock);
+    let (status, body) = held.join().expect("answered");
+    assert_eq!(status, 200, "the held request is answered by the API once it is up: {body}");
+    assert_eq!(request(port, "GET", "/readyz", "", "text/plain", b"").0, 200);
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
+    assert!(server.wait().expect("ends").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_example_configuration_serves_with_its_relative_data_directory() {
     // As the README shows it: `serve --config turnstile.example.toml` from the directory that
     // holds it, whose `data_dir = "turnstile-data"` is relative (the port is the test's own).

@@ -30,16 +30,22 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     // The port actually bound (the configuration may ask for port 0): tests read this line.
     println!("listening on http://{listening}");
     let url = config.store_url();
-    let mut cluster = None;
-    let store: Arc<dyn Store> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let cluster = if postgres {
         let store = Arc::new(PgStore::open(&url)?);
         let policy = config.cluster.policy(listening)?;
         wait_for_the_shards(&runtime, &listener, &config, &store, &policy)?;
         eprintln!("node {} holds all {} shards", policy.node, store.shard_count());
-        cluster = Some(store.clone());
-        store
+        Some(store)
     } else {
-        open_store(&url)?
+        None
+    };
+    // Until the API is up, requests are held for it (refused `starting` if that takes long).
+    let (api_up, up) = tokio::sync::watch::channel(None);
+    let starting = serve_meanwhile(&runtime, &listener, api::starting_router(up), &config)?;
+    let store: Arc<dyn Store> = match &cluster {
+        Some(store) => store.clone(),
+        None => open_store(&url)?,
     };
     let engine = EngineConfig {
         cache_dir: Some(config.data_dir.join("modules")),
@@ -72,6 +78,11 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     if let Some(store) = cluster {
         api = api.with_cluster(store);
     }
+    // The requests held meanwhile go to the API, whose own loop takes the socket's connections
+    // from here on.
+    let routes = router(api.clone());
+    api_up.send_replace(Some(routes.clone()));
+    drop(starting);
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (closing, shutdown_api) = (api.closing(), api.clone());
@@ -80,7 +91,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
             shutdown_api.set_unready();
             tracing::info!("shutting down: no new requests; finishing the actions in flight");
         };
-        api::serve(listener, router(api), &config.http, closing, shutdown).await?;
+        api::serve(listener, routes, &config.http, closing, shutdown).await?;
         anyhow::Ok(())
     })?;
     drop(runtime);
@@ -102,24 +113,9 @@ fn wait_for_the_shards(
     policy: &ClaimPolicy,
 ) -> Result<()> {
     let standby = Standby::new(&policy.node, policy.address.as_deref());
-    let (claimed, on_claimed) = tokio::sync::oneshot::channel::<()>();
-    let forwarding = {
-        let _context = runtime.enter();
-        tokio::net::TcpListener::from_std(listener.try_clone()?)?
-    };
-    let (router, limits) = (standby.clone().router(), config.http.clone());
-    let closing = Arc::new(tokio::sync::watch::channel(false).0);
     // Once the shards are this host's, the standby's loop stops taking connections (its
-    // requests in flight finish by themselves) and the API's own loop takes them from the same
-    // socket.
-    runtime.spawn(async move {
-        let stop = async move {
-            let _ = on_claimed.await;
-        };
-        if let Err(error) = api::serve(forwarding, router, &limits, closing, stop).await {
-            tracing::warn!(%error, "the standby's HTTP server failed");
-        }
-    });
+    // requests in flight finish by themselves).
+    let forwarding = serve_meanwhile(runtime, listener, standby.clone().router(), config)?;
     let mut told = false;
     let waiting = |holder: &LeaseRow| {
         standby.saw(holder);
@@ -137,8 +133,35 @@ fn wait_for_the_shards(
     };
     store.claim_all(policy, waiting, lost)?;
     standby.took_over();
-    let _ = claimed.send(());
+    drop(forwarding);
     Ok(())
+}
+
+/// Serves `router` on (a handle of) `listener` until the returned sender is dropped: what a node
+/// answers before its API does. Its connections are then closed once their request in flight is
+/// answered, so that a client's next request reaches the API.
+fn serve_meanwhile(
+    runtime: &tokio::runtime::Runtime,
+    listener: &std::net::TcpListener,
+    router: axum::Router,
+    config: &ServeConfig,
+) -> Result<tokio::sync::oneshot::Sender<()>> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = {
+        let _context = runtime.enter();
+        tokio::net::TcpListener::from_std(listener.try_clone()?)?
+    };
+    let limits = config.http.clone();
+    let closing = Arc::new(tokio::sync::watch::channel(false).0);
+    runtime.spawn(async move {
+        let stop = async move {
+            let _ = stopped.await;
+        };
+        if let Err(error) = api::serve(listener, router, &limits, closing, stop).await {
+            tracing::warn!(%error, "the HTTP server that answers before the API failed");
+        }
+    });
+    Ok(stop)
 }
 
 async fn shutdown_signal() {
