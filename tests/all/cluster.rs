@@ -372,6 +372,44 @@ fn a_store_whose_connections_were_killed_connects_again() {
     assert_eq!(store.lease_table().expect("connects again").len(), 64);
 }
 
+/// A load (a standby that just took the shards over) whose connection is killed while it reads
+/// is read again on a new connection, rather than end the host's start.
+#[test]
+fn a_load_whose_connection_is_killed_midway_is_read_again() {
+    let schema = PgSchema::new("reload");
+    let store = Arc::new(PgStore::open(&schema.url).expect("opens"));
+    assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
+    let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
+    // The load waits on a lock held here, so that it is killed in the middle of its reads.
+    let mut holder = raw(&schema);
+    let mut lock = holder.transaction().expect("begins");
+    lock.batch_execute(&format!("LOCK TABLE \"{name}\".tenants IN ACCESS EXCLUSIVE MODE")).expect("locks");
+    let loading = std::thread::spawn({
+        let store = store.clone();
+        move || store.load()
+    });
+    let mut killer = raw(&schema);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let killed: i64 = killer
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&format!("turnstile {name}")],
+            )
+            .expect("terminates")
+            .get(0);
+        if killed > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the load never waited on the lock");
+        std::thread::yield_now();
+    }
+    lock.rollback().expect("unlocks");
+    let image = loading.join().expect("joins").expect("loaded on a new connection");
+    assert_eq!(image.sessions.len(), 1);
+}
+
 #[test]
 fn two_standbys_never_split_the_shards_between_them() {
     let schema = PgSchema::new("two_standbys");

@@ -235,11 +235,15 @@ fn a_version_deployed_once_loads_at_restart_under_tighter_caps_and_a_cold_cache(
 /// A store that refuses any commit holding the event `"poison"`, or a new session while
 /// `refuse_creates` is set (a full disk, a quota, a value the database can't take), and records
 /// how many writes each commit it refused held; a commit holding the event `"held"` waits until
-/// `release` is set.
+/// `release` is set, as does one with a new session while `hold_creates` is set; while
+/// `creates_unknown` is set, a commit with a new session lands but is answered as if its `COMMIT`
+/// had had no answer.
 #[derive(Default)]
 struct Faulty {
     inner: turnstile::MemoryStore,
     refuse_creates: std::sync::atomic::AtomicBool,
+    creates_unknown: std::sync::atomic::AtomicBool,
+    hold_creates: std::sync::atomic::AtomicBool,
     refuse_checkpoints: std::sync::atomic::AtomicBool,
     refused_groups: std::sync::Mutex<Vec<usize>>,
     release: std::sync::Mutex<bool>,
@@ -276,14 +280,25 @@ impl turnstile::Store for Faulty {
             self.refused_groups.lock().expect("lock").push(batch.len());
             return Err(turnstile::StoreError::Damaged { report: "this write can't be taken".into() });
         }
-        if batch.iter().any(|write| matches!(write, turnstile::Write::Append { event, .. } if event == br#""held""#)) {
+        if batch.iter().any(|write| match write {
+            turnstile::Write::Append { event, .. } => event == br#""held""#,
+            turnstile::Write::Create { .. } => self.hold_creates.load(std::sync::atomic::Ordering::SeqCst),
+            turnstile::Write::Checkpoint(_) => false,
+        }) {
             self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
             let mut release = self.release.lock().expect("lock");
             while !*release {
                 release = self.released.wait(release).expect("lock");
             }
         }
-        self.inner.commit(batch)
+        let unknown = self.creates_unknown.load(std::sync::atomic::Ordering::SeqCst)
+            && batch.iter().any(|write| matches!(write, turnstile::Write::Create { .. }));
+        let written = self.inner.commit(batch)?;
+        if unknown {
+            let lost = turnstile::StoreError::Damaged { report: "no answer to COMMIT".into() };
+            return Err(turnstile::StoreError::CommitUnknown { source: Box::new(lost) });
+        }
+        Ok(written)
     }
     fn outputs(
         &self,
@@ -386,6 +401,55 @@ fn a_session_whose_creation_failed_is_not_counted_open() {
     assert_eq!(refused.code(), "store");
     assert_eq!(host.tenant("t").expect("tenant").open_sessions, 1, "one session is open");
     assert_eq!(host.delete_tenant("t").expect_err("it has an open session").code(), "conflict");
+}
+
+#[test]
+fn a_start_whose_commit_had_no_answer_is_found_and_run_by_its_retry() {
+    let (host, store) = faulty_host();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "echo", &echo_once_app()).expect("deploys");
+    store.creates_unknown.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lost = host.start_session_once("t", "echo", "start", b"1".to_vec(), Some("call-1")).expect_err("unknown");
+    assert_eq!(lost.code(), "store");
+    assert_eq!(host.tenant("t").expect("tenant").open_sessions, 0, "not known to have started");
+    store.creates_unknown.store(false, std::sync::atomic::Ordering::SeqCst);
+    // The retry finds it stored: the host takes it back and runs it, and counts it open.
+    let found = host.start_session_once("t", "echo", "start", b"1".to_vec(), Some("call-1")).expect("found");
+    assert!(found.before, "{found:?}");
+    let events = host.subscribe();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(host.session("t", found.session).expect("held").status, Status::Waiting { .. }) {
+        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it runs");
+    }
+    assert_eq!(host.tenant("t").expect("tenant").open_sessions, 1);
+    let again = host.start_session_once("t", "echo", "start", b"1".to_vec(), Some("call-1")).expect("found");
+    assert_eq!(again, found);
+}
+
+#[test]
+fn a_start_retried_while_the_first_is_committing_waits_for_it_even_at_the_quota() {
+    let (host, store) = faulty_host();
+    host.create_tenant("t", TenantConfig { max_sessions: 1, ..TenantConfig::default() }).expect("tenant");
+    host.deploy("t", "echo", &echo_once_app()).expect("deploys");
+    store.hold_creates.store(true, std::sync::atomic::Ordering::SeqCst);
+    let start = || host.start_session_once("t", "echo", "start", Vec::new(), Some("call-1"));
+    std::thread::scope(|scope| {
+        let first = scope.spawn(start);
+        while !store.holding.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // The first start's session holds the tenant's one place, not yet committed: the retry
+        // waits for it rather than be refused for the quota that session fills.
+        let (answer, answered) = std::sync::mpsc::channel();
+        scope.spawn(move || answer.send(start()).expect("sends"));
+        let early = answered.recv_timeout(Duration::from_millis(200));
+        *store.release.lock().expect("lock") = true;
+        store.released.notify_all();
+        let first = first.join().expect("joins").expect("the first start");
+        assert!(early.is_err(), "answered while the first start was committing: {early:?}");
+        let retry = answered.recv().expect("answered").expect("the retry finds the session");
+        assert!(!first.before && retry.before && retry.session == first.session, "{first:?} {retry:?}");
+    });
 }
 
 #[test]

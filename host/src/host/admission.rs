@@ -11,7 +11,7 @@ use super::tenants::Tenant;
 use super::views::Started;
 use crate::error::Error;
 use crate::session::{Session, SessionId};
-use crate::store::{SessionRecord, StartKey};
+use crate::store::{SessionRecord, StartKey, StoredSession, Written};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -27,13 +27,33 @@ impl Kernel {
         key: Option<&str>,
     ) -> Result<Started, Error> {
         let key = key.map(|key| StartKey { key: key.to_owned(), request: request_digest(app, entry_action, &input) });
+        let _turn = key.as_ref().map(|key| tenant.start_turn(&key.key));
         if let Some(key) = &key
             && let Some((session, request)) = self.store().started_with(tenant.name(), &key.key)?
         {
+            self.take_back_if_unresolved(session)?;
             return started_before(key, session, request == key.request);
         }
         let (entry, record) = self.new_entry(tenant, app, entry_action, input)?;
-        self.create(entry, record, key)
+        let id = record.id;
+        match (self.create(entry, record, key.clone())?, key) {
+            (Written::AlreadyStarted { session, same_request }, Some(key)) => {
+                started_before(&key, session, same_request)
+            }
+            _ => Ok(Started { session: id, before: false }),
+        }
+    }
+
+    /// A keyed start whose commit had an unknown outcome, found stored by a retry: it landed, so
+    /// it is taken back from its record (it never ran, so the record is what is stored).
+    fn take_back_if_unresolved(&self, session: SessionId) -> Result<(), Error> {
+        if self.sessions().holds(session) {
+            return Ok(());
+        }
+        let Some(record) = self.sessions().resolved(session) else { return Ok(()) };
+        tracing::info!(%session, "a start whose commit had an unknown outcome had landed: its session is taken back");
+        let stored = StoredSession { record, inbox: Vec::new(), unapplied: Vec::new() };
+        super::resume::resume_session(self, stored, &mut |hash| self.code(hash))
     }
 
     /// A new session's entry, or why it can't be.

@@ -15,7 +15,7 @@ use super::storage::{stored_by, written_by};
 use super::tenants::{Admin, AppEntry, Tenant, Tenants};
 use super::timers::{Due, Timers};
 use super::tokens::Tokens;
-use super::views::{Delivery, SessionView, Started};
+use super::views::{Delivery, SessionView};
 use crate::app::ModuleInfo;
 use crate::error::Error;
 use crate::limits::TenantConfig;
@@ -266,8 +266,11 @@ impl Kernel {
             (_, written) => written,
         };
         match write {
-            Write::Create { record, .. } => {
+            Write::Create { record, key } => {
                 let id = record.id;
+                if key.is_some() && matches!(&written, Err(Error::Store(error)) if error.is_ambiguous()) {
+                    self.sessions.unresolved(record.clone());
+                }
                 match written {
                     Ok(written @ Written::Created) => {
                         let tenant = record.tenant;
@@ -343,28 +346,23 @@ impl Kernel {
         }
     }
 
-    /// Starts a session whose record is built; answers once it is durable (or once the store
-    /// found the session its key started before).
+    /// Starts a session whose record is built: what its commit wrote, once it is durable (or
+    /// once the store found the session its key started before).
     pub(crate) fn create(
         &self,
         entry: SessionEntry,
         record: SessionRecord,
         key: Option<StartKey>,
-    ) -> Result<Started, Error> {
+    ) -> Result<Written, Error> {
         let id = record.id;
         let ticket = Arc::new(Ticket::default());
         {
             let mut shard = self.sessions.shard(id);
             super::sessions::hold(&mut shard, id, entry);
-            self.commits.enqueue(Write::Create { record, key: key.clone() }, Some(ticket.clone()));
+            self.commits.enqueue(Write::Create { record, key }, Some(ticket.clone()));
         }
         // A create that failed was closed where its commit failed (`apply_write`), once.
-        match (self.wait_for(&ticket)?, key) {
-            (Written::AlreadyStarted { session, same_request }, Some(key)) => {
-                super::admission::started_before(&key, session, same_request)
-            }
-            _ => Ok(Started { session: id, before: false }),
-        }
+        self.wait_for(&ticket)
     }
 
     /// Delivers an event: acknowledged once durable in the inbox of a session that had not ended.

@@ -7,10 +7,10 @@
 use super::kernel::Kernel;
 use super::lifecycle::Lifecycle;
 use super::sessions::SessionEntry;
-use crate::app::ModuleInfo;
+use crate::app::{App, ModuleInfo};
 use crate::error::Error;
 use crate::session::SessionId;
-use crate::store::{Image, StoreError};
+use crate::store::{Image, StoreError, StoredSession};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -48,29 +48,7 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
     // Ids of purged sessions are never used again.
     core.sessions().observe_id(SessionId(image.last_session_id));
     for stored in image.sessions {
-        let record = &stored.record;
-        let id = record.id;
-        core.sessions().observe_id(id);
-        let Some(tenant) = core.tenants().get(&record.tenant) else { continue };
-        let Some(app) = tenant.app(&record.app) else { continue };
-        let open = !record.snapshot.status.is_finished();
-        let version = record.snapshot.app.clone();
-        let code = if open { Some(core.runtime().reload(bytes(&version)?)?) } else { None };
-        let finished_ms = record.snapshot.finished_ms;
-        let (life, effects) = Lifecycle::resumed(stored);
-        // Counters count what this host does from its start (as Prometheus expects of a
-        // process): a session taken back from the store was not started here.
-        if open {
-            tenant.resumed_open();
-        } else {
-            // Its retention counts from when it finished (from this start for a session
-            // finished before that was kept).
-            core.retention().finished(id, tenant.policy().retention, finished_ms);
-            tenant.hold_finished();
-        }
-        let entry = SessionEntry { tenant: tenant.clone(), app: app.name.clone(), app_ix: app.ix, version, code, life };
-        super::sessions::hold(&mut core.sessions().shard(id), id, entry);
-        core.carry_out(&tenant, app.ix, id, effects);
+        resume_session(core, stored, &mut |hash| core.runtime().reload(bytes(hash)?))?;
     }
     for quarantined in &image.quarantined {
         tracing::error!(
@@ -81,5 +59,39 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
         );
     }
     core.count_quarantined(u64::try_from(image.quarantined.len()).unwrap_or(u64::MAX));
+    Ok(())
+}
+
+/// Takes one stored session back: into the session table, queued, waiting or kept as it was
+/// stored (`code_of` gives an open session's compiled code). A session of a tenant or app that
+/// is gone is left alone.
+pub(crate) fn resume_session(
+    core: &Kernel,
+    stored: StoredSession,
+    code_of: &mut dyn FnMut(&str) -> Result<Arc<App>, Error>,
+) -> Result<(), Error> {
+    let record = &stored.record;
+    let id = record.id;
+    core.sessions().observe_id(id);
+    let Some(tenant) = core.tenants().get(&record.tenant) else { return Ok(()) };
+    let Some(app) = tenant.app(&record.app) else { return Ok(()) };
+    let open = !record.snapshot.status.is_finished();
+    let version = record.snapshot.app.clone();
+    let code = if open { Some(code_of(&version)?) } else { None };
+    let finished_ms = record.snapshot.finished_ms;
+    let (life, effects) = Lifecycle::resumed(stored);
+    // Counters count what this host does from its start (as Prometheus expects of a
+    // process): a session taken back from the store was not started here.
+    if open {
+        tenant.resumed_open();
+    } else {
+        // Its retention counts from when it finished (from this start for a session
+        // finished before that was kept).
+        core.retention().finished(id, tenant.policy().retention, finished_ms);
+        tenant.hold_finished();
+    }
+    let entry = SessionEntry { tenant: tenant.clone(), app: app.name.clone(), app_ix: app.ix, version, code, life };
+    super::sessions::hold(&mut core.sessions().shard(id), id, entry);
+    core.carry_out(&tenant, app.ix, id, effects);
     Ok(())
 }

@@ -9,6 +9,7 @@ use super::tenants::Tenant;
 use crate::app::App;
 use crate::scheduler::AppIx;
 use crate::session::SessionId;
+use crate::store::SessionRecord;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -48,6 +49,10 @@ pub(crate) fn release(shard: &mut Shard, id: SessionId) -> Option<SessionEntry> 
 pub(crate) struct Sessions {
     shards: Box<[Mutex<Shard>]>,
     next_id: AtomicU64,
+    /// Sessions started under an idempotency key whose create's commit had an unknown outcome
+    /// (the store could not tell whether it landed): taken back when a retry under the key finds
+    /// them stored.
+    unresolved: Mutex<HashMap<SessionId, SessionRecord>>,
 }
 
 /// The shard of a session: its id mixed (so that consecutive ids spread), modulo the shards.
@@ -58,7 +63,11 @@ pub(crate) fn shard_of(id: SessionId) -> usize {
 
 impl Default for Sessions {
     fn default() -> Self {
-        Sessions { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), next_id: AtomicU64::new(1) }
+        Sessions {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            next_id: AtomicU64::new(1),
+            unresolved: Mutex::default(),
+        }
     }
 }
 
@@ -76,6 +85,21 @@ impl Sessions {
     /// Ids already used (resumed from a store) are never handed out again.
     pub(crate) fn observe_id(&self, id: SessionId) {
         self.next_id.fetch_max(id.0 + 1, Ordering::Relaxed);
+    }
+
+    /// Whether the host holds session `id`.
+    pub(crate) fn holds(&self, id: SessionId) -> bool {
+        self.shard(id).contains_key(&id)
+    }
+
+    /// Remembers a keyed start whose create may or may not have landed.
+    pub(crate) fn unresolved(&self, record: SessionRecord) {
+        self.unresolved.lock().unwrap_or_else(PoisonError::into_inner).insert(record.id, record);
+    }
+
+    /// The record of an unresolved start, which the store now shows landed.
+    pub(crate) fn resolved(&self, id: SessionId) -> Option<SessionRecord> {
+        self.unresolved.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)
     }
 
     /// Runs `visit` on every session, shard by shard (each shard locked while it is visited).

@@ -15,9 +15,9 @@ use crate::scheduler::{AppIx, TenantIx};
 use crate::session::SessionId;
 use crate::store::Store;
 use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// One tenant.
@@ -41,6 +41,24 @@ pub(crate) struct Tenant {
     /// Whether one of its modules is compiling (held by its compile's thread until the compile
     /// ends, past the deploy's time limit if it runs over).
     compiling: Arc<AtomicBool>,
+    /// The idempotency keys it is starting a session under now: a second start under one waits
+    /// for the first to be answered (and then finds its session), rather than be judged against
+    /// the quotas the first one's session already counts in.
+    starting: Mutex<HashSet<String>>,
+    start_done: Condvar,
+}
+
+/// A start under an idempotency key, under way; the key's next start waits until it is dropped.
+pub(crate) struct StartTurn<'a> {
+    tenant: &'a Tenant,
+    key: String,
+}
+
+impl Drop for StartTurn<'_> {
+    fn drop(&mut self) {
+        self.tenant.starting.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
+        self.tenant.start_done.notify_all();
+    }
 }
 
 /// One compile of a tenant's under way; dropped when it ends.
@@ -123,7 +141,20 @@ impl Tenant {
             deploys: Mutex::default(),
             compiling: Arc::default(),
             sessions: TenantSessions::default(),
+            starting: Mutex::default(),
+            start_done: Condvar::new(),
         }
+    }
+
+    /// Its turn to start a session under `key`: waits while another start under that key is
+    /// under way.
+    pub(crate) fn start_turn(&self, key: &str) -> StartTurn<'_> {
+        let mut starting = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        while starting.contains(key) {
+            starting = self.start_done.wait(starting).unwrap_or_else(PoisonError::into_inner);
+        }
+        starting.insert(key.to_owned());
+        StartTurn { tenant: self, key: key.to_owned() }
     }
 
     pub(crate) fn name(&self) -> &Arc<str> {

@@ -13,7 +13,6 @@
 
 use super::{AppRecord, Image, StorageUsage, Store, StoreError, TenantRecord, TokenRecord, Write, Written, usage_of};
 use crate::session::SessionId;
-use load::{load_catalogue, load_sessions, snapshot};
 use postgres::{Client, NoTls, Transaction};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -372,18 +371,20 @@ pub(super) fn u64_of(value: i64) -> u64 {
 
 impl Store for PgStore {
     fn load(&self) -> Result<Image, StoreError> {
-        let mut writer = self.writer()?;
-        let fail = pg("loading");
-        // One snapshot for every table read (a session's inbox and its row as of one moment).
-        let mut tx = snapshot(&mut writer, "loading")?;
-        let mut image = Image::default();
-        load_catalogue(&mut tx, &mut image)?;
-        image.sessions = load_sessions(&mut tx, None, &mut image.quarantined)?;
-        let purged: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'purged_up_to'", &[]).map_err(&fail)?.get(0);
-        let last = image.sessions.iter().map(|s| s.record.id.0).max().unwrap_or(0);
-        image.last_session_id = last.max(u64_of(purged));
-        tx.commit().map_err(&fail)?;
-        Ok(image)
+        // A connection lost under the load (killed by an operator, a server restarting) is
+        // connected again, twice at most, rather than fail the start of a host that just
+        // claimed the shards.
+        let mut attempts = 0;
+        loop {
+            match load::load_all(&mut *self.writer()?) {
+                Err(error) if error.is_unavailable() && attempts < 2 => {
+                    tracing::warn!(%error, "loading the store failed: trying again on a new connection");
+                    self.broken.store(true, Ordering::Release);
+                    attempts += 1;
+                }
+                loaded => return loaded,
+            }
+        }
     }
 
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {

@@ -11,14 +11,28 @@ use crate::store::{
 use postgres::Transaction;
 use std::collections::BTreeMap;
 
-/// Tenants, apps, modules and tokens.
+/// Everything stored, read in one snapshot (a session's inbox and its row as of one moment).
+pub(super) fn load_all(client: &mut postgres::Client) -> Result<Image, StoreError> {
+    let fail = pg("loading");
+    let mut tx = snapshot(client, "loading")?;
+    let mut image = Image::default();
+    load_catalogue(&mut tx, &mut image)?;
+    image.sessions = load_sessions(&mut tx, None, &mut image.quarantined)?;
+    let purged: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'purged_up_to'", &[]).map_err(&fail)?.get(0);
+    let last = image.sessions.iter().map(|s| s.record.id.0).max().unwrap_or(0);
+    image.last_session_id = last.max(u64_of(purged));
+    tx.commit().map_err(&fail)?;
+    Ok(image)
+}
+
 /// A transaction that reads every table as of one moment (repeatable read): a session's inbox
 /// and its row agree.
 pub(super) fn snapshot<'a>(client: &'a mut postgres::Client, op: &'static str) -> Result<Transaction<'a>, StoreError> {
     client.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().map_err(pg(op))
 }
 
-pub(super) fn load_catalogue(tx: &mut Transaction<'_>, image: &mut Image) -> Result<(), StoreError> {
+/// Tenants, apps, modules and tokens.
+fn load_catalogue(tx: &mut Transaction<'_>, image: &mut Image) -> Result<(), StoreError> {
     let fail = pg("loading");
     for row in tx.query("SELECT name, config FROM tenants ORDER BY name", &[]).map_err(&fail)? {
         let config: String = row.get(1);
