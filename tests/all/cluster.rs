@@ -586,6 +586,15 @@ fn a_paused_server_that_lost_its_shards_exits_and_writes_nothing() {
         let sent = std::process::Command::new("kill").args([signal, &zombie.id().to_string()]).status();
         assert!(sent.expect("kill runs").success());
     };
+    // An output stream forwarded to the node that is about to pause, flowing (headers read).
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port_c)).expect("connects");
+    let follow = format!("GET {session}/outputs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    std::io::Write::write_all(&mut stream, follow.as_bytes()).expect("sends");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut stream, &mut head).expect("the stream's head");
+    assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
+    let streamed = std::thread::spawn(move || std::io::Read::read_to_end(&mut stream, &mut Vec::new()));
     pause("-STOP");
     // Requests forwarded to the paused node meanwhile are not left hanging on it once another
     // node acts: both standbys (the one that takes over, and the other) answer them `standby`.
@@ -602,6 +611,8 @@ fn a_paused_server_that_lost_its_shards_exits_and_writes_nothing() {
         let (status, body) = asked.join().expect("answered while the zombie is still paused");
         assert_eq!((status, json_body(&body)["code"].as_str()), (503, Some("standby")), "{body}");
     }
+    // And the stream flowing from it ends, for its client to resume from the node acting now.
+    streamed.join().expect("joins").expect("the stream ends while the zombie is still paused");
     let port = if acting(port_b) { port_b } else { port_c };
     let (status, body) = request(port, "POST", &format!("{session}/events"), &token, "text/plain", b"\"answered\"");
     assert_eq!(status, 202, "{body}");

@@ -13,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -169,7 +170,14 @@ async fn forward(State(standby): State<Arc<Standby>>, mut request: Request) -> R
         }
     };
     match answer {
-        Ok(answer) => answer.map(Body::new),
+        // A stream still flowing from the holder when it stops acting ends: its client resumes
+        // from the node acting now (`Last-Event-ID`) rather than wait on one paused or gone.
+        Ok(answer) => answer.map(|body| {
+            let stopped = async move {
+                let _ = view.changed().await;
+            };
+            Body::from_stream(Body::new(body).into_data_stream().take_until(stopped))
+        }),
         Err(error) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "forward_failed",
