@@ -310,6 +310,56 @@ fn a_starting_server_is_alive_not_ready_and_holds_requests_for_its_api() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An output stream opened while a server starts is handed to the API and lives as long as any
+/// of the API's streams: not cut when the grace period of the loop that held it runs out.
+#[test]
+fn a_stream_opened_while_the_server_starts_outlives_the_starting_loop() {
+    let dir = temp_dir("starting-stream");
+    let config = dir.join("turnstile.toml");
+    std::fs::write(&config, "[http]\nshutdown_grace_secs = 1\n").expect("config");
+    let args = [OsStr::new("--data-dir"), dir.as_os_str(), OsStr::new("--config"), config.as_os_str()];
+    let (mut server, port) = start_server(&args);
+    assert_eq!(request(port, "POST", "/v1/tenants", ADMIN, "application/json", br#"{"name":"bank"}"#).0, 201);
+    let (_, body) = request(port, "POST", "/v1/tenants/bank/tokens", ADMIN, "application/json", b"");
+    let token = json_body(&body)["token"].as_str().expect("token").to_owned();
+    let app = crate::durability::wait_app(None);
+    assert_eq!(request(port, "PUT", "/v1/apps/call", &token, "application/wasm", &app).0, 201);
+    let (_, body) = request(port, "POST", "/v1/sessions", &token, "application/json", br#"{"app":"call"}"#);
+    let session = format!("/v1/sessions/{}", json_body(&body)["id"].as_u64().expect("id"));
+    wait_until("the call to wait", || {
+        json_body(&request(port, "GET", &session, &token, "", b"").1)["status"] == "waiting"
+    });
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
+    assert!(server.wait().expect("ends").success());
+    // Started again on a locked database: the stream is opened while the server waits on it.
+    let lock = rusqlite::Connection::open(dir.join("turnstile.db")).expect("opens");
+    lock.execute_batch("PRAGMA journal_mode = DELETE; BEGIN EXCLUSIVE;").expect("locks");
+    let (mut server, port) = start_server(&args);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let follow = format!("GET {session}/outputs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(follow.as_bytes()).expect("sends");
+    let streamed = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stream.read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let (status, body) = request(port, "GET", "/readyz", "", "", b"");
+    assert_eq!((status, json_body(&body)["code"].as_str()), (503, Some("starting")), "{body}");
+    lock.execute_batch("ROLLBACK").expect("unlocks");
+    drop(lock);
+    wait_until("the server to be ready", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
+    // Past the held loop's grace period, the call is answered: the stream carries it to its end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, body) = request(port, "POST", &format!("{session}/events"), &token, "text/plain", b"\"hello\"");
+    assert_eq!(status, 202, "{body}");
+    let text = streamed.join().expect("joins");
+    assert!(text.contains("hello") && text.contains("event: end"), "{text}");
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
+    assert!(server.wait().expect("ends").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_example_configuration_serves_with_its_relative_data_directory() {
     // As the README shows it: `serve --config turnstile.example.toml` from the directory that

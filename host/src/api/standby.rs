@@ -170,14 +170,17 @@ async fn forward(State(standby): State<Arc<Standby>>, mut request: Request) -> R
         }
     };
     match answer {
-        // A stream still flowing from the holder when it stops acting ends: its client resumes
-        // from the node acting now (`Last-Event-ID`) rather than wait on one paused or gone.
-        Ok(answer) => answer.map(|body| {
+        // An output stream still flowing from the holder when it stops acting ends: its client
+        // resumes from the node acting now (`Last-Event-ID`) rather than wait on one paused or
+        // gone. Other answers are passed whole (a cut one would look like a failure although
+        // the holder did the work).
+        Ok(answer) if is_stream(answer.headers()) => answer.map(|body| {
             let stopped = async move {
                 let _ = view.changed().await;
             };
             Body::from_stream(Body::new(body).into_data_stream().take_until(stopped))
         }),
+        Ok(answer) => answer.map(Body::new),
         Err(error) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "forward_failed",
@@ -185,4 +188,9 @@ async fn forward(State(standby): State<Arc<Standby>>, mut request: Request) -> R
         )
         .into_response(),
     }
+}
+
+/// Whether an answer is an output stream (Server-Sent Events).
+fn is_stream(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"))
 }

@@ -42,7 +42,10 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     };
     // Until the API is up, requests are held for it (refused `starting` if that takes long).
     let (api_up, up) = tokio::sync::watch::channel(None);
-    let starting = serve_meanwhile(&runtime, &listener, api::starting_router(up), &config)?;
+    // The requests it hands to the API run on its connections, output streams included, until
+    // they end by themselves (at the latest when the API shuts down): no grace period cuts them.
+    let held = api::HttpLimits { shutdown_grace_secs: u64::MAX, ..config.http.clone() };
+    let starting = serve_meanwhile(&runtime, &listener, api::starting_router(up), &held)?;
     let store: Arc<dyn Store> = match &cluster {
         Some(store) => store.clone(),
         None => open_store(&url)?,
@@ -115,7 +118,7 @@ fn wait_for_the_shards(
     let standby = Standby::new(&policy.node, policy.address.as_deref());
     // Once the shards are this host's, the standby's loop stops taking connections (its
     // requests in flight finish by themselves).
-    let forwarding = serve_meanwhile(runtime, listener, standby.clone().router(), config)?;
+    let forwarding = serve_meanwhile(runtime, listener, standby.clone().router(), &config.http)?;
     let mut told = false;
     let waiting = |holder: &LeaseRow| {
         standby.saw(holder);
@@ -144,14 +147,14 @@ fn serve_meanwhile(
     runtime: &tokio::runtime::Runtime,
     listener: &std::net::TcpListener,
     router: axum::Router,
-    config: &ServeConfig,
+    limits: &api::HttpLimits,
 ) -> Result<tokio::sync::oneshot::Sender<()>> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = {
         let _context = runtime.enter();
         tokio::net::TcpListener::from_std(listener.try_clone()?)?
     };
-    let limits = config.http.clone();
+    let limits = limits.clone();
     let closing = Arc::new(tokio::sync::watch::channel(false).0);
     runtime.spawn(async move {
         let stop = async move {

@@ -125,20 +125,24 @@ impl PgStore {
                     .map_err(|source| StoreError::Io { context: "starting the lease renewal thread", source })?;
                 return Ok(());
             }
+            // A table that cannot be read now says nothing new of the holder: the caller's view
+            // of it stands (a standby would otherwise cut what it forwards to a holder that is
+            // still there).
             let holders = match self.lease_table() {
-                Err(error) if policy.wait && error.is_unavailable() => Vec::new(),
-                holders => holders?,
+                Err(error) if policy.wait && error.is_unavailable() => None,
+                holders => Some(holders?),
             };
-            // (No row: the database could not be read; the holder is unknown.)
-            let holder = holders
-                .into_iter()
-                .find(|row| row.owner.as_ref().is_some_and(|o| *o != policy.node))
-                .unwrap_or_default();
-            if !policy.wait {
-                let holder = holder.owner.unwrap_or_else(|| "another node".to_owned());
-                return Err(StoreError::ShardsHeld { holder });
+            if let Some(holders) = holders {
+                let holder = holders
+                    .into_iter()
+                    .find(|row| row.owner.as_ref().is_some_and(|o| *o != policy.node))
+                    .unwrap_or_default();
+                if !policy.wait {
+                    let holder = holder.owner.unwrap_or_else(|| "another node".to_owned());
+                    return Err(StoreError::ShardsHeld { holder });
+                }
+                waiting(&holder);
             }
-            waiting(&holder);
             if let Err(error) = self.await_release(policy.lease / 6) {
                 tracing::warn!(%error, "waiting for the shards: the database is unavailable; asking again");
                 std::thread::sleep(policy.lease / 6);
