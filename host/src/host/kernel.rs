@@ -24,6 +24,7 @@ use crate::sandbox::{ActionCall, ActionOutcome, ActionTask, Usage};
 use crate::scheduler::{Bounds, Dispatch};
 use crate::session::{SessionId, Status, now_ms};
 use crate::store::{Appended, SessionRecord, StartKey, StorageUsage, Store, Write, Written};
+use crossbeam_utils::CachePadded;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,8 +36,10 @@ pub(crate) struct Kernel {
     tenants: Tenants,
     tokens: Tokens,
     sessions: Sessions,
-    dispatcher: Dispatcher,
-    commits: CommitQueue,
+    /// The two structures every action locks, each on cache lines of its own: sharing one with
+    /// each other (or with a field written as often) made the two workers take turns on it.
+    dispatcher: CachePadded<Dispatcher>,
+    commits: CachePadded<CommitQueue>,
     health: Arc<StoreHealth>,
     timers: Arc<Timers>,
     bus: Bus,
@@ -63,8 +66,8 @@ impl Kernel {
             tenants: Tenants::default(),
             tokens: Tokens::default(),
             sessions: Sessions::default(),
-            dispatcher: Dispatcher::new(bounds, preemption),
-            commits: CommitQueue::new(health.clone()),
+            dispatcher: CachePadded::new(Dispatcher::new(bounds, preemption)),
+            commits: CachePadded::new(CommitQueue::new(health.clone())),
             health,
             timers: Arc::default(),
             bus: Bus::default(),

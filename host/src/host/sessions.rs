@@ -10,6 +10,7 @@ use crate::app::App;
 use crate::scheduler::AppIx;
 use crate::session::SessionId;
 use crate::store::SessionRecord;
+use crossbeam_utils::CachePadded;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -47,7 +48,9 @@ pub(crate) fn release(shard: &mut Shard, id: SessionId) -> Option<SessionEntry> 
 
 /// Every session the host holds.
 pub(crate) struct Sessions {
-    shards: Box<[Mutex<Shard>]>,
+    /// Each on cache lines of its own: two workers on sessions of neighbouring shards do not
+    /// contend.
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
     next_id: AtomicU64,
     /// Sessions started under an idempotency key whose create's commit had an unknown outcome
     /// (the store could not tell whether it landed): taken back when a retry under the key finds
@@ -64,7 +67,7 @@ pub(crate) fn shard_of(id: SessionId) -> usize {
 impl Default for Sessions {
     fn default() -> Self {
         Sessions {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS).map(|_| CachePadded::new(Mutex::default())).collect(),
             next_id: AtomicU64::new(1),
             unresolved: Mutex::default(),
         }
