@@ -16,6 +16,7 @@ mod fixtures;
 mod flows;
 mod hardening;
 mod host;
+mod nodes;
 mod operations;
 mod outage;
 mod quotas;

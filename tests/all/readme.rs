@@ -47,9 +47,9 @@ const COMMANDS_RUN_BY: &[(&str, &str)] = &[
     ("session export", "durability::a_session_exported_from_one_host_resumes_on_another"),
     ("session import", "durability::a_session_exported_from_one_host_resumes_on_another"),
     ("turnstile backup", "operations::a_backup_taken_under_load_resumes_every_session_of_its_moment"),
-    ("export TURNSTILE_ADMIN_TOKEN", "cluster::a_standby_server_takes_over_the_calls_of_a_killed_one"),
-    ("serve --listen 127.0.0.1:808", "cluster::a_standby_server_takes_over_the_calls_of_a_killed_one"),
-    ("cluster status", "cluster::a_standby_server_takes_over_the_calls_of_a_killed_one"),
+    ("export TURNSTILE_ADMIN_TOKEN", "nodes::a_standby_server_takes_over_the_calls_of_a_killed_one"),
+    ("serve --listen 127.0.0.1:808", "nodes::a_standby_server_takes_over_the_calls_of_a_killed_one"),
+    ("cluster status", "nodes::a_standby_server_takes_over_the_calls_of_a_killed_one"),
 ];
 
 #[test]
