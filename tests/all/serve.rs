@@ -287,24 +287,44 @@ fn the_client_takes_a_script_from_nothing_to_an_answered_call() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Holds a lock on the schema's `tenants` table until dropped (rolled back): a node starting on
+/// the schema waits for it while it loads, for as long as it is held (no timeout to race).
+struct LoadLock(postgres::Client);
+
+impl LoadLock {
+    fn on(schema: &crate::store::PgSchema) -> LoadLock {
+        let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
+        let mut client = postgres::Client::connect(&crate::store::postgres_url(), postgres::NoTls).expect("connects");
+        client.batch_execute(&format!("BEGIN; LOCK TABLE \"{name}\".tenants IN ACCESS EXCLUSIVE MODE")).expect("locks");
+        LoadLock(client)
+    }
+}
+
+impl Drop for LoadLock {
+    fn drop(&mut self) {
+        let _ = self.0.batch_execute("ROLLBACK");
+    }
+}
+
 #[test]
 fn a_starting_server_is_alive_not_ready_and_holds_requests_for_its_api() {
-    // The database is locked by another connection, so the server's start waits on it (up to
-    // its busy timeout): meanwhile it is alive and not ready, and a request waits for the API.
+    let schema = crate::store::PgSchema::new("starting");
+    drop(turnstile::PgStore::open(&schema.url).expect("the schema is made"));
     let dir = temp_dir("starting");
-    let lock = rusqlite::Connection::open(dir.join("turnstile.db")).expect("opens");
-    lock.execute_batch("CREATE TABLE held (x); BEGIN EXCLUSIVE; INSERT INTO held VALUES (1);").expect("locks");
-    let (mut server, port) = start_server(&[OsStr::new("--data-dir"), dir.as_os_str()]);
+    let lock = LoadLock::on(&schema);
+    let (mut server, port) =
+        start_server(&[OsStr::new("--store"), OsStr::new(&schema.url), OsStr::new("--data-dir"), dir.as_os_str()]);
     let (status, body) = request(port, "GET", "/healthz", "", "text/plain", b"");
     assert_eq!((status, body.trim()), (200, "ok"));
-    let (status, body) = request(port, "GET", "/readyz", "", "text/plain", b"");
-    assert_eq!((status, json_body(&body)["code"].as_str()), (503, Some("starting")), "{body}");
+    // (A standby for a moment, until it holds the shards; then starting, until the lock goes.)
+    wait_until("the node to load", || {
+        json_body(&request(port, "GET", "/readyz", "", "text/plain", b"").1)["code"] == "starting"
+    });
     let held = std::thread::spawn(move || request(port, "GET", "/v1/tenants", ADMIN, "text/plain", b""));
-    lock.execute_batch("ROLLBACK").expect("unlocks");
     drop(lock);
     let (status, body) = held.join().expect("answered");
     assert_eq!(status, 200, "the held request is answered by the API once it is up: {body}");
-    assert_eq!(request(port, "GET", "/readyz", "", "text/plain", b"").0, 200);
+    wait_until("the API to take the connections", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
     assert!(server.wait().expect("ends").success());
     let _ = std::fs::remove_dir_all(&dir);
@@ -314,11 +334,20 @@ fn a_starting_server_is_alive_not_ready_and_holds_requests_for_its_api() {
 /// of the API's streams: not cut when the grace period of the loop that held it runs out.
 #[test]
 fn a_stream_opened_while_the_server_starts_outlives_the_starting_loop() {
+    let schema = crate::store::PgSchema::new("starting_stream");
     let dir = temp_dir("starting-stream");
     let config = dir.join("turnstile.toml");
     std::fs::write(&config, "[http]\nshutdown_grace_secs = 1\n").expect("config");
-    let args = [OsStr::new("--data-dir"), dir.as_os_str(), OsStr::new("--config"), config.as_os_str()];
+    let args = [
+        OsStr::new("--store"),
+        OsStr::new(&schema.url),
+        OsStr::new("--data-dir"),
+        dir.as_os_str(),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ];
     let (mut server, port) = start_server(&args);
+    wait_until("the node to act", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
     assert_eq!(request(port, "POST", "/v1/tenants", ADMIN, "application/json", br#"{"name":"bank"}"#).0, 201);
     let (_, body) = request(port, "POST", "/v1/tenants/bank/tokens", ADMIN, "application/json", b"");
     let token = json_body(&body)["token"].as_str().expect("token").to_owned();
@@ -331,10 +360,10 @@ fn a_stream_opened_while_the_server_starts_outlives_the_starting_loop() {
     });
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
     assert!(server.wait().expect("ends").success());
-    // Started again on a locked database: the stream is opened while the server waits on it.
-    let lock = rusqlite::Connection::open(dir.join("turnstile.db")).expect("opens");
-    lock.execute_batch("PRAGMA journal_mode = DELETE; BEGIN EXCLUSIVE;").expect("locks");
+    // Started again while its load waits: the stream is opened then.
+    let lock = LoadLock::on(&schema);
     let (mut server, port) = start_server(&args);
+    wait_until("the node to load", || json_body(&request(port, "GET", "/readyz", "", "", b"").1)["code"] == "starting");
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let follow = format!("GET {session}/outputs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
@@ -344,9 +373,6 @@ fn a_stream_opened_while_the_server_starts_outlives_the_starting_loop() {
         let _ = stream.read_to_end(&mut text);
         String::from_utf8_lossy(&text).into_owned()
     });
-    let (status, body) = request(port, "GET", "/readyz", "", "", b"");
-    assert_eq!((status, json_body(&body)["code"].as_str()), (503, Some("starting")), "{body}");
-    lock.execute_batch("ROLLBACK").expect("unlocks");
     drop(lock);
     wait_until("the server to be ready", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
     // Past the held loop's grace period, the call is answered: the stream carries it to its end.
