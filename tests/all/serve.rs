@@ -330,6 +330,47 @@ fn a_starting_server_is_alive_not_ready_and_holds_requests_for_its_api() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A node stopped (SIGTERM) while it loads exits 0 at once and gives its shards up: a standby
+/// takes over then, not when the leases run out (30 s here).
+#[test]
+fn a_node_stopped_while_it_loads_gives_its_shards_up_at_once() {
+    let schema = crate::store::PgSchema::new("stopped_loading");
+    drop(turnstile::PgStore::open(&schema.url).expect("the schema is made"));
+    let dir = temp_dir("stopped-loading");
+    let config = dir.join("turnstile.toml");
+    std::fs::write(&config, "[cluster]\nlease = \"30s\"\n").expect("config");
+    let args = |node: &str| {
+        [
+            OsStr::new("--store").to_owned(),
+            OsStr::new(&schema.url).to_owned(),
+            OsStr::new("--config").to_owned(),
+            config.clone().into_os_string(),
+            OsStr::new("--data-dir").to_owned(),
+            dir.join(node).into_os_string(),
+        ]
+    };
+    let code = |port: u16| json_body(&request(port, "GET", "/readyz", "", "", b"").1)["code"].clone();
+    let lock = LoadLock::on(&schema);
+    let first = args("a");
+    let (mut loading, port) = start_server(&first.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    wait_until("the first node to load", || code(port) == "starting");
+    let second = args("b");
+    let (mut standby, port_b) = start_server(&second.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    wait_until("the second node to wait", || code(port_b) == "standby");
+    Command::new("kill").args(["-TERM", &loading.id().to_string()]).status().expect("kill runs");
+    let stopped = Instant::now();
+    assert!(loading.wait().expect("ends").success(), "a stop while loading exits 0");
+    while code(port_b) != "starting" {
+        assert!(stopped.elapsed() < Duration::from_secs(10), "the standby waited for the leases to run out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(lock);
+    wait_until("the standby to act", || request(port_b, "GET", "/readyz", "", "", b"").0 == 200);
+    Command::new("kill").args(["-TERM", &standby.id().to_string()]).status().expect("kill runs");
+    assert!(standby.wait().expect("ends").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An output stream opened while a server starts is handed to the API and lives as long as any
 /// of the API's streams: not cut when the grace period of the loop that held it runs out.
 #[test]

@@ -29,10 +29,31 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     let listening = listener.local_addr()?;
     // The port actually bound (the configuration may ask for port 0): tests read this line.
     println!("listening on http://{listening}");
+    // A stop asked for (SIGTERM, SIGINT) at any point is seen once: before the API is up it ends
+    // the start at once, giving the shards up if they were claimed (a standby takes over now,
+    // not when the leases run out); after, it stops the API gracefully.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    runtime.spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let claimed: Arc<std::sync::OnceLock<Arc<PgStore>>> = Arc::default();
+    let stopped_while_starting = runtime.spawn({
+        let (mut stopping, claimed) = (stopping.clone(), claimed.clone());
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            eprintln!("stopped while starting: exiting");
+            if let Some(store) = claimed.get().cloned() {
+                let _ = tokio::task::spawn_blocking(move || store.release_claim()).await;
+            }
+            std::process::exit(0);
+        }
+    });
     let url = config.store_url();
     let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
     let cluster = if postgres {
         let store = Arc::new(PgStore::open(&url)?);
+        let _ = claimed.set(store.clone());
         let policy = config.cluster.policy(listening)?;
         wait_for_the_shards(&runtime, &listener, &config, &store, &policy)?;
         eprintln!("node {} holds all {} shards", policy.node, store.shard_count());
@@ -86,11 +107,13 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
     let routes = router(api.clone());
     api_up.send_replace(Some(routes.clone()));
     drop(starting);
+    stopped_while_starting.abort();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (closing, shutdown_api) = (api.closing(), api.clone());
+        let mut stopping = stopping;
         let shutdown = async move {
-            shutdown_signal().await;
+            let _ = stopping.wait_for(|stop| *stop).await;
             shutdown_api.set_unready();
             tracing::info!("shutting down: no new requests; finishing the actions in flight");
         };

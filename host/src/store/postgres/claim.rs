@@ -213,8 +213,9 @@ impl PgStore {
         }
     }
 
-    /// Gives the shards up (the store is being dropped: the host has stopped).
-    pub(super) fn release_claim(&self) {
+    /// Gives the shards up now, so that a standby takes them over at once (the store is being
+    /// dropped, or the host is stopping before it served).
+    pub fn release_claim(&self) {
         let claim = self.claim.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(claim) = claim.filter(|c| !c.lost) {
             let held = claim.held();
