@@ -28,11 +28,16 @@ impl Kernel {
     ) -> Result<Started, Error> {
         let key = key.map(|key| StartKey { key: key.to_owned(), request: request_digest(app, entry_action, &input) });
         let _turn = key.as_ref().map(|key| tenant.start_turn(&key.key));
-        if let Some(key) = &key
-            && let Some((session, request)) = self.store().started_with(tenant.name(), &key.key)?
-        {
-            self.take_back_if_unresolved(session)?;
-            return started_before(key, session, request == key.request);
+        if let Some(key) = &key {
+            let found = self.store().started_with(tenant.name(), &key.key)?;
+            // An earlier start under the key whose commit had an unknown outcome is settled now.
+            let unresolved = self.sessions().resolved(tenant.name(), &key.key);
+            if let Some((session, request)) = found {
+                if let Some(record) = unresolved.filter(|r| r.id == session && !self.sessions().holds(session)) {
+                    self.take_back(record)?;
+                }
+                return started_before(key, session, request == key.request);
+            }
         }
         let (entry, record) = self.new_entry(tenant, app, entry_action, input)?;
         let id = record.id;
@@ -46,12 +51,8 @@ impl Kernel {
 
     /// A keyed start whose commit had an unknown outcome, found stored by a retry: it landed, so
     /// it is taken back from its record (it never ran, so the record is what is stored).
-    fn take_back_if_unresolved(&self, session: SessionId) -> Result<(), Error> {
-        if self.sessions().holds(session) {
-            return Ok(());
-        }
-        let Some(record) = self.sessions().resolved(session) else { return Ok(()) };
-        tracing::info!(%session, "a start whose commit had an unknown outcome had landed: its session is taken back");
+    fn take_back(&self, record: SessionRecord) -> Result<(), Error> {
+        tracing::info!(session = %record.id, "a start whose commit had an unknown outcome had landed: its session is taken back");
         let stored = StoredSession { record, inbox: Vec::new(), unapplied: Vec::new() };
         super::resume::resume_session(self, stored, &mut |hash| self.code(hash))
     }

@@ -36,8 +36,7 @@ pub(crate) struct Kernel {
     tenants: Tenants,
     tokens: Tokens,
     sessions: Sessions,
-    /// The two structures every action locks, each on cache lines of its own: sharing one with
-    /// each other (or with a field written as often) made the two workers take turns on it.
+    /// Each on cache lines of its own: both workers lock them on every action (see `sessions`).
     dispatcher: CachePadded<Dispatcher>,
     commits: CachePadded<CommitQueue>,
     health: Arc<StoreHealth>,
@@ -271,8 +270,10 @@ impl Kernel {
         match write {
             Write::Create { record, key } => {
                 let id = record.id;
-                if key.is_some() && matches!(&written, Err(Error::Store(error)) if error.is_ambiguous()) {
-                    self.sessions.unresolved(record.clone());
+                if let (Some(key), Err(Error::Store(error))) = (key, &written)
+                    && error.is_ambiguous()
+                {
+                    self.sessions.unresolved(&key.key, record.clone());
                 }
                 match written {
                     Ok(written @ Written::Created) => {
