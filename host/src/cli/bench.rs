@@ -75,6 +75,17 @@ pub(crate) fn bench(plan: &BenchPlan) -> Result<std::process::ExitCode> {
     if plan.wants('a') || plan.wants('b') {
         through = Some(throughput(window, workers, plan.repeat.max(1))?);
     }
+    if plan.wants('m') {
+        let one = match through {
+            Some(b) => b,
+            None => through_scheduler(window, workers)?,
+        };
+        let many = many_modules(window, workers)?;
+        println!(
+            "(m) (b) with a module of its own per app, as tenants' apps are: {many:.0} actions/s, {:.2} of (b)",
+            many / one
+        );
+    }
     if plan.wants('e') {
         let jain = fairness(window)?;
         println!(
@@ -189,10 +200,23 @@ fn populate(
     sessions: usize,
     module: &[u8],
 ) -> Result<()> {
+    populate_with(host, tenants, apps, sessions, &|_| module.to_vec())
+}
+
+/// [`populate`] with the module of the `n`th app deployed given by `module_of`.
+fn populate_with(
+    host: &Host,
+    tenants: &[(String, TenantConfig)],
+    apps: usize,
+    sessions: usize,
+    module_of: &dyn Fn(u32) -> Vec<u8>,
+) -> Result<()> {
+    let mut deployed = 0;
     for (tenant, config) in tenants {
         host.create_tenant(tenant, config.clone())?;
         for a in 0..apps {
-            host.deploy(tenant, &format!("app{a}"), module)?;
+            host.deploy(tenant, &format!("app{a}"), &module_of(deployed))?;
+            deployed += 1;
         }
     }
     for _ in 0..sessions {
@@ -223,6 +247,24 @@ fn through_scheduler(window: Duration, workers: usize) -> Result<f64> {
     let host = host(workers)?;
     let tenants: Vec<_> = (0..10).map(|t| (format!("tenant{t}"), TenantConfig::default())).collect();
     populate(&host, &tenants, 10, 10, &wat::parse_str(TICK)?)?;
+    let (before, after, elapsed) = measured(&host, window, total_actions);
+    Ok((after - before) as f64 / elapsed.as_secs_f64())
+}
+
+/// (m): (b) with every app a module of its own, as tenants' apps are (the same code, told apart
+/// by a custom section): each instance then takes the slot of another module's.
+fn many_modules(window: Duration, workers: usize) -> Result<f64> {
+    let host = host(workers)?;
+    let tenants: Vec<_> = (0..10).map(|t| (format!("tenant{t}"), TenantConfig::default())).collect();
+    let tick = wat::parse_str(TICK)?;
+    let own = |n: u32| {
+        // A custom section (id 0) of 6 bytes: the name "x" (1 byte, then it) and `n`.
+        let mut module = tick.clone();
+        module.extend_from_slice(&[0, 6, 1, b'x']);
+        module.extend_from_slice(&n.to_le_bytes());
+        module
+    };
+    populate_with(&host, &tenants, 10, 10, &own)?;
     let (before, after, elapsed) = measured(&host, window, total_actions);
     Ok((after - before) as f64 / elapsed.as_secs_f64())
 }
