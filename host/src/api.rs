@@ -28,7 +28,7 @@ mod tenants;
 pub use error::ApiError;
 pub use server::{HttpLimits, serve};
 pub use standby::Standby;
-pub use starting::{HOLD, starting_router};
+pub use starting::starting_router;
 
 use crate::error::Error;
 use crate::host::Host;

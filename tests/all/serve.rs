@@ -52,6 +52,12 @@ pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Stops a server with SIGTERM and checks that it exits 0.
+fn stop_gracefully(server: &mut Child) {
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
+    assert!(server.wait().expect("ends").success(), "a graceful stop exits 0");
+}
+
 /// `turnstile serve` on an ephemeral port with these extra arguments, and the port it bound.
 pub(crate) fn start_server(args: &[&OsStr]) -> (Child, u16) {
     start_server_in(&std::env::temp_dir(), args)
@@ -282,8 +288,7 @@ fn the_client_takes_a_script_from_nothing_to_an_answered_call() {
     assert!(ok && out.contains("bank: suspended"), "{out}{err}");
     let (ok, _, err) = client(&token, &["start", "ivr"]);
     assert!(!ok && err.contains("tenant_suspended"), "{err}");
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
-    assert!(server.wait().expect("ends").success());
+    stop_gracefully(&mut server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -325,8 +330,7 @@ fn a_starting_server_is_alive_not_ready_and_holds_requests_for_its_api() {
     let (status, body) = held.join().expect("answered");
     assert_eq!(status, 200, "the held request is answered by the API once it is up: {body}");
     wait_until("the API to take the connections", || request(port, "GET", "/readyz", "", "", b"").0 == 200);
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
-    assert!(server.wait().expect("ends").success());
+    stop_gracefully(&mut server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -366,8 +370,7 @@ fn a_node_stopped_while_it_loads_gives_its_shards_up_at_once() {
     }
     drop(lock);
     wait_until("the standby to act", || request(port_b, "GET", "/readyz", "", "", b"").0 == 200);
-    Command::new("kill").args(["-TERM", &standby.id().to_string()]).status().expect("kill runs");
-    assert!(standby.wait().expect("ends").success());
+    stop_gracefully(&mut standby);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -399,8 +402,7 @@ fn a_stream_opened_while_the_server_starts_outlives_the_starting_loop() {
     wait_until("the call to wait", || {
         json_body(&request(port, "GET", &session, &token, "", b"").1)["status"] == "waiting"
     });
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
-    assert!(server.wait().expect("ends").success());
+    stop_gracefully(&mut server);
     // Started again while its load waits: the stream is opened then.
     let lock = LoadLock::on(&schema);
     let (mut server, port) = start_server(&args);
@@ -422,8 +424,7 @@ fn a_stream_opened_while_the_server_starts_outlives_the_starting_loop() {
     assert_eq!(status, 202, "{body}");
     let text = streamed.join().expect("joins");
     assert!(text.contains("hello") && text.contains("event: end"), "{text}");
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
-    assert!(server.wait().expect("ends").success());
+    stop_gracefully(&mut server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -447,7 +448,6 @@ fn the_example_configuration_serves_with_its_relative_data_directory() {
     for made in ["turnstile-data/turnstile.db", "turnstile-data/modules"] {
         assert!(dir.join(made).exists(), "{made} was not made under the directory serve ran in");
     }
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill runs");
-    assert!(server.wait().expect("ends").success());
+    stop_gracefully(&mut server);
     let _ = std::fs::remove_dir_all(&dir);
 }

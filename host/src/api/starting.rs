@@ -14,7 +14,7 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 /// How long a request sent to a starting node waits for its API.
-pub const HOLD: Duration = Duration::from_secs(10);
+const HOLD: Duration = Duration::from_secs(10);
 
 /// The routes of a starting node; `api` carries the API's routes once they are up.
 pub fn starting_router(api: tokio::sync::watch::Receiver<Option<Router>>) -> Router {
