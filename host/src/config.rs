@@ -1,7 +1,7 @@
 //! The configuration of `turnstile serve`: a TOML file (see `turnstile.example.toml` at the
 //! repository root) that flags and environment variables override.
 
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, MemoryInit};
 use crate::error::Error;
 use crate::host::HostConfig;
 use crate::limits::TenantConfig;
@@ -133,12 +133,18 @@ pub struct PoolConfig {
     /// The memory ceiling of one instance, in bytes.
     #[serde(deserialize_with = "crate::human::bytes")]
     pub max_memory_bytes: usize,
+    /// How an instance's memory gets its module's data segments: `copy` or `map`.
+    pub memory_init: MemoryInit,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
         let engine = EngineConfig::default();
-        PoolConfig { instances: engine.pool_instances, max_memory_bytes: engine.max_memory_bytes }
+        PoolConfig {
+            instances: engine.pool_instances,
+            max_memory_bytes: engine.max_memory_bytes,
+            memory_init: engine.memory_init,
+        }
     }
 }
 

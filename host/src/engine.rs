@@ -14,6 +14,14 @@
 //! - **wasmtime's own compile cache** (not `Module::deserialize`): the host forbids `unsafe`, and
 //!   the cache keys each artifact by the module's sha-256 and the engine's compatibility hash, so
 //!   a restart or a redeploy of unchanged bytes never compiles again.
+//! - **Data segments copied, not mapped** (`MemoryInit::Copy`, the default): wasmtime can map a
+//!   module's initial memory copy-on-write from an image, which is free when a pool slot last
+//!   held the same module, but tenants run many modules: a slot another module used must be
+//!   re-mapped, under the process's mmap lock, with TLB shootdowns on the other workers — a cost
+//!   that lands on every tenant, not the one instantiating (`bench --only m`: 100 modules ran at
+//!   0.1 of one module's rate mapped, at 0.9 copied). A copy costs the action itself, in time
+//!   charged to it, in proportion to its own data. `Map` suits a host of a few modules with
+//!   large data segments.
 //! - **No wasm backtraces**: traps are normal here (hostile tenants); capturing a backtrace for
 //!   each would cost more than the action.
 
@@ -54,6 +62,22 @@ pub struct EngineConfig {
     /// starts waiting also makes running tasks check at once (the epoch is poked), so a tenant's
     /// long action delays another tenant's by microseconds, not a slice.
     pub slice_fuel: u64,
+    /// How an instance's memory gets its module's data segments.
+    pub memory_init: MemoryInit,
+}
+
+/// How a fresh instance's linear memory is given its module's data segments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryInit {
+    /// Copied into the instance's memory: a cost per byte of data, paid by the action, and
+    /// nothing shared between workers. Best when the host runs many modules.
+    #[default]
+    Copy,
+    /// Mapped copy-on-write from the module's memory image: free while a pool slot keeps
+    /// serving one module, but each slot that changes module is re-mapped under the process's
+    /// mmap lock, stalling every worker. Best for a few modules with large data segments.
+    Map,
 }
 
 /// Slots decommitted together: one, so an action that dirtied more memory than a slot keeps
@@ -77,6 +101,7 @@ impl Default for EngineConfig {
             fuel_per_second: None,
             attempt_fuel: 100_000,
             slice_fuel: 200_000,
+            memory_init: MemoryInit::Copy,
         }
     }
 }
@@ -157,6 +182,7 @@ impl Engine {
             .parallel_compilation(false)
             .wasm_backtrace_max_frames(None)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_init_cow(config.memory_init == MemoryInit::Map)
             .cache(cache.clone());
         let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| Error::engine("building the engine", e))?;
         let ticker = EpochTicker::start(wasmtime.clone(), config.epoch_tick)?;

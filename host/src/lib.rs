@@ -76,7 +76,7 @@ mod store;
 
 pub use abi::{CHARGES, Charge, KvRead, LogLevel, LogLine};
 pub use app::{App, DeployError, ERROR_ACTION, Extent, ImportInfo, ModuleInfo, module_hash};
-pub use engine::EngineConfig;
+pub use engine::{EngineConfig, MemoryInit};
 pub use error::Error;
 pub use error::QueueFull;
 pub use failure::{Failure, FailureKind};

@@ -363,6 +363,11 @@ fn the_example_configuration_is_a_valid_configuration() {
     let config = turnstile::config::ServeConfig::parse(&text).expect("the example parses as a configuration");
     assert_eq!(config.tenants[0].config.weight, 3);
     assert_eq!(config.store_url(), "sqlite://turnstile-data/turnstile.db");
+    assert_eq!(config.pool.memory_init, turnstile::MemoryInit::Copy);
+    let mapped = turnstile::config::ServeConfig::parse("[pool]\nmemory_init = \"map\"").expect("parses");
+    assert_eq!(mapped.pool.memory_init, turnstile::MemoryInit::Map);
+    let error = turnstile::config::ServeConfig::parse("[pool]\nmemory_init = \"mmap\"").expect_err("refused");
+    assert!(error.contains("unknown variant `mmap`, expected `copy` or `map`"), "{error}");
     assert!(turnstile::open_store("mysql://elsewhere").is_err_and(|e| e.code() == "invalid_config"));
     let refused = turnstile::open_store("postgres://127.0.0.1/test?shards=none").err().expect("refused");
     assert!(refused.to_string().contains("shards `none`"), "{refused}");

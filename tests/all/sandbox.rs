@@ -194,3 +194,34 @@ fn kv_writes_are_visible_to_later_actions() {
     assert!(matches!(session.status(), Status::Done { .. }), "{:?}", session.status());
     assert_eq!(outputs(&steps), [serde_json::json!("hello")]);
 }
+
+#[test]
+fn every_action_sees_its_modules_own_data_whether_copied_or_mapped() {
+    // Two modules on a pool of one slot: every instance takes the slot the other module used.
+    // Each action reports the word in its data segment, then scribbles over it; the next
+    // instance, of either module, must see its own module's word, never the other's or the
+    // scribble.
+    let word = |w: &str| {
+        abi_module(&format!(
+            r#"(data (i32.const 0) "{{\"done\":null}}")
+               (data (i32.const 300) "\"{w}\"")
+               (func (export "start") (result i32)
+                 (call $emit (i32.const 300) (i32.const 7))
+                 (i32.store (i32.const 301) (i32.const 0x78787878))
+                 (call $next (i32.const 0) (i32.const 13)) i32.const 0)"#
+        ))
+    };
+    for init in [turnstile::MemoryInit::Copy, turnstile::MemoryInit::Map] {
+        let mut config = turnstile::RuntimeConfig::default();
+        config.engine.pool_instances = 1;
+        config.engine.memory_init = init;
+        let runtime = Runtime::new(config).expect("runtime");
+        let apps = ["alpha", "bravo"].map(|w| (w, runtime.deploy(&word(w)).expect("deploys").app));
+        for round in 0..3 {
+            for (w, app) in &apps {
+                let (_, steps) = start(&runtime, app, "start");
+                assert_eq!(outputs(&steps), [serde_json::json!(w)], "{init:?}, round {round}");
+            }
+        }
+    }
+}

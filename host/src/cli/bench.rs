@@ -28,7 +28,7 @@ use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use turnstile::{Host, HostConfig, MemoryStore, PgStore, SqliteStore, Store, TenantConfig};
+use turnstile::{Host, HostConfig, MemoryInit, MemoryStore, PgStore, SqliteStore, Store, TenantConfig};
 
 /// A trivial action: it only names itself as the next step.
 const TICK: &str = r#"(module
@@ -80,11 +80,7 @@ pub(crate) fn bench(plan: &BenchPlan) -> Result<std::process::ExitCode> {
             Some(b) => b,
             None => through_scheduler(window, workers)?,
         };
-        let many = many_modules(window, workers)?;
-        println!(
-            "(m) (b) with a module of its own per app, as tenants' apps are: {many:.0} actions/s, {:.2} of (b)",
-            many / one
-        );
+        modules(window, workers, one)?;
     }
     if plan.wants('e') {
         let jain = fairness(window)?;
@@ -251,17 +247,47 @@ fn through_scheduler(window: Duration, workers: usize) -> Result<f64> {
     Ok((after - before) as f64 / elapsed.as_secs_f64())
 }
 
-/// (m): (b) with every app a module of its own, as tenants' apps are (the same code, told apart
-/// by a custom section): each instance then takes the slot of another module's.
-fn many_modules(window: Duration, workers: usize) -> Result<f64> {
-    let host = host(workers)?;
+/// Data a Rust guest built with serde_json carries (the examples: 21–40 KiB).
+const GUEST_DATA: usize = 40 << 10;
+
+/// (m): (b) with every app a module of its own, as tenants' apps are, with and without a Rust
+/// guest's data, its memory initialised both ways ([`MemoryInit`]); and one module with that
+/// data, the case mapping is made for.
+fn modules(window: Duration, workers: usize, one: f64) -> Result<()> {
+    println!("(m) (b) with a module of its own per app, as tenants' apps are, data copied (the default) or mapped:");
+    for (what, data, distinct) in [
+        ("no data, 100 modules", 0, true),
+        ("40 KiB of data, 100 modules", GUEST_DATA, true),
+        ("40 KiB of data, 1 module", GUEST_DATA, false),
+    ] {
+        let copied = modules_run(window, workers, data, distinct, MemoryInit::Copy)?;
+        let mapped = modules_run(window, workers, data, distinct, MemoryInit::Map)?;
+        println!(
+            "    {what:<28} copy {copied:>8.0}/s ({:.2} of (b))   map {mapped:>8.0}/s ({:.2} of (b))",
+            copied / one,
+            mapped / one
+        );
+    }
+    Ok(())
+}
+
+/// One measurement of (m): 100 apps whose module holds `data` bytes of data, each app a module
+/// of its own when `distinct` (the same code, told apart by a custom section).
+fn modules_run(window: Duration, workers: usize, data: usize, distinct: bool, init: MemoryInit) -> Result<f64> {
+    let mut config = HostConfig { workers, store: Arc::new(MemoryStore::default()), ..HostConfig::default() };
+    config.runtime.engine.memory_init = init;
+    let host = Host::new(config)?;
     let tenants: Vec<_> = (0..10).map(|t| (format!("tenant{t}"), TenantConfig::default())).collect();
-    let tick = wat::parse_str(TICK)?;
+    let pages = (1024 + data) / 65536 + 1;
+    let memory = format!("(memory (export \"memory\") {pages}) (data (i32.const 1024) \"{}\")", "a".repeat(data));
+    let tick = wat::parse_str(TICK.replace("(memory (export \"memory\") 1)", &memory))?;
     let own = |n: u32| {
-        // A custom section (id 0) of 6 bytes: the name "x" (1 byte, then it) and `n`.
         let mut module = tick.clone();
-        module.extend_from_slice(&[0, 6, 1, b'x']);
-        module.extend_from_slice(&n.to_le_bytes());
+        if distinct {
+            // A custom section (id 0) of 6 bytes: the name "x" (1 byte, then it) and `n`.
+            module.extend_from_slice(&[0, 6, 1, b'x']);
+            module.extend_from_slice(&n.to_le_bytes());
+        }
         module
     };
     populate_with(&host, &tenants, 10, 10, &own)?;

@@ -75,6 +75,7 @@ pub(crate) fn serve(config: ServeConfig) -> Result<ExitCode> {
         cache_dir: Some(config.data_dir.join("modules")),
         pool_instances: config.pool.instances,
         max_memory_bytes: config.pool.max_memory_bytes,
+        memory_init: config.pool.memory_init,
         ..EngineConfig::default()
     };
     let mut host_config = HostConfig {
