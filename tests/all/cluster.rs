@@ -15,7 +15,8 @@ use turnstile::{
 
 const LEASE: Duration = Duration::from_secs(30);
 
-fn raw(schema: &PgSchema) -> postgres::Client {
+/// A plain connection to `schema`, to read or change its tables as no node would.
+pub(crate) fn raw(schema: &PgSchema) -> postgres::Client {
     let mut client = postgres::Client::connect(&postgres_url(), postgres::NoTls).expect("connects");
     let name = schema.url.rsplit("schema=").next().expect("named").to_owned();
     client.batch_execute(&format!("SET search_path TO {name}")).expect("schema");

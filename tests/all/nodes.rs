@@ -58,6 +58,26 @@ fn a_standby_server_takes_over_the_calls_of_a_killed_one() {
     let mut answer = String::new();
     std::io::Read::read_to_string(&mut stream, &mut answer).expect("reads");
     assert!(answer.starts_with("HTTP/1.0 503") && answer.contains("\"standby\""), "{answer}");
+    // A holder of an older build (one from before the protocol stamp leaves the stamp of an
+    // older epoch behind when it takes a shard) is not forwarded a keyed start, which it would
+    // ignore (a retry could start the call twice); everything else still is.
+    let mut raw = crate::cluster::raw(&schema);
+    raw.batch_execute("UPDATE leases SET protocol_epoch = epoch - 1").expect("the stamp of an older build");
+    let keyed = "application/json\r\nIdempotency-Key: upgrade"; // (one more header line)
+    wait_until("the standby to see an older holder", || {
+        // (An app that does not exist: forwarded, it starts nothing.)
+        let (status, body) = request(standby_port, "POST", "/v1/sessions", &token, keyed, br#"{"app":"none"}"#);
+        status == 503 && json_body(&body)["code"] == "holder_outdated"
+    });
+    let (status, body) = request(standby_port, "POST", "/v1/sessions", &token, keyed, br#"{"app":"call"}"#);
+    assert_eq!((status, json_body(&body)["code"].as_str()), (503, Some("holder_outdated")), "{body}");
+    assert!(json_body(&body)["message"].as_str().is_some_and(|m| m.contains("cluster protocol 1")), "{body}");
+    assert_eq!(json_body(&request(standby_port, "GET", &session, &token, "", b"").1)["status"], "waiting");
+    // Upgraded (stamped with this build's protocol), it is given keyed starts again.
+    raw.batch_execute("UPDATE leases SET protocol_epoch = epoch").expect("this build's stamp");
+    wait_until("the standby to see the upgraded holder", || {
+        request(standby_port, "POST", "/v1/sessions", &token, keyed, br#"{"app":"none"}"#).0 == 404
+    });
 
     active.kill().expect("SIGKILL");
     let killed = Instant::now();

@@ -33,6 +33,13 @@ impl ApiError {
     pub(crate) fn not_found(what: &str) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
     }
+
+    /// 503 with `code` and `Retry-After: 1`: this node cannot answer now, but soon may.
+    pub(crate) fn retry_soon(code: &'static str, message: impl Into<String>) -> Response {
+        let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response();
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        response
+    }
 }
 
 impl From<Error> for ApiError {

@@ -3,7 +3,9 @@
 //! to the acting node's advertised address, its body and its answer streamed through (output
 //! streams too), so that a client or a load balancer may send any request to any node. A request
 //! that was forwarded once already is refused (`standby`) instead of forwarded again: two nodes
-//! with an old view of the holder never bounce a request between them.
+//! with an old view of the holder never bounce a request between them, and one the holder's
+//! build would misread (an older build, during a rolling upgrade: see `leases::PROTOCOL`) is
+//! refused (`holder_outdated`) instead of forwarded.
 
 use super::ApiError;
 use crate::LeaseRow;
@@ -58,6 +60,8 @@ struct View {
 struct Holder {
     node: String,
     address: Option<String>,
+    /// What its build understands of a forwarded request (`leases::PROTOCOL`).
+    protocol: u32,
 }
 
 impl Standby {
@@ -80,7 +84,8 @@ impl Standby {
     /// Requests in flight to a holder that is no longer the one are answered `standby` at once
     /// (the client tries again) rather than left waiting on a node that may be paused or gone.
     pub fn saw(&self, row: &LeaseRow) {
-        let holder = row.owner.clone().map(|node| Holder { node, address: row.address.clone() });
+        let holder =
+            row.owner.clone().map(|node| Holder { node, address: row.address.clone(), protocol: row.protocol });
         self.view.send_if_modified(|view| {
             let changed = view.holder != holder;
             view.holder = holder;
@@ -116,9 +121,7 @@ async fn readyz(State(standby): State<Arc<Standby>>) -> Response {
 }
 
 fn refusal(message: &str) -> Response {
-    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "standby", message).into_response();
-    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    response
+    ApiError::retry_soon("standby", message)
 }
 
 /// Sends `request` on to the acting node and streams its answer back.
@@ -131,9 +134,20 @@ async fn forward(State(standby): State<Arc<Standby>>, mut request: Request) -> R
     if seen.took_over {
         return refusal("this node has just taken over from the acting node; try again");
     }
-    let Some(Holder { node, address: Some(address) }) = seen.holder else {
+    let Some(Holder { node, address: Some(address), protocol }) = seen.holder else {
         return refusal("this node is a standby and knows of no node acting for the database yet; try again");
     };
+    let needed = protocol_needed(&request);
+    if protocol < needed {
+        return ApiError::retry_soon(
+            "holder_outdated",
+            format!(
+                "{node} acts for the database with an older Turnstile (cluster protocol {protocol}), which would \
+                 not understand this request as sent (it needs {needed}: a session start's Idempotency-Key would \
+                 be ignored, and a retry could start a second session); try again once {node} is upgraded"
+            ),
+        );
+    }
     if standby.address.as_ref() == Some(&address) {
         // A run of this node before a restart: it is gone, and its leases run out soon.
         return refusal(&format!(
@@ -188,6 +202,15 @@ async fn forward(State(standby): State<Arc<Standby>>, mut request: Request) -> R
         )
         .into_response(),
     }
+}
+
+/// The protocol (`leases::PROTOCOL`) a holder must speak to be given `request`: 2 for a session
+/// start under an `Idempotency-Key`, which a holder of 1 ignores; 1 for everything else.
+fn protocol_needed(request: &Request) -> u32 {
+    let keyed_start = request.method() == axum::http::Method::POST
+        && request.uri().path() == "/v1/sessions"
+        && request.headers().contains_key("idempotency-key");
+    if keyed_start { 2 } else { 1 }
 }
 
 /// Whether an answer is an output stream (Server-Sent Events).

@@ -7,8 +7,7 @@
 use super::ApiError;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -39,7 +38,5 @@ async fn held(State(mut api): State<tokio::sync::watch::Receiver<Option<Router>>
 
 fn starting() -> Response {
     let message = "this node is starting (loading its store and sessions): try again shortly";
-    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", message).into_response();
-    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    response
+    ApiError::retry_soon("starting", message)
 }

@@ -187,15 +187,17 @@ pub(crate) fn tenants(client: &Client, create: Option<&str>) -> Result<ExitCode>
 }
 
 /// Operator: `turnstile cluster status`: the shard leases, summed up per node (with the address
-/// it answers at), then the JSON.
+/// it answers at and the cluster protocol its build speaks), then the JSON.
 pub(crate) fn cluster_status(client: &Client) -> Result<ExitCode> {
     let cluster = json_of(client.get("/v1/cluster")?)?;
     let shards = cluster["shards"].as_array().cloned().unwrap_or_default();
     let mut owners: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for shard in &shards {
+        let protocol = shard["protocol"].as_u64().unwrap_or(1);
         let owner = match (shard["owner"].as_str(), shard["address"].as_str()) {
-            (Some(owner), Some(address)) => format!("{owner} at {address}"),
-            (owner, _) => owner.unwrap_or("(nobody)").to_owned(),
+            (Some(owner), Some(address)) => format!("{owner} at {address} (protocol {protocol})"),
+            (Some(owner), None) => format!("{owner} (protocol {protocol})"),
+            (None, _) => "(nobody)".to_owned(),
         };
         *owners.entry(owner).or_default() += 1;
     }

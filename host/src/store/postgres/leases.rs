@@ -20,6 +20,14 @@ use postgres::fallible_iterator::FallibleIterator;
 use std::sync::PoisonError;
 use std::time::Duration;
 
+/// What this build understands of the requests a standby forwards to it, written beside its
+/// leases. A standby holds back a request the holder would misread (an older build, during a
+/// rolling upgrade) rather than forward it:
+/// - 1: every build before the number was written (no column, or a stamp of an older epoch);
+/// - 2: a session start's `Idempotency-Key` (a build of 1 ignores it, and a retried start could
+///   start a second session for the same customer).
+pub const PROTOCOL: u32 = 2;
+
 /// A shard a node holds, and the epoch it holds it under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Lease {
@@ -42,6 +50,9 @@ pub struct LeaseRow {
     pub epoch: u64,
     /// Milliseconds until the lease runs out by the database's clock (0 once it has).
     pub remaining_ms: u64,
+    /// What its holder understands of a forwarded request ([`PROTOCOL`]): 1 for a build that
+    /// predates the number.
+    pub protocol: u32,
 }
 
 /// The notification channel a release is announced on.
@@ -56,6 +67,11 @@ fn shard_numbers(leases: &[Lease]) -> (Vec<i32>, Vec<i64>) {
         .iter()
         .map(|l| (i32::try_from(l.shard).unwrap_or(i32::MAX), i64::try_from(l.epoch).unwrap_or(i64::MAX)))
         .unzip()
+}
+
+/// [`PROTOCOL`] as the database stores it.
+fn protocol() -> i32 {
+    i32::try_from(PROTOCOL).unwrap_or(i32::MAX)
 }
 
 fn lease_of(row: &postgres::Row) -> Lease {
@@ -94,10 +110,10 @@ impl PgStore {
                      SELECT shard FROM leases WHERE owner IS NULL OR expires_at < now()
                      ORDER BY shard LIMIT $2 FOR UPDATE SKIP LOCKED)
                  UPDATE leases l SET owner = $1, address = NULL, epoch = l.epoch + 1,
-                     expires_at = now() + $3 * interval '1 millisecond'
+                     expires_at = now() + $3 * interval '1 millisecond', protocol = $4, protocol_epoch = l.epoch + 1
                  FROM free WHERE l.shard = free.shard
                  RETURNING l.shard, l.epoch",
-                &[&node, &max, &millis(lease)],
+                &[&node, &max, &millis(lease), &protocol()],
             )?;
             let mut taken: Vec<Lease> = rows.iter().map(lease_of).collect();
             taken.sort_unstable();
@@ -125,10 +141,10 @@ impl PgStore {
                      SELECT shard FROM leases WHERE owner IS NULL OR expires_at < now()
                      ORDER BY shard FOR UPDATE SKIP LOCKED)
                  UPDATE leases l SET owner = $1, address = $3, epoch = l.epoch + 1,
-                     expires_at = now() + $2 * interval '1 millisecond'
+                     expires_at = now() + $2 * interval '1 millisecond', protocol = $4, protocol_epoch = l.epoch + 1
                  FROM free WHERE l.shard = free.shard
                  RETURNING l.shard, l.epoch",
-                &[&node, &millis(lease), &address],
+                &[&node, &millis(lease), &address, &protocol()],
             )?;
             if rows.len() < total {
                 tx.rollback()?;
@@ -201,7 +217,8 @@ impl PgStore {
         self.on_control("reading the shard leases", |client| {
             let rows = client.query(
                 "SELECT shard, owner, epoch,
-                     floor(extract(epoch FROM (greatest(expires_at, now()) - now())) * 1000)::bigint, address
+                     floor(extract(epoch FROM (greatest(expires_at, now()) - now())) * 1000)::bigint, address,
+                     CASE WHEN protocol_epoch = epoch THEN protocol ELSE 1 END
                  FROM leases ORDER BY shard",
                 &[],
             )?;
@@ -213,6 +230,7 @@ impl PgStore {
                     epoch: u64_of(r.get(2)),
                     remaining_ms: u64_of(r.get(3)),
                     address: r.get(4),
+                    protocol: u32::try_from(r.get::<_, i32>(5)).unwrap_or(1),
                 })
                 .collect())
         })

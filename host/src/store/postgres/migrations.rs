@@ -49,6 +49,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN start_request TEXT;
     CREATE UNIQUE INDEX sessions_by_start_key ON sessions (tenant, start_key) WHERE start_key IS NOT NULL;
 "#,
+    // What a shard's holder understands of a forwarded request (`leases::PROTOCOL`), stamped
+    // with the epoch it took the shard under: a build from before this column takes a shard
+    // without writing it, and the stale stamp no longer matches the shard's epoch.
+    r#"
+    ALTER TABLE leases ADD COLUMN protocol INTEGER;
+    ALTER TABLE leases ADD COLUMN protocol_epoch BIGINT;
+"#,
 ];
 
 /// The schema version this build writes.
