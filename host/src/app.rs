@@ -128,10 +128,16 @@ pub enum DeployError {
     /// Every compile slot stayed busy for as long as a compile may take.
     #[error("every compile slot is busy: try again shortly")]
     CompileBusy,
-    /// The tenant's previous module ran out of compile time and is still compiling: a tenant
-    /// holds one compile at a time.
+    /// The compile ran past the time limit without having had that much CPU: the host is busy
+    /// with actions, which come first. It goes on in the background.
     #[error(
-        "your previous module ran out of compile time and is still compiling: deploy again when it is done (a few seconds)"
+        "the host is busy running actions, which come before compiles: this module's compile goes on in the background; deploy it again shortly"
+    )]
+    CompileDelayed,
+    /// The tenant's previous module is still compiling (it ran out of compile time, or was held
+    /// back by a busy host): a tenant holds one compile at a time.
+    #[error(
+        "your previous module is still compiling (it ran out of compile time, or the host is busy): deploy again when it is done (a few seconds)"
     )]
     CompileRunning,
 }
@@ -155,6 +161,7 @@ impl DeployError {
             DeployError::Compile(_) => "compile_failed",
             DeployError::CompileTimeout { .. } => "compile_timeout",
             DeployError::CompileBusy => "compile_busy",
+            DeployError::CompileDelayed => "compile_delayed",
             DeployError::CompileRunning => "compile_running",
         }
     }

@@ -137,10 +137,10 @@ impl Runtime {
         deploy_limits.max_table_elements =
             deploy_limits.max_table_elements.min(u64::try_from(config.engine.max_table_elements).unwrap_or(u64::MAX));
         let slots = deploy_limits.compile_slots;
-        let compiler = Arc::new(compiler::Compiler::new(slots, Some(deploy_limits.compile_timeout)));
+        let compiler = Arc::new(compiler::Compiler::deploys(slots, deploy_limits.compile_timeout));
         Ok(Runtime {
             compiler,
-            loader: Arc::new(compiler::Compiler::new(slots, None)),
+            loader: Arc::new(compiler::Compiler::loads(slots)),
             engine,
             sync_linker,
             task_linker,

@@ -13,6 +13,7 @@ mod span;
 mod task;
 
 use span::Span;
+pub(crate) use span::thread_cpu_time;
 pub(crate) use task::{ActionTask, Slice};
 
 use crate::abi::{ActionCtx, ActionInput, KvRead, Linking, LogLine, Mode};

@@ -58,9 +58,9 @@ impl From<Error> for ApiError {
             Error::Suspended { .. } => StatusCode::FORBIDDEN,
             Error::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Deploy(DeployError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Store(_) | Error::ShuttingDown | Error::Deploy(DeployError::CompileBusy) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::Store(_)
+            | Error::ShuttingDown
+            | Error::Deploy(DeployError::CompileBusy | DeployError::CompileDelayed) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Engine { .. } | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };

@@ -1,8 +1,17 @@
 //! Compiling deployed modules, bounded: one compile per module hash at a time (a deploy of bytes
 //! already being compiled waits for that compile rather than start another), at most `slots`
 //! compiles at once, each on one thread (the engine compiles a module's functions serially), and
-//! each given `timeout`. A deploy whose compile runs longer is refused `compile_timeout`, and so
-//! is every later deploy of the same bytes, at once.
+//! each given `timeout`.
+//!
+//! A deploy's compile runs at background priority (`nice` 10): on a host busy with actions it
+//! takes the CPU they leave, so a tenant deploying compile after compile slows other tenants'
+//! customers by little. Its time is therefore judged by the CPU it had, not by the clock: a
+//! compile that has had `timeout` of CPU is over its time — refused `compile_timeout`, and so is
+//! every later deploy of the same bytes, at once — and a deploy waits for that, or for its
+//! compile's end, at most [`PATIENCE`] × `timeout` on the clock: a compile still short of its CPU
+//! then was held back by actions; it goes on, and its deploy is answered `compile_delayed`, to be
+//! sent again (it then finds the compile's result in the cache). Stored modules loaded again
+//! compile at normal priority: sessions wait for them.
 //!
 //! Wasmtime can't stop a compile under way, so a timed-out compile runs to its end on its own
 //! thread, holding its slot; the deploy caps checked before it (compile cost per function and per
@@ -15,6 +24,7 @@
 
 use crate::app::{App, DeployError};
 use crate::runtime::CompileSource;
+use crate::sandbox::thread_cpu_time;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -33,12 +43,16 @@ struct Flight {
 struct FlightState {
     /// When the compile got its slot and began.
     began: Option<Instant>,
+    /// The thread it runs on.
+    thread: Option<rustix::process::Pid>,
     outcome: Option<Outcome>,
 }
 
 impl Flight {
     fn begin(&self) {
-        lock(&self.state).began = Some(Instant::now());
+        let mut state = lock(&self.state);
+        state.began = Some(Instant::now());
+        state.thread = Some(rustix::thread::gettid());
         self.changed.notify_all();
     }
 
@@ -50,23 +64,56 @@ impl Flight {
         self.changed.notify_all();
     }
 
-    /// Waits for the outcome until the compile has run for `timeout` (the wait for a slot does
-    /// not count; no timeout: until it comes); `None` if it has not come by then.
-    fn wait(&self, timeout: Option<Duration>) -> Option<Outcome> {
+    /// Waits for the outcome, or, with a `limit`, until the compile has had that much CPU or
+    /// has run [`PATIENCE`] times as long on the clock (the wait for a slot counts for neither).
+    fn wait(&self, limit: Option<Duration>) -> Waited {
         let mut state = lock(&self.state);
         loop {
             if let Some(outcome) = state.outcome.as_ref() {
-                return Some(outcome.clone());
+                return Waited::Done(outcome.clone());
             }
-            state = match (state.began, timeout) {
+            state = match (state.began, limit) {
                 (None, _) | (_, None) => self.changed.wait(state).unwrap_or_else(PoisonError::into_inner),
-                (Some(began), Some(timeout)) => {
-                    let left = (began + timeout).checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
-                    self.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0
+                (Some(began), Some(limit)) => {
+                    let ran = began.elapsed();
+                    // Where the system does not say, the clock stands in for the CPU.
+                    let had = state.thread.and_then(cpu_time).unwrap_or(ran);
+                    if had >= limit {
+                        return Waited::OverTime { had };
+                    }
+                    let Some(patience) = (limit * PATIENCE).checked_sub(ran).filter(|d| !d.is_zero()) else {
+                        return Waited::HeldBack { had };
+                    };
+                    // Its CPU time grows no faster than the clock: no need to look sooner.
+                    let next = (limit - had).min(patience);
+                    self.changed.wait_timeout(state, next).unwrap_or_else(PoisonError::into_inner).0
                 }
             };
         }
     }
+}
+
+/// How a wait for a compile ended.
+enum Waited {
+    Done(Outcome),
+    /// It has had its time limit of CPU.
+    OverTime {
+        had: Duration,
+    },
+    /// It ran [`PATIENCE`] times its limit on the clock with less CPU than that.
+    HeldBack {
+        had: Duration,
+    },
+}
+
+/// How many times its CPU limit a deploy waits on the clock for a compile held back by actions.
+const PATIENCE: u32 = 3;
+
+/// The CPU time the thread `thread` of this process has had, if the system says (Linux's
+/// per-thread scheduler statistics).
+fn cpu_time(thread: rustix::process::Pid) -> Option<Duration> {
+    let stats = std::fs::read_to_string(format!("/proc/self/task/{}/schedstat", thread.as_raw_nonzero())).ok()?;
+    stats.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
 }
 
 /// Bounds and single-flights the compiles of one runtime.
@@ -79,7 +126,13 @@ pub(crate) struct Compiler {
     timed_out: Mutex<HashSet<String>>,
     /// How long a compile may take (none: as long as it takes).
     timeout: Option<Duration>,
+    /// Whether its compiles run at background priority.
+    background: bool,
 }
+
+/// The `nice` value of a deploy's compile thread: a CFS weight of 110 against a worker's 1024,
+/// so a compile beside two busy workers has about a tenth of a core.
+const BACKGROUND_NICE: i32 = 10;
 
 /// Holds a compile slot; frees it when dropped (on the compile's own thread, at its end).
 struct Slot(Arc<Compiler>);
@@ -96,13 +149,24 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Compiler {
-    pub(crate) fn new(slots: usize, timeout: Option<Duration>) -> Compiler {
+    /// The compiler of deploys: `slots` at once, each given `timeout`, at background priority.
+    pub(crate) fn deploys(slots: usize, timeout: Duration) -> Compiler {
+        Compiler::new(slots, Some(timeout), true)
+    }
+
+    /// The compiler of stored modules loaded again: `slots` at once, each as long as it takes.
+    pub(crate) fn loads(slots: usize) -> Compiler {
+        Compiler::new(slots, None, false)
+    }
+
+    fn new(slots: usize, timeout: Option<Duration>, background: bool) -> Compiler {
         Compiler {
             free: Mutex::new(slots.max(1)),
             freed: Condvar::new(),
             flights: Mutex::default(),
             timed_out: Mutex::default(),
             timeout,
+            background,
         }
     }
 
@@ -129,11 +193,19 @@ impl Compiler {
         if lead {
             self.start(hash, &flight, job);
         }
-        match (flight.wait(self.timeout), self.timeout) {
-            (Some(outcome), _) => outcome,
-            (None, limit) => {
-                let limit = limit.unwrap_or_default();
-                tracing::warn!(module = hash, seconds = limit.as_secs(), "a compile ran out of time");
+        let limit = self.timeout.unwrap_or_default();
+        match flight.wait(self.timeout) {
+            Waited::Done(outcome) => outcome,
+            Waited::HeldBack { had } => {
+                tracing::info!(
+                    module = hash,
+                    ?had,
+                    "a compile held back by actions: its deploy is answered; it goes on"
+                );
+                Err(DeployError::CompileDelayed)
+            }
+            Waited::OverTime { had } => {
+                tracing::warn!(module = hash, seconds = limit.as_secs(), ?had, "a compile ran out of time");
                 lock(&self.timed_out).insert(hash.to_owned());
                 flight.finish(Err(timed_out(limit)));
                 Err(timed_out(limit))
@@ -167,8 +239,20 @@ impl Compiler {
         let (compiler, key, finished) = (self.clone(), hash.to_owned(), flight.clone());
         let run = move || {
             let _slot = slot;
+            if compiler.background
+                && let Err(error) =
+                    rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICE)
+            {
+                tracing::warn!(%error, "could not lower a compile thread's priority");
+            }
+            let before = thread_cpu_time();
             finished.begin();
             finished.finish(job());
+            if let Some(limit) = compiler.timeout
+                && thread_cpu_time().saturating_sub(before) > limit
+            {
+                lock(&compiler.timed_out).insert(key.clone());
+            }
             lock(&compiler.flights).remove(&key);
         };
         if let Err(error) = std::thread::Builder::new().name("turnstile-compile".into()).spawn(run) {

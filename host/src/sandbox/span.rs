@@ -26,7 +26,8 @@ thread_local! {
     static MARK: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
 }
 
-fn thread_cpu_time() -> Duration {
+/// The CPU time this thread has had.
+pub(crate) fn thread_cpu_time() -> Duration {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
 }
