@@ -5,10 +5,12 @@
 //! saturated (every session always has an action ready) and at 70% load (events arrive at 70%
 //! of the rate the well-behaved tenants sustain alone), and the hostile tenant's share of worker
 //! time ÷ its weight share (saturated: at 70% load the idle capacity is rightly its to use).
+//! The deploy storm holds no worker: what it takes is the compile thread's CPU, beside them.
 
 use super::host_on;
 use anyhow::{Context, Result};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use turnstile::{Host, MemoryStore, TenantConfig};
 
@@ -61,12 +63,44 @@ fn hostile(body: &str, extra: &str) -> Vec<u8> {
     wat::parse_str(module).expect("the hostile apps are valid WAT")
 }
 
-/// One kind of hostile tenant: its name, its module, and how many apps it spreads over.
+/// One kind of hostile tenant: its name, its module, and what it does with it.
 struct Kind {
     name: &'static str,
     what: &'static str,
     module: Vec<u8>,
-    apps: usize,
+    attack: Attack,
+}
+
+enum Attack {
+    /// Runs its module's `attack` in sessions of this many apps.
+    Runs(usize),
+    /// Deploys new versions of its module, one after the other, as fast as it is let.
+    Deploys,
+}
+
+/// A module as costly to compile as the deploy caps let it be: five functions each of a cost
+/// just under the cap per function (1 400 values live across 1 400 branches), which makes the
+/// module's just under the cap per module.
+fn compile_heavy() -> Vec<u8> {
+    const LIVE: usize = 1_400;
+    let mut body = String::new();
+    for k in 1..LIVE {
+        body.push_str(&format!("local.get 0 if local.get {k} i64.const 1 i64.add local.set {k} end "));
+    }
+    let sum: String = (2..LIVE).map(|k| format!("local.get {k} i64.add ")).collect();
+    let function = format!(
+        "(func (result i32) (local i32) (local {locals}) {body} local.get 1 {sum} drop i32.const 0)",
+        locals = "i64 ".repeat(LIVE - 1)
+    );
+    let module = format!(
+        r#"(module
+        (import "turnstile" "next" (func $next (param i32 i32)))
+        (memory (export "memory") 1)
+        {functions}
+        (func (export "attack") (result i32) i32.const 0))"#,
+        functions = function.repeat(5)
+    );
+    wat::parse_str(module).expect("the compile-heavy module is valid WAT")
 }
 
 fn kinds() -> Vec<Kind> {
@@ -74,12 +108,12 @@ fn kinds() -> Vec<Kind> {
     let nap = r#"(data (i32.const 1040) "\01") (data (i32.const 1048) "\00\e9\a4\35\00\00\00\00")"#;
     let spin = "(loop $l (br $l))";
     vec![
-        Kind { name: "compute", what: "burns its whole fuel cap", module: hostile(spin, ""), apps: 4 },
+        Kind { name: "compute", what: "burns its whole fuel cap", module: hostile(spin, ""), attack: Attack::Runs(4) },
         Kind {
             name: "host-call burner",
             what: "random(64 KiB) in a loop",
             module: hostile("(loop $l (call $random (i32.const 4096) (i32.const 65536)) (br $l))", ""),
-            apps: 4,
+            attack: Attack::Runs(4),
         },
         Kind {
             name: "state_read loop",
@@ -88,19 +122,19 @@ fn kinds() -> Vec<Kind> {
                 "(call $state_write (i32.const 4096) (i32.const 65536)) (loop $l (call $state_read (i32.const 4096)) (br $l))",
                 "",
             ),
-            apps: 4,
+            attack: Attack::Runs(4),
         },
         Kind {
             name: "kv_get loop",
             what: "a store look-up in a loop",
             module: hostile("(loop $l (drop (call $kv_get (i32.const 64) (i32.const 12))) (br $l))", ""),
-            apps: 4,
+            attack: Attack::Runs(4),
         },
         Kind {
             name: "log flood",
             what: "16 KiB log lines in a loop",
             module: hostile("(loop $l (call $log (i32.const 2) (i32.const 4096) (i32.const 16384)) (br $l))", ""),
-            apps: 4,
+            attack: Attack::Runs(4),
         },
         Kind {
             name: "WASI sleeper",
@@ -109,7 +143,7 @@ fn kinds() -> Vec<Kind> {
                 "(drop (call $poll (i32.const 1024) (i32.const 2048) (i32.const 1) (i32.const 2100))) unreachable",
                 nap,
             ),
-            apps: 4,
+            attack: Attack::Runs(4),
         },
         Kind {
             name: "memory bomb",
@@ -119,15 +153,26 @@ fn kinds() -> Vec<Kind> {
                 "(func $bomb (local $page i32) (loop $l (local.set $page (memory.grow (i32.const 16)))
                    (i32.store (i32.shl (local.get $page) (i32.const 16)) (i32.const 1)) (br $l)))",
             ),
-            apps: 4,
+            attack: Attack::Runs(4),
         },
         Kind {
             name: "deep recursion",
             what: "recurses until the stack overflows",
             module: hostile("(call $down)", "(func $down (call $down))"),
-            apps: 4,
+            attack: Attack::Runs(4),
         },
-        Kind { name: "many apps", what: "compute, spread over 20 apps", module: hostile(spin, ""), apps: 20 },
+        Kind {
+            name: "many apps",
+            what: "compute, spread over 20 apps",
+            module: hostile(spin, ""),
+            attack: Attack::Runs(20),
+        },
+        Kind {
+            name: "deploy storm",
+            what: "deploys modules costly to compile",
+            module: compile_heavy(),
+            attack: Attack::Deploys,
+        },
     ]
 }
 
@@ -171,8 +216,12 @@ fn populated(workers: usize, hostile: Option<&Kind>, think_ms: Option<u64>) -> R
         let config = TenantConfig { max_apps: 100, ..TenantConfig::default() };
         host.create_tenant("mallory", config)?;
         host.kv_put("mallory", [("balance:1000".to_owned(), vec![b'9'; 1024])])?;
-        let per_app = (SESSIONS_PER_APP * 4 / kind.apps).max(1);
-        for a in 0..kind.apps {
+        let apps = match kind.attack {
+            Attack::Runs(apps) => apps,
+            Attack::Deploys => 0,
+        };
+        let per_app = (SESSIONS_PER_APP * 4 / apps.max(1)).max(1);
+        for a in 0..apps {
             host.deploy("mallory", &format!("hostile{a}"), &kind.module)?;
             for _ in 0..per_app {
                 host.start_session("mallory", &format!("hostile{a}"), "attack", Vec::new())?;
@@ -185,12 +234,22 @@ fn populated(workers: usize, hostile: Option<&Kind>, think_ms: Option<u64>) -> R
 /// Runs one measurement: saturated, or with each well-behaved session thinking `think_ms`.
 fn run(workers: usize, window: Duration, hostile: Option<&Kind>, think_ms: Option<u64>) -> Result<Run> {
     let host = populated(workers, hostile, think_ms)?;
-    std::thread::sleep(window / 5);
-    let before = host.metrics();
-    let started = Instant::now();
-    std::thread::sleep(window);
-    let after = host.metrics();
-    let elapsed = started.elapsed();
+    let storm = hostile.filter(|kind| matches!(kind.attack, Attack::Deploys));
+    let stop = AtomicBool::new(false);
+    let (before, after, elapsed) = std::thread::scope(|scope| {
+        let storming = storm.map(|kind| scope.spawn(|| deploy_storm(&host, &kind.module, &stop)));
+        std::thread::sleep(window / 5);
+        let before = host.metrics();
+        let started = Instant::now();
+        std::thread::sleep(window);
+        let after = host.metrics();
+        let elapsed = started.elapsed();
+        // (The deploy under way when told to stop still runs to its end: not measured.)
+        stop.store(true, Ordering::Relaxed);
+        let stormed =
+            storming.map(|thread| thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the storm panicked"))));
+        stormed.transpose().map(|_| (before, after, elapsed))
+    })?;
     let delta = |name: &str, f: fn(&turnstile::TenantMetrics) -> u64| -> u64 {
         after.tenant(name).map_or(0, f).saturating_sub(before.tenant(name).map_or(0, f))
     };
@@ -206,6 +265,28 @@ fn run(workers: usize, window: Duration, hostile: Option<&Kind>, think_ms: Optio
     let worker_total: u64 = after.tenants.iter().map(|t| delta(&t.tenant, |m| m.worker_us)).sum();
     let hostile_share = delta("mallory", |t| t.worker_us) as f64 / worker_total.max(1) as f64;
     Ok(Run { p99_us, polite_per_second: polite_actions as f64 / elapsed.as_secs_f64(), hostile_share })
+}
+
+/// Deploys new versions of `module` (told apart by a custom section) for `mallory` until `stop`,
+/// one after the other, as fast as its deploy rate and its one compile at a time let it.
+fn deploy_storm(host: &Host, module: &[u8], stop: &AtomicBool) -> Result<()> {
+    let mut version = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        version += 1;
+        let mut bytes = module.to_vec();
+        bytes.extend_from_slice(&[0, 6, 1, b'v']);
+        bytes.extend_from_slice(&version.to_le_bytes());
+        match host.deploy("mallory", "storm", &bytes) {
+            Ok(_) => {}
+            Err(error)
+                if ["deploy_rate", "compile_running", "compile_delayed", "compile_busy"].contains(&error.code()) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => return Err(error).context("the deploy storm's module is refused"),
+        }
+    }
+    Ok(())
 }
 
 /// Prints the (f) table. Returns whether every kind met its targets.
