@@ -56,7 +56,9 @@ fn require_content_type(headers: &HeaderMap, allowed: &[&str], hint: &str) -> Re
                                       `upload_in_progress` / `compile_running` (a tenant's uploads and compiles go one \
                                       at a time).", body = ErrorBody),
         (status = 503, description = "`uploads_busy` or `compile_busy` (the host's upload or compile slots are all \
-                                      taken: try again shortly), `store_unavailable`, or `shutting_down`.", body = ErrorBody),
+                                      taken: try again shortly), `compile_delayed` (the host is busy with actions, which \
+                                      come first: the compile goes on; send the deploy again shortly), `store_unavailable`, \
+                                      or `shutting_down`.", body = ErrorBody),
     )
 )]
 pub(super) async fn deploy(
