@@ -10,8 +10,8 @@
 //! every later deploy of the same bytes, at once — and a deploy waits for that, or for its
 //! compile's end, at most [`PATIENCE`] × `timeout` on the clock: a compile still short of its CPU
 //! then was held back by actions; it goes on, and its deploy is answered `compile_delayed`, to be
-//! sent again (it then finds the compile's result in the cache). Stored modules loaded again
-//! compile at normal priority: sessions wait for them.
+//! sent again (it then joins the compile, or finds its result in the compile cache). Stored
+//! modules loaded again compile at normal priority: sessions wait for them.
 //!
 //! Wasmtime can't stop a compile under way, so a timed-out compile runs to its end on its own
 //! thread, holding its slot; the deploy caps checked before it (compile cost per function and per
