@@ -171,6 +171,9 @@ impl Runtime {
     /// time limit if it runs over), or until this returns if nothing is compiled.
     pub(crate) fn deploy_holding(&self, bytes: &[u8], hold: impl Send + 'static) -> Result<Deployment, Error> {
         let info = app::inspect(bytes, &self.deploy_limits)?;
+        if let Some(refused) = self.compiler.refusal(&info.hash) {
+            return Err(refused.into());
+        }
         if let Some(app) = self.loaded(&info.hash) {
             self.already_deployed.fetch_add(1, Ordering::Relaxed);
             return Ok(Deployment { app, source: CompileSource::AlreadyDeployed });

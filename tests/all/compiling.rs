@@ -69,7 +69,7 @@ fn a_compile_bomb_is_refused_in_seconds_while_another_tenant_deploys_and_runs() 
 /// [`compile_bomb`]'s live values held instead of locals as a helper's 1 000 parameters (the
 /// most a function type may have) updated under 4 000 `if`s, or as 2 000 values on the operand
 /// stack live across 2 000 `if`s: both over the default cap of 2 000 000.
-fn parameter_and_stack_bombs() -> [Vec<u8>; 2] {
+fn parameter_and_stack_bombs() -> [Vec<u8>; 3] {
     let mut updates = String::new();
     for n in 0..4_000 {
         let k = n % 1_000;
@@ -93,7 +93,23 @@ fn parameter_and_stack_bombs() -> [Vec<u8>; 2] {
         r#"(module (memory (export "memory") 1)
              (func (export "start") (result i32) (local i32) {pushes} {branches} {sums} drop i32.const 0))"#
     ));
-    [parameters, stack]
+    // Values live across indirect calls, which the compiler surrounds with blocks of its own
+    // though the wasm has no branch (red-team helper 16: 16 000 of each took it past 26 GB and
+    // killed the host).
+    let (mut updates, mut calls, mut sum) = (String::new(), String::new(), String::from("local.get 0 "));
+    for k in 0..2_000 {
+        updates.push_str(&format!("local.get {k} i64.const 1 i64.add local.set {k} "));
+        calls.push_str("i32.const 0 call_indirect (type $v) ");
+        if k > 0 {
+            sum.push_str(&format!("local.get {k} i64.add "));
+        }
+    }
+    let indirect = wat(&format!(
+        r#"(module (memory (export "memory") 1) (type $v (func)) (table 1 funcref)
+             (func (export "start") (result i32) (local {locals}) {updates} {calls} {sum} drop i32.const 0))"#,
+        locals = "i64 ".repeat(2_000)
+    ));
+    [parameters, stack, indirect]
 }
 
 #[test]
@@ -158,6 +174,10 @@ fn a_deploy_behind_compiles_that_ran_out_of_time_is_told_the_compiler_is_busy() 
     let started = Instant::now();
     assert_eq!(runtime.deploy(&done_app(4)).err().expect("busy").code(), "compile_busy");
     assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+    // Once the bomb's compile has run to its end (what it made is kept), its bytes are still
+    // refused (red-team helper 16: they deployed then, found compiled).
+    crate::serve::wait_until("the bomb's compile to end", || runtime.deploy(&done_app(4)).is_ok());
+    assert_eq!(runtime.deploy(&bomb).err().expect("still refused").code(), "compile_timeout");
 }
 
 #[test]

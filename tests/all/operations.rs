@@ -143,7 +143,7 @@ fn a_database_of_an_earlier_release_opens_and_every_session_resumes() {
         if view.app == "timed" {
             // Its one-day wait ran out long ago (the fixture is older than that): its timer,
             // re-armed from the stored due time, fires at once, and it ends by its timeout.
-            crate::serve::wait_until("the overdue timer to end its session", || {
+            wait_until("the overdue timer to end its session", || {
                 host.session("shop", view.id).is_ok_and(|v| v.status == Status::Done { result: "expired".into() })
             });
             assert_eq!(crate::fixtures::outputs_of(&host, "shop", view.id), Vec::<String>::new());

@@ -10,7 +10,7 @@
 //! every later deploy of the same bytes, at once — and a deploy waits for that, or for its
 //! compile's end, at most [`PATIENCE`] × `timeout` on the clock: a compile still short of its CPU
 //! then was held back by actions; it goes on, and its deploy is answered `compile_delayed`, to be
-//! sent again (it then joins the compile, or finds its result in the compile cache). Stored
+//! sent again (once the compile has ended, it finds its result in the compile cache). Stored
 //! modules loaded again compile at normal priority: sessions wait for them.
 //!
 //! Wasmtime can't stop a compile under way, so a timed-out compile runs to its end on its own
@@ -93,6 +93,10 @@ impl Flight {
     }
 }
 
+fn timed_out(limit: Duration) -> DeployError {
+    DeployError::CompileTimeout { seconds: limit.as_secs().max(1) }
+}
+
 /// How a wait for a compile ended.
 enum Waited {
     Done(Outcome),
@@ -170,14 +174,19 @@ impl Compiler {
         }
     }
 
+    /// Why the module `hash` is refused without a compile, if it is: its compile ran out of
+    /// time before. Asked before anything compiled is looked up: a compile over its time still
+    /// runs to its end, and what it made is kept, but it is never deployed.
+    pub(crate) fn refusal(&self, hash: &str) -> Option<DeployError> {
+        let limit = self.timeout?;
+        lock(&self.timed_out).contains(hash).then(|| timed_out(limit))
+    }
+
     /// The compile of the module `hash` by `job`: this caller's own, or the one already under
     /// way; with a time limit, refused past it (and so are these bytes from then on).
     pub(crate) fn compile(self: &Arc<Self>, hash: &str, job: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
-        let timed_out = |limit: Duration| DeployError::CompileTimeout { seconds: limit.as_secs().max(1) };
-        if let Some(limit) = self.timeout
-            && lock(&self.timed_out).contains(hash)
-        {
-            return Err(timed_out(limit));
+        if let Some(refused) = self.refusal(hash) {
+            return Err(refused);
         }
         let (flight, lead) = {
             let mut flights = lock(&self.flights);
