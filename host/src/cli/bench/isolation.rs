@@ -273,10 +273,7 @@ fn deploy_storm(host: &Host, module: &[u8], stop: &AtomicBool) -> Result<()> {
     let mut version = 0u32;
     while !stop.load(Ordering::Relaxed) {
         version += 1;
-        let mut bytes = module.to_vec();
-        bytes.extend_from_slice(&[0, 6, 1, b'v']);
-        bytes.extend_from_slice(&version.to_le_bytes());
-        match host.deploy("mallory", "storm", &bytes) {
+        match host.deploy("mallory", "storm", &super::numbered(module, version)) {
             Ok(_) => {}
             Err(error)
                 if ["deploy_rate", "compile_running", "compile_delayed", "compile_busy"].contains(&error.code()) =>
