@@ -427,3 +427,31 @@ fn an_overdue_claim_is_renewed_by_the_next_commit_not_given_up() {
     assert_eq!(store.commit(&[checkpoint(1, 0, "kept")]).expect("commits"), [Written::Committed]);
     assert!(store.holds_claim());
 }
+
+/// A commit that waited on the lease rows past its claim's self-fencing margin (the renewals
+/// waited behind the same lock) still commits: the rows it locked are at its epoch, so no one
+/// took the shard. Refused for lateness alone, its session would stop on a node that goes on
+/// holding every shard (what the failover test once met on a loaded machine).
+#[test]
+fn a_commit_held_up_past_the_margin_commits_under_the_epoch_it_locked() {
+    let schema = PgSchema::new("heldup");
+    let url = schema.url_with("shards=2");
+    let store = Arc::new(PgStore::open(&url).expect("opens"));
+    let policy = ClaimPolicy { node: "slow".into(), lease: Duration::from_secs(1), wait: false, address: None };
+    store.claim_all(&policy, |_| {}, || panic!("the claim is not lost")).expect("claims");
+    assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
+    let mut blocker = raw(&schema);
+    let mut hold = blocker.transaction().expect("begins");
+    hold.query("SELECT shard FROM leases ORDER BY shard FOR UPDATE", &[]).expect("locks");
+    let committing = {
+        let store = store.clone();
+        std::thread::spawn(move || store.commit(&[checkpoint(1, 0, "late")]))
+    };
+    let mut observer = raw(&schema);
+    wait_until_blocked(&mut observer, "FOR SHARE");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(!store.holds_claim(), "overdue now");
+    hold.rollback().expect("lets go");
+    let written = committing.join().expect("commits").expect("commits");
+    assert_eq!(written, [Written::Committed], "its rows were still at its epoch");
+}

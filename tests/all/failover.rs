@@ -209,6 +209,20 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failed run says what the nodes said of it: their warnings and errors, in order.
+        if std::thread::panicking() {
+            for (node, dir) in self.dirs.iter().enumerate() {
+                let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+                let said: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("exiting"))
+                    .collect();
+                eprintln!("node {node} said ({} lines):", said.len());
+                for line in &said[said.len().saturating_sub(60)..] {
+                    eprintln!("  {line}");
+                }
+            }
+        }
     }
 }
 

@@ -258,6 +258,7 @@ impl Kernel {
     fn apply_write(&self, write: Write, written: Result<Written, Error>) -> Result<Written, Error> {
         if matches!(written, Ok(Written::Fenced)) {
             self.fenced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(session = %write.session(), "a write was refused (fenced): another node holds its shard");
         }
         // A creation or an event refused because this host no longer holds the session's shard
         // (another host took it over) was not written: never acknowledged.
@@ -568,8 +569,7 @@ impl Kernel {
         self.timers.fire_due(|due| self.fire(due));
     }
 
-    /// Whether no session is queued, running or being committed, and nothing is queued for the
-    /// store.
+    /// Whether no session is queued, running or committing, and nothing waits for the store.
     pub(crate) fn is_settled(&self) -> bool {
         let mut busy = false;
         self.sessions.each(|_, entry| {

@@ -45,6 +45,17 @@ impl Claim {
         self.epochs.get(&shard).copied()
     }
 
+    /// The epoch its commits lock `shard`'s lease row under, until the claim is lost: however
+    /// late its renewals are, a commit that finds the row still at this epoch (under the row's
+    /// lock) writes for the shard's holder, since no one can take a shard without raising its
+    /// epoch. Refusing it for lateness alone would stop its session for nothing.
+    fn commit_epoch(&self, shard: u32) -> Option<u64> {
+        if self.lost {
+            return None;
+        }
+        self.epochs.get(&shard).copied()
+    }
+
     /// The leases it holds.
     fn held(&self) -> Vec<Lease> {
         self.epochs.iter().map(|(shard, epoch)| Lease { shard: *shard, epoch: *epoch }).collect()
@@ -181,10 +192,11 @@ impl PgStore {
         }
     }
 
-    /// Renews an overdue claim here and now, before a commit would refuse its writes: after this
-    /// process was paused (or its renewal thread starved) the leases may well still be its own,
-    /// and a write refused for nothing would stop a session. Only a renewal that finds a shard
-    /// taken (the renewal thread's business) makes the claim lost.
+    /// Renews an overdue claim here and now: after this process was paused (or its renewal
+    /// thread starved) the leases may well still be its own, and a catalogue write refused for
+    /// nothing would fail its request (commits are judged by the lease rows themselves, see
+    /// `Claim::commit_epoch`; renewing on their way keeps the node ready). Only a renewal that
+    /// finds a shard taken (the renewal thread's business) makes the claim lost.
     pub(super) fn refresh_if_stale(&self) {
         let (node, lease, held) = {
             let claim = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
@@ -205,10 +217,10 @@ impl PgStore {
     }
 
     /// The epoch to write a shard's sessions under: the claim's when there is one (`None` once
-    /// it no longer holds the shard), else the host's own fencing token.
+    /// it is lost), else the host's own fencing token.
     pub(super) fn write_epoch(&self, shard: u32, given: u64) -> Option<u64> {
         match &*self.claim.lock().unwrap_or_else(PoisonError::into_inner) {
-            Some(claim) => claim.epoch(shard),
+            Some(claim) => claim.commit_epoch(shard),
             None => Some(given),
         }
     }
