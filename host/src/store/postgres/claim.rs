@@ -256,6 +256,11 @@ fn renew_while_alive(store: &Weak<PgStore>) -> bool {
         };
         let sent = Instant::now();
         let renewed = store.renew(&node, lease, &held);
+        if sent.elapsed() > lease / 3 {
+            // Its commits are not refused for it (`Claim::commit_epoch`), but a standby may take
+            // shards whose lease ran out meanwhile.
+            tracing::warn!(took_ms = sent.elapsed().as_millis(), "renewing the shard leases was slow");
+        }
         // A failed renewal (a lost connection) is tried again soon, well before the self-fence.
         let pause = if renewed.is_ok() { lease / 3 } else { lease / 10 };
         {
