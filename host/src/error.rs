@@ -139,6 +139,13 @@ pub enum Error {
         /// The session.
         session: SessionId,
     },
+    /// A checkpoint of the session could not be committed: the host is taking it back from its
+    /// last committed checkpoint, and it takes requests again in a moment.
+    #[error("session {session} is being taken back from its last committed checkpoint: try again in a moment")]
+    TakingBack {
+        /// The session.
+        session: SessionId,
+    },
     /// The host is shutting down and takes no new work.
     #[error("the host is shutting down")]
     ShuttingDown,
@@ -208,6 +215,7 @@ impl Error {
             Error::Store(_) => "store",
             Error::Snapshot(_) => "bad_snapshot",
             Error::Fenced { .. } => "fenced",
+            Error::TakingBack { .. } => "session_recovering",
             Error::ShuttingDown => "shutting_down",
             Error::Engine { .. } => "engine",
             Error::Io { .. } => "io",

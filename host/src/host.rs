@@ -19,7 +19,8 @@
 //! effects), `dispatch` (the scheduler behind its lock), `commit` (group commit with tickets),
 //! `timers` (wait timeouts, sleeping actions), `bus` (subscribers and watchers), `health` (store
 //! outages: retries, refusing new work), `retention` (what comes due when), `storage` (quotas),
-//! `housekeeping` (purges, measures, evictions), `modules` (compiled code on demand), `resume`
+//! `housekeeping` (purges, measures, evictions), `recovery` (sessions whose checkpoint failed,
+//! taken back from the store), `modules` (compiled code on demand), `resume`
 //! (loading a store), `pool` (workers), `kernel` (the paths through them), `views`
 //! (what readers see).
 //!
@@ -34,7 +35,8 @@
 //! 4. the commit queue (`commit.rs`): appending a write, taking a group;
 //! 5. the timers (`timers.rs`) and the bus (`bus.rs`): arming a timer, adding a watcher; the
 //!    store's health (`health.rs`): noting a failed or a successful commit; the runtime's table
-//!    of compiled modules (`runtime.rs`): a look-up or an eviction, never a compile.
+//!    of compiled modules (`runtime.rs`): a look-up or an eviction, never a compile; the
+//!    sessions to take back (`recovery.rs`): queueing one, taking the next.
 //!
 //! Tenants, apps and tokens are read with no lock at all (copy-on-write maps), so the API's
 //! async threads never block on them.
@@ -50,6 +52,7 @@ mod kernel;
 mod lifecycle;
 mod modules;
 mod pool;
+mod recovery;
 mod resume;
 mod retention;
 mod sessions;
@@ -179,6 +182,7 @@ impl Host {
         let (ingest, thread) = ingest::spawn(core.clone())?;
         threads.push(thread);
         threads.push(housekeeping::spawn(core.clone(), config.module_idle)?);
+        threads.push(recovery::spawn(core.clone())?);
         let retrier = core.clone();
         threads.push(health::spawn_retry(core.health().clone(), move || retrier.retry_commits())?);
         Ok(Host { core, ingest: Mutex::new(Some(ingest)), threads })
@@ -446,7 +450,7 @@ impl Host {
     /// Every session of every tenant, by id, with its tenant's name: for operators' tools.
     pub fn sessions(&self) -> Vec<(String, SessionView)> {
         let mut all = Vec::new();
-        self.core.sessions().each(|id, entry| all.push((entry.tenant.name().to_string(), kernel::view(id, entry))));
+        self.core.sessions().each(|id, entry| all.push((entry.tenant.name().to_string(), SessionView::of(id, entry))));
         all.sort_by_key(|(_, view)| view.id);
         all
     }
@@ -578,6 +582,7 @@ impl Drop for Host {
         self.core.dispatcher().stop();
         self.core.timers().stop();
         self.core.retention().stop();
+        self.core.recovery().stop();
         self.core.bus().close_watchers();
         for thread in self.threads.drain(..) {
             let _ = thread.join();

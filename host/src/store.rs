@@ -79,7 +79,7 @@ pub enum StoreError {
     },
     /// A commit's `COMMIT` got no answer and the server could not say afterwards whether it
     /// went through: its writes are neither retried (they may have landed) nor acknowledged
-    /// (they may not have); their sessions resume from what the store holds at the next start.
+    /// (they may not have); their sessions are taken back from what the store holds.
     #[error("a commit may or may not have gone through (the server could not tell)")]
     CommitUnknown {
         /// The failure at `COMMIT`.
@@ -455,6 +455,9 @@ pub fn open_store(url: &str) -> Result<std::sync::Arc<dyn Store>, Error> {
 pub trait Store: Send + Sync {
     /// Everything stored, to resume from.
     fn load(&self) -> Result<Image, StoreError>;
+    /// One session as [`Store::load`] would give it back (`None` if it is not stored): what a
+    /// host takes back after a checkpoint of it failed, from its last committed one.
+    fn session(&self, id: SessionId) -> Result<Option<StoredSession>, StoreError>;
     /// Creates or updates a tenant.
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
     /// Deletes a tenant with its apps, sessions (their inboxes and outputs), tokens and key-value

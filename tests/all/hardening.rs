@@ -255,6 +255,9 @@ impl turnstile::Store for Faulty {
     fn load(&self) -> Result<turnstile::Image, turnstile::StoreError> {
         self.inner.load()
     }
+    fn session(&self, id: turnstile::SessionId) -> Result<Option<turnstile::StoredSession>, turnstile::StoreError> {
+        self.inner.session(id)
+    }
     fn put_tenant(&self, tenant: &turnstile::TenantRecord) -> Result<(), turnstile::StoreError> {
         self.inner.put_tenant(tenant)
     }

@@ -13,17 +13,60 @@ use tower::ServiceExt;
 use turnstile::api::{Api, router};
 use turnstile::{
     AppRecord, Error, Host, Image, SessionEvent, SessionId, SqliteStore, Status, StorageUsage, Store, StoreError,
-    TenantConfig, TenantRecord, TokenRecord, Write, Written,
+    StoredSession, TenantConfig, TenantRecord, TokenRecord, Write, Written,
 };
 
-/// A store whose writes fail on command, as a full disk's would; reads go through.
+/// A store whose writes fail on command, as a full disk's would; reads go through. It can also
+/// spoil one session's checkpoints: refuse them (an error of their own), or commit them and
+/// answer that it could not tell whether they landed.
 struct FailingStore {
     inner: Arc<dyn Store>,
     failing: AtomicBool,
     refused: AtomicU64,
+    spoiled: std::sync::Mutex<Option<Spoiled>>,
+}
+
+/// Whose checkpoints are spoiled, how, and how many more times.
+#[derive(Clone, Copy)]
+struct Spoiled {
+    session: SessionId,
+    landed: bool,
+    times: u32,
 }
 
 impl FailingStore {
+    fn new(inner: Arc<dyn Store>) -> FailingStore {
+        FailingStore { inner, failing: AtomicBool::new(false), refused: 0.into(), spoiled: Default::default() }
+    }
+
+    /// Spoils `session`'s next `times` checkpoints.
+    fn spoil(&self, session: SessionId, landed: bool, times: u32) {
+        *self.spoiled.lock().expect("spoiled") = Some(Spoiled { session, landed, times });
+    }
+
+    /// Commits `batch`, unless it carries a checkpoint to spoil. A refusal spoils a checkpoint
+    /// committed on its own (as the host tries again a group one refused), so that one is counted.
+    fn commit_or_spoil(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
+        let mut spoiled = self.spoiled.lock().expect("spoiled");
+        let hit = spoiled.filter(|s| {
+            s.times > 0
+                && (s.landed || batch.len() == 1)
+                && batch.iter().any(|w| matches!(w, Write::Checkpoint(c) if c.session == s.session))
+        });
+        let Some(hit) = hit else {
+            drop(spoiled);
+            return self.inner.commit(batch);
+        };
+        *spoiled = Some(Spoiled { times: hit.times - 1, ..hit });
+        drop(spoiled);
+        let refused = StoreError::Damaged { report: "this checkpoint is refused (injected)".into() };
+        if !hit.landed {
+            return Err(refused);
+        }
+        self.inner.commit(batch)?;
+        Err(StoreError::CommitUnknown { source: Box::new(refused) })
+    }
+
     fn fail<T>(&self, write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
@@ -37,6 +80,9 @@ impl FailingStore {
 impl Store for FailingStore {
     fn load(&self) -> Result<Image, StoreError> {
         self.inner.load()
+    }
+    fn session(&self, id: SessionId) -> Result<Option<StoredSession>, StoreError> {
+        self.inner.session(id)
     }
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
         self.fail(|| self.inner.put_tenant(tenant))
@@ -54,7 +100,7 @@ impl Store for FailingStore {
         self.fail(|| self.inner.put_app(app, module))
     }
     fn commit(&self, batch: &[Write]) -> Result<Vec<Written>, StoreError> {
-        self.fail(|| self.inner.commit(batch))
+        self.fail(|| self.commit_or_spoil(batch))
     }
     fn outputs(&self, session: SessionId, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
         self.inner.outputs(session, after, limit)
@@ -102,7 +148,7 @@ async fn get(router: &axum::Router, path: &str) -> (StatusCode, serde_json::Valu
 fn a_failing_store_loses_nothing_and_the_host_recovers_by_itself() {
     let dir = temp_dir("outage");
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
-    let store = Arc::new(FailingStore { inner: sqlite.clone(), failing: AtomicBool::new(false), refused: 0.into() });
+    let store = Arc::new(FailingStore::new(sqlite.clone()));
     let host = Arc::new(host_on(store.clone(), &dir.join("modules")));
     let api = router(Api::new(host.clone(), ADMIN));
     let http = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -174,7 +220,7 @@ fn a_failing_store_loses_nothing_and_the_host_recovers_by_itself() {
 fn a_host_stopped_during_an_outage_stops_at_once_and_resumes_every_session_after() {
     let dir = temp_dir("outage-stop");
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
-    let store = Arc::new(FailingStore { inner: sqlite.clone(), failing: AtomicBool::new(false), refused: 0.into() });
+    let store = Arc::new(FailingStore::new(sqlite.clone()));
     let host = host_on(store.clone(), &dir.join("modules"));
     host.create_tenant("t", TenantConfig::default()).expect("tenant");
     host.deploy("t", "timed", &wait_app(Some(100))).expect("deploys");
@@ -298,7 +344,7 @@ fn health_quiet() -> std::time::Duration {
 fn a_cancel_meeting_a_failing_store_is_answered_at_once_and_lands_when_it_is_back() {
     let dir = temp_dir("outage-cancel");
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
-    let store = Arc::new(FailingStore { inner: sqlite, failing: AtomicBool::new(false), refused: 0.into() });
+    let store = Arc::new(FailingStore::new(sqlite));
     let host = host_on(store.clone(), &dir.join("modules"));
     let events = host.subscribe();
     host.create_tenant("t", TenantConfig::default()).expect("tenant");
@@ -313,4 +359,64 @@ fn a_cancel_meeting_a_failing_store_is_answered_at_once_and_lands_when_it_is_bac
     wait_for(&events, id, |status| matches!(status, Status::Cancelled));
     // The host stops cleanly, with nothing left waiting.
     drop(host);
+}
+
+/// A checkpoint the store refuses, or one whose commit landed while the host could not learn so
+/// (a connection lost at COMMIT), stops nothing: its session is taken back from what the store
+/// holds and goes on, its action run again only if it had not landed, no output lost or
+/// repeated. One whose checkpoints are refused time after time is given up, failed and saying
+/// why, and left open in the store for a restart.
+#[test]
+fn a_checkpoint_refused_or_of_unknown_outcome_is_taken_back_and_the_call_goes_on() {
+    let dir = temp_dir("takeback");
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("turnstile.db")).expect("opens"));
+    let store = Arc::new(FailingStore::new(sqlite.clone()));
+    let host = Arc::new(host_on(store.clone(), &dir.join("modules")));
+    let events = host.subscribe();
+    host.create_tenant("t", TenantConfig::default()).expect("tenant");
+    host.deploy("t", "patient", &wait_app(None)).expect("deploys");
+    let start = || {
+        let id = host.start_session("t", "patient", "start", Vec::new()).expect("starts");
+        wait_for(&events, id, waiting);
+        id
+    };
+    let done = |status: &Status| matches!(status, Status::Done { .. });
+
+    // Started first: an unknown outcome refuses new work for a moment (an outage, as far as the
+    // host can tell).
+    let (refused, landed, hopeless) = (start(), start(), start());
+
+    // Refused: not written, so the action runs again from the last committed checkpoint.
+    store.spoil(refused, false, 1);
+    host.deliver("t", refused, br#""first""#.to_vec(), Some("k1")).expect("acknowledged");
+    wait_for(&events, refused, done);
+    assert_eq!(crate::fixtures::outputs_of(&host, "t", refused), [r#""first""#]);
+
+    // Landed, its answer lost: read back as it landed, not run again.
+    store.spoil(landed, true, 1);
+    host.deliver("t", landed, br#""second""#.to_vec(), Some("k2")).expect("acknowledged");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done(&host.session("t", landed).expect("kept").status) {
+        assert!(std::time::Instant::now() < deadline, "taken back, done");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(crate::fixtures::outputs_of(&host, "t", landed), [r#""second""#], "once");
+    assert_eq!(host.session("t", landed).expect("kept").counters.actions, 2, "the answer ran once");
+
+    // Refused every time: given up, saying why; still open in the store, for a restart.
+    store.spoil(hopeless, false, u32::MAX);
+    // New work is taken again once the unknown outcome is `QUIET` old (2 s) with nothing to retry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(error) = host.deliver("t", hopeless, br#""third""#.to_vec(), Some("k3")) {
+        assert!(error.code().starts_with("store") && std::time::Instant::now() < deadline, "{}", error.chain());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wait_for(&events, hopeless, |status| matches!(status, Status::Failed { .. }));
+    let view = host.session("t", hopeless).expect("kept");
+    let Status::Failed { failure } = &view.status else { unreachable!() };
+    assert!(failure.message.contains("refused (injected)"), "{}", failure.message);
+    assert!(crate::fixtures::outputs_of(&host, "t", hopeless).is_empty(), "nothing of it released");
+    let stored = sqlite.session(hopeless).expect("reads").expect("stored");
+    assert!(waiting(&stored.record.snapshot.status), "open in the store: {:?}", stored.record.snapshot.status);
+    assert_eq!(stored.inbox.len(), 1, "its event kept for the restart");
 }

@@ -223,6 +223,12 @@ fn keys_make_events_idempotent_and_ended_sessions_report_them(kind: &str) {
     );
     let inbox: Vec<(u64, Option<String>)> = image.sessions[1].inbox.iter().map(|e| (e.seq, e.key.clone())).collect();
     assert_eq!(inbox, [(1, Some("k9".into())), (2, None)]);
+    // One session read on its own (as a host takes one back) is what the load gave of it.
+    let store = subject.open();
+    for stored in &image.sessions {
+        assert_eq!(store.session(stored.record.id).expect("reads").as_ref(), Some(stored));
+    }
+    assert_eq!(store.session(SessionId(3)).expect("reads"), None, "never stored");
     // A key twice in one batch for an ended session: ended both times.
     let ended = store.commit(&[append(1, "z", Some("k7")), append(1, "z", Some("k7"))]).expect("commits");
     assert_eq!(ended, [Written::Appended(Appended::SessionEnded), Written::Appended(Appended::SessionEnded)]);

@@ -34,11 +34,10 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
     }
 
-    /// 503 with `code` and `Retry-After: 1`: this node cannot answer now, but soon may.
+    /// 503 with `code` (and `Retry-After: 1`, as every 503): this node cannot answer now, but
+    /// soon may.
     pub(crate) fn retry_soon(code: &'static str, message: impl Into<String>) -> Response {
-        let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response();
-        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
-        response
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response()
     }
 }
 
@@ -60,6 +59,7 @@ impl From<Error> for ApiError {
             Error::Deploy(DeployError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Store(_)
             | Error::ShuttingDown
+            | Error::TakingBack { .. }
             | Error::Deploy(DeployError::CompileBusy | DeployError::CompileDelayed) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Engine { .. } | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
@@ -116,6 +116,13 @@ fn body_error(rejection: &BytesRejection) -> ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { code: self.code, message: self.message })).into_response()
+        let unavailable = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let mut response = (self.status, Json(ErrorBody { code: self.code, message: self.message })).into_response();
+        // Whatever is unavailable now (the store, a compile slot, a session being taken back)
+        // may be soon: a client waits a second rather than guess.
+        if unavailable {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }

@@ -102,7 +102,11 @@ fn add_refusals(document: &mut Document) {
             }
             if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
                 refusal(operation, "401", "`unauthorized`: no token, or not one this route takes.");
-                refusal(operation, "503", "`store_unavailable` (nothing was written; try again), or `shutting_down`.");
+                refusal(
+                    operation,
+                    "503",
+                    "`store_unavailable` (nothing was written; try again), `session_recovering` (a checkpoint of the session failed and it is being taken back; try again), or `shutting_down`.",
+                );
             }
             refusal(operation, "400", "`bad_body`: the body could not be read.");
             refusal(operation, "408", "`body_timeout`: the body did not arrive in time.");

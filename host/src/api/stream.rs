@@ -90,7 +90,15 @@ pub(super) async fn outputs(
                 event = feed.events.recv() => event?,
                 _ = feed.closing.wait_for(|closing| *closing) => return None,
             };
-            feed.push(&event.outputs, event.first_output);
+            if event.first_output > feed.sent {
+                // Outputs this stream never heard of (a session taken back from the store after a
+                // commit whose outcome was unknown had landed): all of them are stored, so they
+                // are read from there, in order.
+                let outputs = u64::try_from(event.outputs.len()).unwrap_or(u64::MAX);
+                feed.stored = feed.stored.max(event.first_output.saturating_add(outputs));
+            } else {
+                feed.push(&event.outputs, event.first_output);
+            }
             if event.status.is_finished() {
                 feed.end = Some(event.status);
             }

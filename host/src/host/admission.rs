@@ -54,7 +54,7 @@ impl Kernel {
     fn take_back(&self, record: SessionRecord) -> Result<(), Error> {
         tracing::info!(session = %record.id, "a start whose commit had an unknown outcome had landed: its session is taken back");
         let stored = StoredSession { record, inbox: Vec::new(), unapplied: Vec::new() };
-        super::resume::resume_session(self, stored, &mut |hash| self.code(hash))
+        super::resume::resume_session(self, stored, 0, &mut |hash| self.code(hash))
     }
 
     /// A new session's entry, or why it can't be.

@@ -9,6 +9,7 @@ use super::commit::{CommitQueue, Ticket};
 use super::dispatch::{Dispatcher, Work};
 use super::health::StoreHealth;
 use super::lifecycle::Effects;
+use super::recovery::Recovery;
 use super::retention::Retention;
 use super::sessions::{SessionEntry, Sessions};
 use super::storage::{stored_by, written_by};
@@ -47,6 +48,8 @@ pub(crate) struct Kernel {
     /// Writes refused because another host holds their session's shard now.
     fenced: AtomicU64,
     retention: Retention,
+    /// Sessions whose checkpoint failed, to be taken back from the store.
+    recovery: Recovery,
 }
 
 impl Kernel {
@@ -74,11 +77,16 @@ impl Kernel {
             quarantined: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             retention: Retention::new(retention),
+            recovery: Recovery::default(),
         }
     }
 
     pub(crate) fn retention(&self) -> &Retention {
         &self.retention
+    }
+
+    pub(crate) fn recovery(&self) -> &Recovery {
+        &self.recovery
     }
 
     pub(crate) fn runtime(&self) -> &Runtime {
@@ -181,6 +189,9 @@ impl Kernel {
             tenant.close_session();
             tenant.hold_finished();
             self.dispatcher.with(|s| s.counters_mut(tenant.ix()).sessions_finished += 1);
+        }
+        if let Some(why) = effects.take_back {
+            self.recovery.push(id, why);
         }
         if let Some((first_output, outputs, status)) = effects.publish
             && self.bus.wants(id)
@@ -450,7 +461,7 @@ impl Kernel {
     pub(crate) fn view(&self, tenant: &str, id: SessionId) -> Result<SessionView, Error> {
         let mut shard = self.sessions.shard(id);
         let entry = Self::own(&mut shard, tenant, id)?;
-        Ok(view(id, entry))
+        Ok(SessionView::of(id, entry))
     }
 
     /// A session of `tenant` as it stands, and its events from now on (none missed: the watch
@@ -467,7 +478,7 @@ impl Kernel {
         if entry.life.is_open() || entry.life.phase() == super::lifecycle::Phase::Committing {
             self.bus.watch(id, send);
         }
-        Ok((view(id, entry), receive))
+        Ok((SessionView::of(id, entry), receive))
     }
 
     /// The next thing for a worker to do (`None`: the host stops).
@@ -582,19 +593,3 @@ impl Kernel {
 
 /// One idempotency key, as storage counts it.
 const ONE_KEY: StorageUsage = StorageUsage { kv_bytes: 0, output_bytes: 0, event_keys: 1, module_bytes: 0 };
-
-/// A session as its tenant reads it.
-pub(crate) fn view(id: SessionId, entry: &SessionEntry) -> SessionView {
-    let session = entry.life.session();
-    SessionView {
-        id,
-        app: entry.app.to_string(),
-        version: entry.version.clone(),
-        status: entry.life.visible().clone(),
-        counters: session.counters.clone(),
-        last_failure: session.last_failure.clone(),
-        outputs: entry.life.released(),
-        state: session.state.clone(),
-        unapplied: entry.life.unapplied().to_vec(),
-    }
-}

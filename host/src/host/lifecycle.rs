@@ -33,8 +33,11 @@ pub(crate) enum Phase {
     Committing,
     /// Finished (done, failed or cancelled), its last checkpoint committed.
     Finished,
-    /// A checkpoint of it could not be committed: it stops here, in this process; a restart
-    /// resumes it from its last committed checkpoint.
+    /// A checkpoint of it could not be committed: nothing of that action was released, and the
+    /// host takes it back from its last committed checkpoint (`recovery.rs`).
+    TakingBack,
+    /// It could not be taken back either: it stops here, in this process; a restart resumes it
+    /// from its last committed checkpoint.
     Stopped,
 }
 
@@ -55,6 +58,8 @@ pub(crate) struct Effects {
     /// The session has ended (at this time, ms since the epoch): count it finished, and purge
     /// it once its retention has passed.
     pub(crate) finished: Option<u64>,
+    /// Its checkpoint failed (why): take it back from the store.
+    pub(crate) take_back: Option<String>,
 }
 
 /// What the action due now needs from the session.
@@ -109,7 +114,9 @@ impl Lifecycle {
     }
 
     /// A session as a store kept it; `effects` moves it on (queued, armed, or nothing).
-    pub(crate) fn resumed(stored: StoredSession) -> (Lifecycle, Effects) {
+    /// `wait_seq` numbers its waits on from there (past those of the life it replaces, whose
+    /// timers may still fire).
+    pub(crate) fn resumed(stored: StoredSession, wait_seq: u64) -> (Lifecycle, Effects) {
         let mut record = stored.record;
         let finished = record.snapshot.status.is_finished();
         if finished {
@@ -126,7 +133,7 @@ impl Lifecycle {
             consumed: None,
             cancel: false,
             appends: 0,
-            wait_seq: 0,
+            wait_seq,
             fence: record.fence,
             unapplied: stored.unapplied,
         };
@@ -145,7 +152,21 @@ impl Lifecycle {
 
     /// The status readers see: the last committed one.
     pub(crate) fn visible(&self) -> &Status {
-        if self.phase == Phase::Committing { &self.visible } else { &self.session.status }
+        if matches!(self.phase, Phase::Committing | Phase::TakingBack | Phase::Stopped) {
+            &self.visible
+        } else {
+            &self.session.status
+        }
+    }
+
+    /// Whether a cancel was accepted while it was busy (it ends cancelled when its action is done).
+    pub(crate) fn cancelling(&self) -> bool {
+        self.cancel
+    }
+
+    /// The number of its current wait (its timer's, if it has one).
+    pub(crate) fn wait_seq(&self) -> u64 {
+        self.wait_seq
     }
 
     pub(crate) fn released(&self) -> u64 {
@@ -161,9 +182,10 @@ impl Lifecycle {
         self.phase == Phase::Idle && matches!(self.session.status, Status::Waiting { .. })
     }
 
-    /// Whether it is still open (not finished, not stopped, not ending).
+    /// Whether it is still open (not finished, not stopped or being taken back, not ending).
     pub(crate) fn is_open(&self) -> bool {
-        !matches!(self.phase, Phase::Finished | Phase::Stopped) && !self.session.status.is_finished()
+        !matches!(self.phase, Phase::Finished | Phase::TakingBack | Phase::Stopped)
+            && !self.session.status.is_finished()
     }
 
     /// Its record has landed: it may run.
@@ -187,8 +209,10 @@ impl Lifecycle {
     pub(crate) fn accept_event(&mut self, max_inbox: usize, has_key: bool) -> Result<bool, Error> {
         // A session stopped here by a failed commit is not finished in the store: an event stored
         // for it now would be taken when it resumes elsewhere, after being reported not applied.
-        if matches!(self.phase, Phase::Stopped) {
-            return Err(Error::SessionState { status: "stopped", request: "take a customer event" });
+        match self.phase {
+            Phase::TakingBack => return Err(Error::TakingBack { session: self.id }),
+            Phase::Stopped => return Err(Error::SessionState { status: "stopped", request: "take a customer event" }),
+            _ => {}
         }
         if has_key && (!self.is_open() || self.cancel) {
             return Ok(false);
@@ -309,15 +333,25 @@ impl Lifecycle {
         effects
     }
 
-    /// Its checkpoint could not be committed: it stops here, in this process. Its last
-    /// committed checkpoint is intact, so a restart resumes it from there (the action re-runs).
+    /// Its checkpoint could not be committed: nothing of the action is released, and it is taken
+    /// back from its last committed checkpoint, intact in the store (the action re-runs, unless
+    /// a commit whose outcome was unknown had landed after all).
     pub(crate) fn commit_failed(&mut self, error: &Error) -> Effects {
-        if self.phase != Phase::Committing && self.phase != Phase::Creating {
+        if self.phase != Phase::Committing {
+            return Effects::default();
+        }
+        self.phase = Phase::TakingBack;
+        Effects { take_back: Some(error.chain()), ..Effects::default() }
+    }
+
+    /// It could not be taken back (its checkpoints keep failing): it stops here, in this process,
+    /// and its watchers are told. A restart resumes it from its last committed checkpoint.
+    pub(crate) fn give_up(&mut self, error: &str) -> Effects {
+        if self.phase != Phase::TakingBack {
             return Effects::default();
         }
         let message = format!(
-            "its checkpoint could not be committed ({}); it resumes from its last checkpoint after a restart",
-            error.chain()
+            "its checkpoint could not be committed ({error}); it resumes from its last checkpoint after a restart"
         );
         let failure = Failure::new(FailureKind::Trap, "", message);
         self.phase = Phase::Stopped;
@@ -332,6 +366,9 @@ impl Lifecycle {
     /// Cancels it: an idle one ends now (its cancellation is a checkpoint of its own), a busy one
     /// when its action or checkpoint is done. Its inbox is reported back as not applied.
     pub(crate) fn cancel(&mut self, tenant: &str) -> Result<Effects, Error> {
+        if self.phase == Phase::TakingBack {
+            return Err(Error::TakingBack { session: self.id });
+        }
         if !self.is_open() || self.cancel {
             let status = if self.cancel { "cancelled" } else { self.visible().name() };
             return Err(Error::SessionState { status, request: "be cancelled" });

@@ -48,7 +48,7 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
     // Ids of purged sessions are never used again.
     core.sessions().observe_id(SessionId(image.last_session_id));
     for stored in image.sessions {
-        resume_session(core, stored, &mut |hash| core.runtime().reload(bytes(hash)?))?;
+        resume_session(core, stored, 0, &mut |hash| core.runtime().reload(bytes(hash)?))?;
     }
     for quarantined in &image.quarantined {
         tracing::error!(
@@ -63,11 +63,12 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
 }
 
 /// Takes one stored session back: into the session table, queued, waiting or kept as it was
-/// stored (`code_of` gives an open session's compiled code). A session of a tenant or app that
-/// is gone is left alone.
+/// stored (`code_of` gives an open session's compiled code; its waits are numbered from
+/// `wait_seq`). A session of a tenant or app that is gone is left alone.
 pub(crate) fn resume_session(
     core: &Kernel,
     stored: StoredSession,
+    wait_seq: u64,
     code_of: &mut dyn FnMut(&str) -> Result<Arc<App>, Error>,
 ) -> Result<(), Error> {
     let record = &stored.record;
@@ -79,7 +80,7 @@ pub(crate) fn resume_session(
     let version = record.snapshot.app.clone();
     let code = if open { Some(code_of(&version)?) } else { None };
     let finished_ms = record.snapshot.finished_ms;
-    let (life, effects) = Lifecycle::resumed(stored);
+    let (life, effects) = Lifecycle::resumed(stored, wait_seq);
     // Counters count what this host does from its start (as Prometheus expects of a
     // process): a session taken back from the store was not started here.
     if open {

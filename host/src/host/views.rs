@@ -1,5 +1,6 @@
 //! What the host shows of itself: sessions, tenants, apps and deploys as their readers see them.
 
+use super::sessions::SessionEntry;
 use crate::failure::Failure;
 use crate::limits::TenantConfig;
 use crate::runtime::CompileSource;
@@ -27,6 +28,24 @@ pub struct SessionView {
     pub state: Vec<u8>,
     /// Acknowledged events it ended without taking (reported back, never dropped).
     pub unapplied: Vec<Unapplied>,
+}
+
+impl SessionView {
+    /// Session `id` as its tenant reads it.
+    pub(crate) fn of(id: SessionId, entry: &SessionEntry) -> SessionView {
+        let session = entry.life.session();
+        SessionView {
+            id,
+            app: entry.app.to_string(),
+            version: entry.version.clone(),
+            status: entry.life.visible().clone(),
+            counters: session.counters.clone(),
+            last_failure: session.last_failure.clone(),
+            outputs: entry.life.released(),
+            state: session.state.clone(),
+            unapplied: entry.life.unapplied().to_vec(),
+        }
+    }
 }
 
 /// What delivering a customer event did.

@@ -44,6 +44,13 @@ struct Stored {
     start_key: Option<StartKey>,
 }
 
+impl Stored {
+    /// The session as a host takes it back.
+    fn taken_back(&self) -> StoredSession {
+        StoredSession { record: self.record.clone(), inbox: self.inbox.clone(), unapplied: self.unapplied.clone() }
+    }
+}
+
 impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -135,19 +142,15 @@ impl Store for MemoryStore {
             apps: inner.apps.values().cloned().collect(),
             app_versions: inner.app_versions.clone(),
             modules: inner.modules.clone(),
-            sessions: inner
-                .sessions
-                .values()
-                .map(|s| StoredSession {
-                    record: s.record.clone(),
-                    inbox: s.inbox.clone(),
-                    unapplied: s.unapplied.clone(),
-                })
-                .collect(),
+            sessions: inner.sessions.values().map(Stored::taken_back).collect(),
             tokens: inner.tokens.values().cloned().collect(),
             quarantined: Vec::new(),
             last_session_id: inner.sessions.keys().last().map_or(0, |id| id.0).max(inner.purged_up_to),
         })
+    }
+
+    fn session(&self, id: SessionId) -> Result<Option<StoredSession>, StoreError> {
+        Ok(self.lock().sessions.get(&id).map(Stored::taken_back))
     }
 
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {

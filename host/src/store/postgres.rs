@@ -11,7 +11,10 @@
 //! committed group survives the server's crash); reads (outputs, key-value look-ups) on a small
 //! pool of other connections, so a slow reader never holds a commit up.
 
-use super::{AppRecord, Image, StorageUsage, Store, StoreError, TenantRecord, TokenRecord, Write, Written, usage_of};
+use super::{
+    AppRecord, Image, StorageUsage, Store, StoreError, StoredSession, TenantRecord, TokenRecord, Write, Written,
+    usage_of,
+};
 use crate::session::SessionId;
 use postgres::{Client, NoTls, Transaction};
 use std::collections::BTreeMap;
@@ -342,17 +345,6 @@ fn migrate(client: &mut Client, schema: &str, asked: Option<u32>) -> Result<u32,
     Ok(shards)
 }
 
-/// The session `tenant` started under `key`, with its request's digest.
-pub(super) fn started_with(
-    client: &mut impl postgres::GenericClient,
-    tenant: &str,
-    key: &str,
-) -> Result<Option<(SessionId, String)>, postgres::Error> {
-    let row = client
-        .query_opt("SELECT id, start_request FROM sessions WHERE tenant = $1 AND start_key = $2", &[&tenant, &key])?;
-    Ok(row.map(|r| (SessionId(u64_of(r.get(0))), r.get(1))))
-}
-
 pub(super) fn json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
 }
@@ -385,6 +377,10 @@ impl Store for PgStore {
                 loaded => return loaded,
             }
         }
+    }
+
+    fn session(&self, id: SessionId) -> Result<Option<StoredSession>, StoreError> {
+        load::load_session(&mut *self.writer()?, sql_id(id))
     }
 
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
@@ -513,7 +509,7 @@ impl Store for PgStore {
     }
 
     fn started_with(&self, tenant: &str, key: &str) -> Result<Option<(SessionId, String)>, StoreError> {
-        self.read(|client| started_with(client, tenant, key), "looking up a session's start key")
+        self.read(|client| load::started_with(client, tenant, key), "looking up a session's start key")
     }
 
     fn kv_get(&self, tenant: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -8,8 +8,8 @@
 //! through a small pool of read-only connections: in WAL mode a reader never waits for a writer.
 
 use super::{
-    AppRecord, Appended, Checkpoint, Image, InboxEvent, Quarantined, SessionRecord, StartKey, StorageUsage, Store,
-    StoreError, StoredSession, TenantRecord, TokenRecord, Unapplied, Write, Written, quarantined_session,
+    AppRecord, Appended, Checkpoint, Image, SessionRecord, StartKey, StorageUsage, Store, StoreError, StoredSession,
+    TenantRecord, TokenRecord, Write, Written,
 };
 use crate::session::SessionId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+mod load;
 mod migrations;
 mod upkeep;
 
@@ -164,86 +165,13 @@ fn u64_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or_default()
 }
 
-/// One stored session row, before its snapshot is decoded.
-struct Row {
-    id: i64,
-    tenant: String,
-    app: String,
-    snapshot: String,
-    fence: i64,
-}
-
 impl Store for SqliteStore {
     fn load(&self) -> Result<Image, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(sqlite("loading"))?;
         let mut image = Image::default();
-        load_catalogue(&tx, &mut image)?;
-        let mut inboxes: BTreeMap<i64, Vec<InboxEvent>> = BTreeMap::new();
-        let mut unapplied: BTreeMap<i64, Vec<Unapplied>> = BTreeMap::new();
-        {
-            let mut rows = tx
-                .prepare("SELECT session, seq, event, key, unapplied FROM inbox ORDER BY session, seq")
-                .map_err(sqlite("loading"))?;
-            let events = rows
-                .query_map([], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?, r.get::<_, bool>(4)?))
-                })
-                .map_err(sqlite("loading"))?;
-            for event in events {
-                let (session, seq, event, key, not_applied) = event.map_err(sqlite("loading"))?;
-                if not_applied {
-                    unapplied.entry(session).or_default().push(Unapplied { seq: u64_of(seq), key });
-                } else {
-                    inboxes.entry(session).or_default().push(InboxEvent { seq: u64_of(seq), event, key });
-                }
-            }
-        }
-        let rows: Vec<Row> = {
-            let mut rows = tx
-                .prepare("SELECT id, tenant, app, snapshot, fence FROM sessions ORDER BY id")
-                .map_err(sqlite("loading"))?;
-            let rows = rows
-                .query_map([], |r| {
-                    Ok(Row { id: r.get(0)?, tenant: r.get(1)?, app: r.get(2)?, snapshot: r.get(3)?, fence: r.get(4)? })
-                })
-                .map_err(sqlite("loading"))?;
-            rows.collect::<Result<_, _>>().map_err(sqlite("loading"))?
-        };
-        for row in rows {
-            let snapshot = match serde_json::from_str(&row.snapshot) {
-                Ok(snapshot) => snapshot,
-                Err(error) => {
-                    let reason = format!("its checkpoint does not decode ({error})");
-                    let snapshot = quarantine(&tx, &row, &reason)?;
-                    image.quarantined.push(Quarantined {
-                        session: session_id(row.id),
-                        tenant: row.tenant.clone(),
-                        reason,
-                    });
-                    unapplied.entry(row.id).or_default().extend(
-                        inboxes
-                            .remove(&row.id)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|e| Unapplied { seq: e.seq, key: e.key }),
-                    );
-                    snapshot
-                }
-            };
-            let record = SessionRecord {
-                id: session_id(row.id),
-                tenant: row.tenant,
-                app: row.app,
-                snapshot,
-                fence: u64_of(row.fence),
-            };
-            image.sessions.push(StoredSession {
-                record,
-                inbox: inboxes.remove(&row.id).unwrap_or_default(),
-                unapplied: unapplied.remove(&row.id).unwrap_or_default(),
-            });
-        }
+        load::catalogue(&tx, &mut image)?;
+        image.sessions = load::sessions(&tx, None, &mut image.quarantined)?;
         let purged: i64 = tx
             .query_row("SELECT value FROM meta WHERE key = 'purged_up_to'", [], |r| r.get(0))
             .map_err(sqlite("loading"))?;
@@ -251,6 +179,14 @@ impl Store for SqliteStore {
         image.last_session_id = last.max(u64::try_from(purged).unwrap_or(0));
         tx.commit().map_err(sqlite("loading"))?;
         Ok(image)
+    }
+
+    fn session(&self, id: SessionId) -> Result<Option<StoredSession>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sqlite("loading a session"))?;
+        let session = load::sessions(&tx, Some(sql_id(id)), &mut Vec::new())?.pop();
+        tx.commit().map_err(sqlite("loading a session"))?;
+        Ok(session)
     }
 
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
@@ -408,53 +344,6 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(&fail)
     }
-}
-
-/// Tenants, apps, modules and tokens.
-fn load_catalogue(tx: &Transaction<'_>, image: &mut Image) -> Result<(), StoreError> {
-    let fail = sqlite("loading");
-    let mut rows = tx.prepare("SELECT name, config FROM tenants ORDER BY name").map_err(&fail)?;
-    for row in rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(&fail)? {
-        let (name, config) = row.map_err(&fail)?;
-        let config = serde_json::from_str(&config).map_err(|source| StoreError::Decode { what: "tenant", source })?;
-        image.tenants.push(TenantRecord { config, name });
-    }
-    let app = |r: &rusqlite::Row<'_>| Ok(AppRecord { tenant: r.get(0)?, app: r.get(1)?, version: r.get(2)? });
-    let mut rows = tx.prepare("SELECT tenant, name, version FROM apps ORDER BY tenant, name").map_err(&fail)?;
-    image.apps = rows.query_map([], app).map_err(&fail)?.collect::<Result<_, _>>().map_err(&fail)?;
-    let mut rows = tx.prepare("SELECT tenant, app, version FROM app_versions ORDER BY deployed").map_err(&fail)?;
-    image.app_versions = rows.query_map([], app).map_err(&fail)?.collect::<Result<_, _>>().map_err(&fail)?;
-    let mut rows = tx.prepare("SELECT hash, bytes FROM modules").map_err(&fail)?;
-    for module in rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(&fail)? {
-        let (hash, bytes) = module.map_err(&fail)?;
-        image.modules.insert(hash, bytes);
-    }
-    let mut rows = tx.prepare("SELECT id, tenant, hash FROM tokens ORDER BY id").map_err(&fail)?;
-    image.tokens = rows
-        .query_map([], |r| Ok(TokenRecord { id: r.get(0)?, tenant: r.get(1)?, hash: r.get(2)? }))
-        .map_err(&fail)?
-        .collect::<Result<_, _>>()
-        .map_err(&fail)?;
-    Ok(())
-}
-
-/// Sets a session row that does not decode aside, and replaces it with a failed session saying
-/// why (its pending events are reported as not applied).
-fn quarantine(tx: &Transaction<'_>, row: &Row, reason: &str) -> Result<crate::session::Session, StoreError> {
-    let fail = sqlite("quarantining a session");
-    tx.execute(
-        "INSERT OR REPLACE INTO quarantine (session, tenant, app, snapshot, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![row.id, row.tenant, row.app, row.snapshot, reason],
-    )
-    .map_err(&fail)?;
-    let snapshot = quarantined_session(&row.snapshot, reason);
-    tx.execute(
-        "UPDATE sessions SET snapshot = ?2, finished = 1 WHERE id = ?1",
-        params![row.id, json("checkpoint", &snapshot)?],
-    )
-    .map_err(&fail)?;
-    tx.execute("UPDATE inbox SET unapplied = 1 WHERE session = ?1", params![row.id]).map_err(&fail)?;
-    Ok(snapshot)
 }
 
 fn create(tx: &Transaction<'_>, record: &SessionRecord, key: Option<&StartKey>) -> Result<Written, StoreError> {

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use turnstile::{
-    AppRecord, Image, SessionId, StorageUsage, Store, StoreError, TenantConfig, TenantRecord, TokenRecord, Write,
-    Written,
+    AppRecord, Image, SessionId, StorageUsage, Store, StoreError, StoredSession, TenantConfig, TenantRecord,
+    TokenRecord, Write, Written,
 };
 
 /// A store that times its group commits on the way through.
@@ -22,6 +22,9 @@ struct Timed {
 impl Store for Timed {
     fn load(&self) -> Result<Image, StoreError> {
         self.inner.load()
+    }
+    fn session(&self, id: SessionId) -> Result<Option<StoredSession>, StoreError> {
+        self.inner.session(id)
     }
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
         self.inner.put_tenant(tenant)

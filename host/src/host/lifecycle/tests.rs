@@ -151,19 +151,28 @@ fn an_event_racing_the_end_is_reported_back_never_dropped() {
 }
 
 #[test]
-fn a_failed_commit_stops_the_session_here_and_tells_its_watchers() {
+fn a_failed_commit_is_taken_back_and_only_given_up_tells_its_watchers() {
     let mut life = started();
     life.start_action(100).expect("due");
+    let committed = life.visible().clone();
     let effects = life.action_done(None, TENANT, Some(outcome(wait(None), &["\"x\""])), 1);
     assert!(effects.checkpoint.is_some());
-    let error = Error::ShuttingDown;
-    let effects = life.commit_failed(&error);
+    let effects = life.commit_failed(&Error::ShuttingDown);
+    assert!(effects.take_back.is_some_and(|why| why.contains("shutting down")), "taken back, saying why");
+    assert!(effects.finished.is_none() && effects.publish.is_none(), "not ended, nothing released");
+    assert_eq!(life.phase(), Phase::TakingBack);
+    assert_eq!(life.visible(), &committed, "readers see the last committed status");
+    assert!(matches!(life.accept_event(16, false), Err(Error::TakingBack { .. })), "try again in a moment");
+    assert!(matches!(life.cancel(TENANT), Err(Error::TakingBack { .. })));
+
+    // Its take-backs keep failing: it stops here, and its watchers hear the end.
+    let effects = life.give_up("refused");
     assert!(effects.finished.is_some(), "counted as ended");
     let (_, outputs, status) = effects.publish.expect("its watchers hear the end");
     assert!(outputs.is_empty(), "nothing of the uncommitted action is released");
     assert!(matches!(status, Status::Failed { ref failure } if failure.kind == FailureKind::Trap));
     assert_eq!(life.phase(), Phase::Stopped);
-    assert!(life.accept_event(16, false).is_err());
+    assert!(matches!(life.accept_event(16, false), Err(Error::SessionState { .. })));
 }
 
 #[test]
@@ -192,7 +201,7 @@ fn a_session_resumed_waiting_takes_its_inbox() {
         inbox: vec![InboxEvent { seq: 5, event: b"hello".to_vec(), key: None }],
         unapplied: Vec::new(),
     };
-    let (mut life, effects) = Lifecycle::resumed(stored);
+    let (mut life, effects) = Lifecycle::resumed(stored, 0);
     assert!(effects.push);
     let due = life.start_action(100).expect("the event's action is due");
     assert_eq!((due.action.as_str(), due.input.as_slice()), ("answer", b"hello".as_slice()));

@@ -192,7 +192,7 @@ fn create(
             .map_err(pg("storing a new session"))?;
         let Some(key) = key.filter(|_| inserted == 0) else { return Ok(Written::Created) };
         let found =
-            super::started_with(tx, &record.tenant, &key.key).map_err(pg("looking up a session's start key"))?;
+            super::load::started_with(tx, &record.tenant, &key.key).map_err(pg("looking up a session's start key"))?;
         if let Some((session, request)) = found {
             return Ok(Written::AlreadyStarted { session, same_request: request == key.request });
         }

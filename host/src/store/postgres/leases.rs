@@ -12,7 +12,7 @@
 //! long group commit; they lock lease rows in shard order, as commits do, so the two never
 //! deadlock.
 
-use super::load::{load_sessions, snapshot};
+use super::load::{Scope, load_sessions, snapshot};
 use super::{PgStore, kills_connection, pg, u64_of};
 use crate::store::{Quarantined, StoreError, StoredSession};
 use postgres::Client;
@@ -245,7 +245,7 @@ impl PgStore {
         let mut writer = self.writer()?;
         let mut tx = snapshot(&mut writer, "loading shards")?;
         let mut quarantined = Vec::new();
-        let sessions = load_sessions(&mut tx, Some(&shards), &mut quarantined)?;
+        let sessions = load_sessions(&mut tx, Scope::Shards(&shards), &mut quarantined)?;
         tx.commit().map_err(pg("loading shards"))?;
         Ok((sessions, quarantined))
     }

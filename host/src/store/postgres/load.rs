@@ -17,7 +17,7 @@ pub(super) fn load_all(client: &mut postgres::Client) -> Result<Image, StoreErro
     let mut tx = snapshot(client, "loading")?;
     let mut image = Image::default();
     load_catalogue(&mut tx, &mut image)?;
-    image.sessions = load_sessions(&mut tx, None, &mut image.quarantined)?;
+    image.sessions = load_sessions(&mut tx, Scope::All, &mut image.quarantined)?;
     let purged: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'purged_up_to'", &[]).map_err(&fail)?.get(0);
     let last = image.sessions.iter().map(|s| s.record.id.0).max().unwrap_or(0);
     image.last_session_id = last.max(u64_of(purged));
@@ -64,23 +64,42 @@ fn load_catalogue(tx: &mut Transaction<'_>, image: &mut Image) -> Result<(), Sto
     Ok(())
 }
 
-/// The sessions of the given shards (all when `None`) with their inboxes, oldest first; rows that
-/// do not decode are set aside and come back as failed sessions saying why.
+/// Which sessions to read.
+pub(super) enum Scope<'a> {
+    All,
+    Shards(&'a [i32]),
+    Session(i64),
+}
+
+/// One session as `load_all` reads it (`None` if it is not stored).
+pub(super) fn load_session(client: &mut postgres::Client, id: i64) -> Result<Option<StoredSession>, StoreError> {
+    let mut tx = snapshot(client, "loading a session")?;
+    let mut quarantined = Vec::new();
+    let session = load_sessions(&mut tx, Scope::Session(id), &mut quarantined)?.pop();
+    tx.commit().map_err(pg("loading a session"))?;
+    Ok(session)
+}
+
+/// The sessions in `scope` with their inboxes, oldest first; rows that do not decode are set
+/// aside and come back as failed sessions saying why.
 pub(super) fn load_sessions(
     tx: &mut Transaction<'_>,
-    shards: Option<&[i32]>,
+    scope: Scope<'_>,
     quarantined: &mut Vec<Quarantined>,
 ) -> Result<Vec<StoredSession>, StoreError> {
     let fail = pg("loading");
-    let all = shards.is_none();
-    let shards = shards.unwrap_or(&[]);
+    let (all, shards, only) = match scope {
+        Scope::All => (true, &[][..], 0i64),
+        Scope::Shards(shards) => (false, shards, 0),
+        Scope::Session(id) => (false, &[][..], id),
+    };
     let mut inboxes: BTreeMap<i64, Vec<InboxEvent>> = BTreeMap::new();
     let mut unapplied: BTreeMap<i64, Vec<Unapplied>> = BTreeMap::new();
     for row in tx
         .query(
             "SELECT i.session, i.seq, i.event, i.key, i.unapplied FROM inbox i JOIN sessions s ON s.id = i.session
-             WHERE $1 OR s.shard = ANY($2) ORDER BY i.session, i.seq",
-            &[&all, &shards],
+             WHERE $1 OR s.shard = ANY($2) OR s.id = $3 ORDER BY i.session, i.seq",
+            &[&all, &shards, &only],
         )
         .map_err(&fail)?
     {
@@ -93,8 +112,8 @@ pub(super) fn load_sessions(
     }
     let rows = tx
         .query(
-            "SELECT id, tenant, app, snapshot, fence FROM sessions WHERE $1 OR shard = ANY($2) ORDER BY id",
-            &[&all, &shards],
+            "SELECT id, tenant, app, snapshot, fence FROM sessions WHERE $1 OR shard = ANY($2) OR id = $3 ORDER BY id",
+            &[&all, &shards, &only],
         )
         .map_err(&fail)?;
     let mut sessions = Vec::with_capacity(rows.len());
@@ -150,4 +169,15 @@ fn quarantine(
     .map_err(&fail)?;
     tx.execute("UPDATE inbox SET unapplied = TRUE WHERE session = $1", &[&id]).map_err(&fail)?;
     Ok(snapshot)
+}
+
+/// The session `tenant` started under `key`, with its request's digest.
+pub(super) fn started_with(
+    client: &mut impl postgres::GenericClient,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<(SessionId, String)>, postgres::Error> {
+    let row = client
+        .query_opt("SELECT id, start_request FROM sessions WHERE tenant = $1 AND start_key = $2", &[&tenant, &key])?;
+    Ok(row.map(|r| (SessionId(u64_of(r.get(0))), r.get(1))))
 }
