@@ -407,26 +407,40 @@ fn a_session_whose_creation_failed_is_not_counted_open() {
 }
 
 #[test]
-fn a_start_whose_commit_had_no_answer_is_found_and_run_by_its_retry() {
+fn a_start_whose_commit_had_no_answer_is_taken_back_and_found_by_its_retry() {
     let (host, store) = faulty_host();
     host.create_tenant("t", TenantConfig::default()).expect("tenant");
     host.deploy("t", "echo", &echo_once_app()).expect("deploys");
     store.creates_unknown.store(true, std::sync::atomic::Ordering::SeqCst);
     let lost = host.start_session_once("t", "echo", "start", b"1".to_vec(), Some("call-1")).expect_err("unknown");
     assert_eq!(lost.code(), "store");
-    assert_eq!(host.tenant("t").expect("tenant").open_sessions, 0, "not known to have started");
+    // Without a key too: no one could ever ask for it, so only the host can run it. (Sent once
+    // the unknown outcome no longer counts as an outage, 2 s on.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.store_outage().is_some() {
+        assert!(Instant::now() < deadline, "the outage passes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let unkeyed = host.start_session("t", "echo", "start", b"2".to_vec()).expect_err("unknown");
+    assert_eq!(unkeyed.code(), "store");
     store.creates_unknown.store(false, std::sync::atomic::Ordering::SeqCst);
-    // The retry finds it stored: the host takes it back and runs it, and counts it open.
+    // Both landed: the host reads them back from the store and runs them, each once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = || {
+        let sessions = host.tenant_sessions("t", turnstile::SessionId(0), 10).expect("sessions");
+        sessions.iter().filter(|s| matches!(s.status, Status::Waiting { .. })).count()
+    };
+    while waiting() < 2 {
+        assert!(Instant::now() < deadline, "both taken back and run");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(host.tenant("t").expect("tenant").open_sessions, 2);
+    // The retry under the key finds its call, however often it is sent.
     let found = host.start_session_once("t", "echo", "start", b"1".to_vec(), Some("call-1")).expect("found");
     assert!(found.before, "{found:?}");
-    let events = host.subscribe();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(host.session("t", found.session).expect("held").status, Status::Waiting { .. }) {
-        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it runs");
-    }
-    assert_eq!(host.tenant("t").expect("tenant").open_sessions, 1);
     let again = host.start_session_once("t", "echo", "start", b"1".to_vec(), Some("call-1")).expect("found");
     assert_eq!(again, found);
+    assert_eq!(host.tenant_sessions("t", turnstile::SessionId(0), 10).expect("sessions").len(), 2);
 }
 
 #[test]
@@ -466,7 +480,8 @@ fn a_session_stopped_by_a_failed_commit_takes_no_more_events_here_or_after_a_res
     while !matches!(host.session("t", id).expect("s").status, Status::Waiting { .. }) {
         events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it waits");
     }
-    // The event is stored, its action runs, and the checkpoint after it is refused: stopped.
+    // The event is stored, its action runs, and the checkpoint after it is refused, every time the
+    // session is taken back and runs it again: given up, stopped.
     store.refuse_checkpoints.store(true, std::sync::atomic::Ordering::SeqCst);
     host.deliver("t", id, br#""first""#.to_vec(), Some("1")).expect("acknowledged");
     while !host.session("t", id).expect("s").status.is_finished() {

@@ -11,7 +11,7 @@ use super::tenants::Tenant;
 use super::views::Started;
 use crate::error::Error;
 use crate::session::{Session, SessionId};
-use crate::store::{SessionRecord, StartKey, StoredSession, Written};
+use crate::store::{SessionRecord, StartKey, Written};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -29,13 +29,9 @@ impl Kernel {
         let key = key.map(|key| StartKey { key: key.to_owned(), request: request_digest(app, entry_action, &input) });
         let _turn = key.as_ref().map(|key| tenant.start_turn(&key.key));
         if let Some(key) = &key {
-            let found = self.store().started_with(tenant.name(), &key.key)?;
-            // An earlier start under the key whose commit had an unknown outcome is settled now.
-            let unresolved = self.sessions().resolved(tenant.name(), &key.key);
-            if let Some((session, request)) = found {
-                if let Some(record) = unresolved.filter(|r| r.id == session && !self.sessions().holds(session)) {
-                    self.take_back(record)?;
-                }
+            // An earlier start under the key whose commit had an unknown outcome is found too, if
+            // it landed: the host takes such a session back on its own (`recovery.rs`).
+            if let Some((session, request)) = self.store().started_with(tenant.name(), &key.key)? {
                 return started_before(key, session, request == key.request);
             }
         }
@@ -47,14 +43,6 @@ impl Kernel {
             }
             _ => Ok(Started { session: id, before: false }),
         }
-    }
-
-    /// A keyed start whose commit had an unknown outcome, found stored by a retry: it landed, so
-    /// it is taken back from its record (it never ran, so the record is what is stored).
-    fn take_back(&self, record: SessionRecord) -> Result<(), Error> {
-        tracing::info!(session = %record.id, "a start whose commit had an unknown outcome had landed: its session is taken back");
-        let stored = StoredSession { record, inbox: Vec::new(), unapplied: Vec::new() };
-        super::resume::resume_session(self, stored, 0, &mut |hash| self.code(hash))
     }
 
     /// A new session's entry, or why it can't be.

@@ -8,7 +8,7 @@ use super::bus::{Bus, SessionEvent};
 use super::commit::{CommitQueue, Ticket};
 use super::dispatch::{Dispatcher, Work};
 use super::health::StoreHealth;
-use super::lifecycle::Effects;
+use super::lifecycle::{Effects, Phase};
 use super::recovery::Recovery;
 use super::retention::Retention;
 use super::sessions::{SessionEntry, Sessions};
@@ -21,7 +21,7 @@ use crate::app::ModuleInfo;
 use crate::error::Error;
 use crate::limits::TenantConfig;
 use crate::runtime::Runtime;
-use crate::sandbox::{ActionCall, ActionOutcome, ActionTask, Usage};
+use crate::sandbox::{ActionCall, ActionOutcome, Usage};
 use crate::scheduler::{Bounds, Dispatch};
 use crate::session::{SessionId, Status, now_ms};
 use crate::store::{Appended, SessionRecord, StartKey, StorageUsage, Store, Write, Written};
@@ -83,6 +83,10 @@ impl Kernel {
 
     pub(crate) fn retention(&self) -> &Retention {
         &self.retention
+    }
+
+    pub(crate) fn commits(&self) -> &CommitQueue {
+        &self.commits
     }
 
     pub(crate) fn recovery(&self) -> &Recovery {
@@ -225,7 +229,7 @@ impl Kernel {
     }
 
     /// Commits what is queued unless someone else is.
-    fn drive_commits(&self) {
+    pub(crate) fn drive_commits(&self) {
         self.commits.drive(self.store.as_ref(), &|writes, tickets, result| self.committed(writes, tickets, result));
     }
 
@@ -280,13 +284,8 @@ impl Kernel {
             (_, written) => written,
         };
         match write {
-            Write::Create { record, key } => {
+            Write::Create { record, .. } => {
                 let id = record.id;
-                if let (Some(key), Err(Error::Store(error))) = (key, &written)
-                    && error.is_ambiguous()
-                {
-                    self.sessions.unresolved(&key.key, record.clone());
-                }
                 match written {
                     Ok(written @ Written::Created) => {
                         let tenant = record.tenant;
@@ -295,6 +294,13 @@ impl Kernel {
                             self.dispatcher.with(|s| s.counters_mut(tenant.ix()).sessions_started += 1);
                         }
                         Ok(written)
+                    }
+                    // Its outcome unknown: taken back from what the store holds (run if it landed,
+                    // dropped if not); a retry under its key finds it meanwhile.
+                    Err(Error::Store(error)) if error.is_ambiguous() => {
+                        let failed = Error::Store(error);
+                        self.transition(id, None, |entry| entry.life.commit_failed(&failed));
+                        Err(failed)
                     }
                     // Never durable: the session does not exist (its tenant's key found another, or
                     // the write failed and is not acknowledged).
@@ -475,7 +481,7 @@ impl Kernel {
         let (send, receive) = tokio::sync::mpsc::channel(super::bus::WATCH_BUFFER);
         let mut shard = self.sessions.shard(id);
         let entry = Self::own(&mut shard, tenant, id)?;
-        if entry.life.is_open() || entry.life.phase() == super::lifecycle::Phase::Committing {
+        if entry.life.is_open() || matches!(entry.life.phase(), Phase::Committing | Phase::TakingBack) {
             self.bus.watch(id, send);
         }
         Ok((SessionView::of(id, entry), receive))
@@ -556,17 +562,6 @@ impl Kernel {
         self.drive_commits();
     }
 
-    /// A preempted task goes back to its app.
-    pub(crate) fn suspend(&self, dispatch: Dispatch, task: ActionTask, slice: &Usage) {
-        self.dispatcher.suspend(dispatch, task, slice);
-    }
-
-    /// A task sleeps until `until`, off the workers.
-    pub(crate) fn sleep(&self, mut dispatch: Dispatch, task: ActionTask, until: Instant, slice: &Usage) {
-        self.dispatcher.sleep(&mut dispatch, slice);
-        self.timers.arm(until, Due::Wake(dispatch, task));
-    }
-
     /// Something came due on the timer thread.
     pub(crate) fn fire(&self, due: Due) {
         match due {
@@ -575,17 +570,14 @@ impl Kernel {
         }
     }
 
-    /// Fires the timers that are due (a worker, between its actions).
-    pub(crate) fn fire_due_timers(&self) {
-        self.timers.fire_due(|due| self.fire(due));
-    }
-
     /// Whether no session is queued, running or committing, and nothing waits for the store.
     pub(crate) fn is_settled(&self) -> bool {
         let mut busy = false;
         self.sessions.each(|_, entry| {
-            use super::lifecycle::Phase;
-            busy |= matches!(entry.life.phase(), Phase::Creating | Phase::Queued | Phase::Running | Phase::Committing);
+            busy |= matches!(
+                entry.life.phase(),
+                Phase::Creating | Phase::Queued | Phase::Running | Phase::Committing | Phase::TakingBack
+            );
         });
         !busy && self.commits.is_idle()
     }

@@ -62,6 +62,21 @@ pub(crate) struct Effects {
     pub(crate) take_back: Option<String>,
 }
 
+/// Checkpoints of a session that may fail in a row (each taken back from the store) before it is
+/// given up.
+const TAKE_BACKS: u32 = 3;
+
+/// What a session taken back from the store keeps of the life it replaces.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Inherited {
+    /// Its waits are numbered from here (past the old life's, whose timers may still fire).
+    pub(crate) wait_seq: u64,
+    /// A cancel accepted while its action ran: it ends cancelled, running nothing more.
+    pub(crate) cancel: bool,
+    /// Its checkpoints that failed in a row.
+    pub(crate) take_backs: u32,
+}
+
 /// What the action due now needs from the session.
 pub(crate) struct Due {
     pub(crate) action: String,
@@ -92,6 +107,8 @@ pub(crate) struct Lifecycle {
     released: u64,
     /// Acknowledged events the session ended without taking.
     unapplied: Vec<Unapplied>,
+    /// Its checkpoints that failed in a row.
+    take_backs: u32,
 }
 
 impl Lifecycle {
@@ -110,13 +127,13 @@ impl Lifecycle {
             fence: 0,
             released: 0,
             unapplied: Vec::new(),
+            take_backs: 0,
         }
     }
 
     /// A session as a store kept it; `effects` moves it on (queued, armed, or nothing).
-    /// `wait_seq` numbers its waits on from there (past those of the life it replaces, whose
-    /// timers may still fire).
-    pub(crate) fn resumed(stored: StoredSession, wait_seq: u64) -> (Lifecycle, Effects) {
+    /// It keeps what it `inherited` of a life it replaces (nothing, loaded at a start).
+    pub(crate) fn resumed(stored: StoredSession, inherited: Inherited) -> (Lifecycle, Effects) {
         let mut record = stored.record;
         let finished = record.snapshot.status.is_finished();
         if finished {
@@ -133,11 +150,16 @@ impl Lifecycle {
             consumed: None,
             cancel: false,
             appends: 0,
-            wait_seq,
+            wait_seq: inherited.wait_seq,
             fence: record.fence,
             unapplied: stored.unapplied,
+            take_backs: inherited.take_backs,
         };
-        let effects = if finished { Effects::default() } else { life.move_on() };
+        let effects = match (finished, inherited.cancel) {
+            (true, _) => Effects::default(),
+            (false, true) => life.end_cancelled(&record.tenant),
+            (false, false) => life.move_on(),
+        };
         (life, effects)
     }
 
@@ -159,14 +181,14 @@ impl Lifecycle {
         }
     }
 
-    /// Whether a cancel was accepted while it was busy (it ends cancelled when its action is done).
-    pub(crate) fn cancelling(&self) -> bool {
-        self.cancel
+    /// What a life taken back from the store in its place keeps of it.
+    pub(crate) fn inherited(&self) -> Inherited {
+        Inherited { wait_seq: self.wait_seq + 1, cancel: self.cancel, take_backs: self.take_backs }
     }
 
-    /// The number of its current wait (its timer's, if it has one).
-    pub(crate) fn wait_seq(&self) -> u64 {
-        self.wait_seq
+    /// Whether events accepted for it have appends on their way to the store.
+    pub(crate) fn appending(&self) -> bool {
+        self.appends > 0
     }
 
     pub(crate) fn released(&self) -> u64 {
@@ -245,6 +267,9 @@ impl Lifecycle {
     ) -> (Result<Appended, Error>, Effects) {
         self.appends = self.appends.saturating_sub(1);
         match appended {
+            // Durable in the inbox of a session open in the store: the life taken back from it
+            // (once no append is on its way) takes the event.
+            Appended::New(_) if self.phase == Phase::TakingBack => (Ok(appended), Effects::default()),
             Appended::New(seq) if self.is_open() && !self.cancel => {
                 self.inbox.push_back(InboxEvent { seq, event, key });
                 let effects = if self.phase == Phase::Idle { self.move_on() } else { Effects::default() };
@@ -320,6 +345,7 @@ impl Lifecycle {
         let first = self.released;
         self.released += u64::try_from(outputs.len()).unwrap_or(u64::MAX);
         self.visible = self.session.status.clone();
+        self.take_backs = 0;
         self.phase = Phase::Idle;
         let mut effects = if self.session.status.is_finished() {
             self.phase = Phase::Finished;
@@ -333,19 +359,27 @@ impl Lifecycle {
         effects
     }
 
-    /// Its checkpoint could not be committed: nothing of the action is released, and it is taken
-    /// back from its last committed checkpoint, intact in the store (the action re-runs, unless
-    /// a commit whose outcome was unknown had landed after all).
+    /// Its checkpoint (or its creation, of unknown outcome) could not be committed: nothing of
+    /// the action is released, and it is taken back from its last committed checkpoint, intact in
+    /// the store (the action re-runs, unless a commit whose outcome was unknown had landed after
+    /// all; a creation that did not land is dropped).
+    /// A write refused as fenced, or the `TAKE_BACKS`th failure in a row, gives it up instead:
+    /// another node runs it now, or its checkpoints are refused for good.
     pub(crate) fn commit_failed(&mut self, error: &Error) -> Effects {
-        if self.phase != Phase::Committing {
+        if self.phase != Phase::Committing && self.phase != Phase::Creating {
             return Effects::default();
         }
         self.phase = Phase::TakingBack;
+        self.take_backs += 1;
+        if matches!(error, Error::Fenced { .. }) || self.take_backs > TAKE_BACKS {
+            return self.give_up(&error.chain());
+        }
         Effects { take_back: Some(error.chain()), ..Effects::default() }
     }
 
-    /// It could not be taken back (its checkpoints keep failing): it stops here, in this process,
-    /// and its watchers are told. A restart resumes it from its last committed checkpoint.
+    /// It could not be taken back (its checkpoints keep failing, or it could not be read back): it
+    /// stops here, in this process, and its watchers are told. A restart resumes it from its last
+    /// committed checkpoint.
     pub(crate) fn give_up(&mut self, error: &str) -> Effects {
         if self.phase != Phase::TakingBack {
             return Effects::default();

@@ -4,11 +4,14 @@
 
 use super::dispatch::Work;
 use super::kernel::Kernel;
+use super::timers::Due;
 use crate::error::Error;
+use crate::sandbox::Usage;
 use crate::sandbox::{ActionTask, Attempt, Slice};
 use crate::scheduler::Dispatch;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 /// Starts worker `n`.
 pub(crate) fn spawn_worker(core: Arc<Kernel>, n: usize) -> Result<JoinHandle<()>, Error> {
@@ -41,7 +44,7 @@ fn work(core: &Kernel) {
 /// Runs a task slice after slice while no other action waits for a worker, and hands it back
 /// according to how it ended: done, preempted (someone waits), or asleep.
 fn run_slice(core: &Kernel, dispatch: Dispatch, mut task: ActionTask) {
-    let mut ran = crate::sandbox::Usage::default();
+    let mut ran = Usage::default();
     loop {
         match task.run_slice() {
             Slice::Done(outcome) => {
@@ -59,5 +62,24 @@ fn run_slice(core: &Kernel, dispatch: Dispatch, mut task: ActionTask) {
             }
             Slice::Sleeping { until, slice } => return core.sleep(dispatch, task, until, &ran.plus(slice)),
         }
+    }
+}
+
+/// What a worker hands back besides a finished action.
+impl Kernel {
+    /// A preempted task goes back to its app.
+    fn suspend(&self, dispatch: Dispatch, task: ActionTask, slice: &Usage) {
+        self.dispatcher().suspend(dispatch, task, slice);
+    }
+
+    /// A task sleeps until `until`, off the workers.
+    fn sleep(&self, mut dispatch: Dispatch, task: ActionTask, until: Instant, slice: &Usage) {
+        self.dispatcher().sleep(&mut dispatch, slice);
+        self.timers().arm(until, Due::Wake(dispatch, task));
+    }
+
+    /// Fires the timers that are due (a worker, between its actions).
+    fn fire_due_timers(&self) {
+        self.timers().fire_due(|due| self.fire(due));
     }
 }

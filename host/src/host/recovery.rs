@@ -1,33 +1,33 @@
 //! Taking a session back after a checkpoint of it could not be committed: the store refused it,
 //! or could not tell whether it landed (the connection was lost at COMMIT and the transaction's
-//! fate could not be asked). Nothing of that action was released, so the session is read back
-//! from the store, as a restart would read it, and goes on from its last committed checkpoint —
-//! or from the failed one, if it landed after all. Meanwhile its requests are answered
-//! `session_recovering` (503, try again). One thread of its own does this, off the path of
-//! actions, waiting while the store is unavailable. A session whose checkpoints are refused time
-//! after time is given up after `ATTEMPTS` take-backs in this process: it stops, failed, its
-//! watchers are told, and a restart resumes it.
+//! fate could not be asked), or a new session's creation had such an unknown outcome. Nothing
+//! of that action was released, so the session is read back from the store, as a restart would
+//! read it, and goes on from its last committed checkpoint — or from the failed one, if it
+//! landed after all (a creation that did not land is dropped). Meanwhile its requests are
+//! answered `session_recovering` (503, try again). One thread of its own does this, off the
+//! path of actions: it waits for the appends of events accepted for the session to land first
+//! (the store's inbox then holds them), and while the store is unavailable. A session whose
+//! checkpoints fail `lifecycle::TAKE_BACKS` times in a row, or that cannot be read back, is
+//! given up: it stops, failed, its watchers are told, and a restart resumes it.
 
+use super::bus::SessionEvent;
 use super::kernel::Kernel;
 use super::lifecycle::Phase;
 use crate::error::Error;
 use crate::session::SessionId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-/// Take-backs of one session in this process before it is given up.
-const ATTEMPTS: u32 = 3;
-/// How long a take-back the store could not answer waits before it is tried again.
-const PAUSE: Duration = Duration::from_millis(200);
+/// How long a take-back that must wait (for the store, or for appends on their way) waits
+/// before it is tried again.
+const PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct State {
     /// Sessions to take back, with why their checkpoint failed.
     queue: VecDeque<(SessionId, String)>,
-    /// Take-backs so far, by session.
-    attempts: HashMap<SessionId, u32>,
     stopping: bool,
 }
 
@@ -55,79 +55,90 @@ impl Recovery {
         self.changed.notify_all();
     }
 
-    /// The next session to take back and whether it may be tried again; `None` once stopping.
-    fn next(&self) -> Option<(SessionId, String, bool)> {
+    /// The next session to take back; `None` once stopping.
+    fn next(&self) -> Option<(SessionId, String)> {
         let mut state = self.lock();
         loop {
             if state.stopping {
                 return None;
             }
-            if let Some((id, why)) = state.queue.pop_front() {
-                let attempts = state.attempts.entry(id).or_default();
-                *attempts += 1;
-                return Some((id, why, *attempts <= ATTEMPTS));
+            if let Some(next) = state.queue.pop_front() {
+                return Some(next);
             }
             state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    /// Puts a take-back that failed back, and waits a moment (less if stopping); one the store
-    /// could not answer is not counted.
-    fn again_later(&self, id: SessionId, why: String, counted: bool) {
+    /// Puts a take-back that must wait back, and waits a moment (less if stopping).
+    fn again_later(&self, id: SessionId, why: String) {
         let mut state = self.lock();
-        if !counted && let Some(attempts) = state.attempts.get_mut(&id) {
-            *attempts -= 1;
-        }
         state.queue.push_back((id, why));
         let _ = self.changed.wait_timeout_while(state, PAUSE, |s| !s.stopping);
     }
 }
 
+/// What became of one try.
+enum TakeBack {
+    /// Done (or no longer wanted).
+    Done,
+    /// Not yet: appends of its events are on their way, or the store is unavailable.
+    Later,
+}
+
 impl Kernel {
-    /// Takes session `id` back from the store, if it is still waiting for that; `Err` if the
-    /// store could not be read (or its code loaded), to be tried again.
-    fn take_back_failed(&self, id: SessionId) -> Result<(), Error> {
-        let (wait_seq, cancelling) = {
+    /// Takes session `id` back from the store, if it is still waiting for that.
+    fn take_back_failed(&self, id: SessionId) -> Result<TakeBack, Error> {
+        let inherited = {
             let shard = self.sessions().shard(id);
             match shard.get(&id) {
-                Some(entry) if entry.life.phase() == Phase::TakingBack => {
-                    (entry.life.wait_seq(), entry.life.cancelling())
+                // Its events' appends land first: the store's inbox then holds every one of them.
+                Some(entry) if entry.life.phase() == Phase::TakingBack && entry.life.appending() => {
+                    return Ok(TakeBack::Later);
                 }
-                _ => return Ok(()),
+                Some(entry) if entry.life.phase() == Phase::TakingBack => entry.life.inherited(),
+                _ => return Ok(TakeBack::Done),
             }
         };
         // Asked even while the store's health is in doubt: an unknown outcome leaves it so until
         // the next commit lands, and this read is what can settle it.
-        let stored = self.store().session(id)?;
+        let stored = match self.store().session(id) {
+            Err(error) if error.is_unavailable() => return Ok(TakeBack::Later),
+            stored => stored?,
+        };
         // Nothing else moves a session being taken back: it is still as it was looked at.
         let Some(stored) = stored else {
-            // Gone from the store (its tenant deleted meanwhile): gone here too.
+            // A creation that did not land (or its tenant deleted meanwhile): gone here too.
             if let Some(entry) = super::sessions::release(&mut self.sessions().shard(id), id) {
                 entry.tenant.close_session();
             }
-            return Ok(());
+            return Ok(TakeBack::Done);
         };
         let tenant = self.sessions().shard(id).get(&id).map(|entry| entry.tenant.clone());
-        // Its timers may still fire: its waits are numbered on past theirs.
-        super::resume::resume_session(self, stored, wait_seq + 1, &mut |hash| self.code(hash))?;
+        super::resume::resume_session(self, stored, inherited, &mut |hash| self.code(hash))?;
+        let Some(tenant) = tenant else { return Ok(TakeBack::Done) };
         // Counted open again by the resume: the life it replaced is no longer.
-        if let Some(tenant) = tenant {
-            tenant.close_session();
-            // A cancel accepted while its action ran still stands.
-            if cancelling
-                && let Err(error) = self.cancel(tenant.name(), id)
-                && !matches!(error, Error::SessionState { .. })
-            {
-                tracing::warn!(session = %id, error = %error.chain(), "a cancel accepted before the take-back was lost");
-            }
+        tenant.close_session();
+        // Its watchers hear where it stands: outputs of a commit that landed unheard are read
+        // from the store by their streams, and an end ends them.
+        let heard = self.sessions().shard(id).get(&id).map(|entry| SessionEvent {
+            session: id,
+            tenant: tenant.name().to_string(),
+            status: entry.life.visible().clone(),
+            outputs: Vec::new(),
+            first_output: entry.life.released(),
+        });
+        if let Some(event) = heard
+            && self.bus().wants(id)
+        {
+            self.bus().publish(event);
         }
         tracing::info!(session = %id, "a session whose checkpoint failed was taken back from the store");
-        Ok(())
+        Ok(TakeBack::Done)
     }
 
     /// Gives session `id` up: it stops here, failed, saying `why`.
     fn give_up(&self, id: SessionId, why: &str) {
-        tracing::error!(session = %id, error = why, "a session's checkpoints keep failing: it stops until a restart");
+        tracing::error!(session = %id, error = why, "a session could not be taken back: it stops until a restart");
         let mut shard = self.sessions().shard(id);
         let Some(entry) = shard.get_mut(&id) else { return };
         let effects = entry.life.give_up(why);
@@ -142,15 +153,11 @@ pub(crate) fn spawn(kernel: Arc<Kernel>) -> Result<JoinHandle<()>, Error> {
     thread::Builder::new()
         .name("turnstile-recovery".into())
         .spawn(move || {
-            while let Some((id, why, may_try)) = kernel.recovery().next() {
-                if !may_try {
-                    kernel.give_up(id, &why);
-                    continue;
-                }
-                if let Err(error) = kernel.take_back_failed(id) {
-                    tracing::warn!(session = %id, error = %error.chain(), "taking a session back failed: trying again");
-                    let unavailable = matches!(&error, Error::Store(e) if e.is_unavailable());
-                    kernel.recovery().again_later(id, why, !unavailable);
+            while let Some((id, why)) = kernel.recovery().next() {
+                match kernel.take_back_failed(id) {
+                    Ok(TakeBack::Done) => {}
+                    Ok(TakeBack::Later) => kernel.recovery().again_later(id, why),
+                    Err(error) => kernel.give_up(id, &format!("{why}; reading it back failed: {}", error.chain())),
                 }
             }
         })

@@ -5,12 +5,12 @@
 //! did not decode) come back failed, saying why, and are logged and counted.
 
 use super::kernel::Kernel;
-use super::lifecycle::Lifecycle;
+use super::lifecycle::{Effects, Inherited, Lifecycle};
 use super::sessions::SessionEntry;
 use crate::app::{App, ModuleInfo};
 use crate::error::Error;
 use crate::session::SessionId;
-use crate::store::{Image, StoreError, StoredSession};
+use crate::store::{Image, StoreError, StoredSession, Write};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -48,7 +48,7 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
     // Ids of purged sessions are never used again.
     core.sessions().observe_id(SessionId(image.last_session_id));
     for stored in image.sessions {
-        resume_session(core, stored, 0, &mut |hash| core.runtime().reload(bytes(hash)?))?;
+        resume_session(core, stored, Inherited::default(), &mut |hash| core.runtime().reload(bytes(hash)?))?;
     }
     for quarantined in &image.quarantined {
         tracing::error!(
@@ -63,12 +63,12 @@ pub(crate) fn resume(core: &Kernel, image: Image) -> Result<(), Error> {
 }
 
 /// Takes one stored session back: into the session table, queued, waiting or kept as it was
-/// stored (`code_of` gives an open session's compiled code; its waits are numbered from
-/// `wait_seq`). A session of a tenant or app that is gone is left alone.
+/// stored (`code_of` gives an open session's compiled code), keeping what it `inherited` of a
+/// life it replaces. A session of a tenant or app that is gone is left alone.
 pub(crate) fn resume_session(
     core: &Kernel,
     stored: StoredSession,
-    wait_seq: u64,
+    inherited: Inherited,
     code_of: &mut dyn FnMut(&str) -> Result<Arc<App>, Error>,
 ) -> Result<(), Error> {
     let record = &stored.record;
@@ -80,7 +80,7 @@ pub(crate) fn resume_session(
     let version = record.snapshot.app.clone();
     let code = if open { Some(code_of(&version)?) } else { None };
     let finished_ms = record.snapshot.finished_ms;
-    let (life, effects) = Lifecycle::resumed(stored, wait_seq);
+    let (life, effects) = Lifecycle::resumed(stored, inherited);
     // Counters count what this host does from its start (as Prometheus expects of a
     // process): a session taken back from the store was not started here.
     if open {
@@ -92,7 +92,27 @@ pub(crate) fn resume_session(
         tenant.hold_finished();
     }
     let entry = SessionEntry { tenant: tenant.clone(), app: app.name.clone(), app_ix: app.ix, version, code, life };
-    super::sessions::hold(&mut core.sessions().shard(id), id, entry);
-    core.carry_out(&tenant, app.ix, id, effects);
+    core.adopt(id, entry, effects);
     Ok(())
+}
+
+impl Kernel {
+    /// Holds a session read back from the store and carries out its first effects (the
+    /// checkpoint of a cancel it inherited is queued under its shard's lock, then committed).
+    pub(crate) fn adopt(&self, id: SessionId, entry: SessionEntry, mut effects: Effects) {
+        let (tenant, app_ix) = (entry.tenant.clone(), entry.app_ix);
+        let checkpoint = effects.checkpoint.take();
+        let commit = checkpoint.is_some();
+        {
+            let mut shard = self.sessions().shard(id);
+            super::sessions::hold(&mut shard, id, entry);
+            if let Some(checkpoint) = checkpoint {
+                self.commits().enqueue(Write::Checkpoint(checkpoint), None);
+            }
+        }
+        self.carry_out(&tenant, app_ix, id, effects);
+        if commit {
+            self.drive_commits();
+        }
+    }
 }

@@ -9,7 +9,6 @@ use super::tenants::Tenant;
 use crate::app::App;
 use crate::scheduler::AppIx;
 use crate::session::SessionId;
-use crate::store::SessionRecord;
 use crossbeam_utils::CachePadded;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,10 +52,6 @@ pub(crate) struct Sessions {
     /// "slow mode" of `turnstile bench`, b/a 0.42 instead of 0.8).
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     next_id: AtomicU64,
-    /// Sessions started under an idempotency key whose create's commit had an unknown outcome
-    /// (the store could not tell whether it landed), by tenant and key: taken back when a retry
-    /// under the key finds them stored, forgotten when it finds they did not land.
-    unresolved: Mutex<HashMap<(String, String), SessionRecord>>,
 }
 
 /// The shard of a session: its id mixed (so that consecutive ids spread), modulo the shards.
@@ -70,7 +65,6 @@ impl Default for Sessions {
         Sessions {
             shards: (0..SHARDS).map(|_| CachePadded::new(Mutex::default())).collect(),
             next_id: AtomicU64::new(1),
-            unresolved: Mutex::default(),
         }
     }
 }
@@ -89,23 +83,6 @@ impl Sessions {
     /// Ids already used (resumed from a store) are never handed out again.
     pub(crate) fn observe_id(&self, id: SessionId) {
         self.next_id.fetch_max(id.0 + 1, Ordering::Relaxed);
-    }
-
-    /// Whether the host holds session `id`.
-    pub(crate) fn holds(&self, id: SessionId) -> bool {
-        self.shard(id).contains_key(&id)
-    }
-
-    /// Remembers a start under `key` whose create may or may not have landed.
-    pub(crate) fn unresolved(&self, key: &str, record: SessionRecord) {
-        let by = (record.tenant.clone(), key.to_owned());
-        self.unresolved.lock().unwrap_or_else(PoisonError::into_inner).insert(by, record);
-    }
-
-    /// The record of `tenant`'s unresolved start under `key`, if there is one: the store now
-    /// says whether it landed.
-    pub(crate) fn resolved(&self, tenant: &str, key: &str) -> Option<SessionRecord> {
-        self.unresolved.lock().unwrap_or_else(PoisonError::into_inner).remove(&(tenant.to_owned(), key.to_owned()))
     }
 
     /// Runs `visit` on every session, shard by shard (each shard locked while it is visited).

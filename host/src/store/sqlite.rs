@@ -171,7 +171,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(sqlite("loading"))?;
         let mut image = Image::default();
         load::catalogue(&tx, &mut image)?;
-        image.sessions = load::sessions(&tx, None, &mut image.quarantined)?;
+        image.sessions = load::sessions(&tx, None, Some(&mut image.quarantined))?;
         let purged: i64 = tx
             .query_row("SELECT value FROM meta WHERE key = 'purged_up_to'", [], |r| r.get(0))
             .map_err(sqlite("loading"))?;
@@ -184,7 +184,7 @@ impl Store for SqliteStore {
     fn session(&self, id: SessionId) -> Result<Option<StoredSession>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(sqlite("loading a session"))?;
-        let session = load::sessions(&tx, Some(sql_id(id)), &mut Vec::new())?.pop();
+        let session = load::sessions(&tx, Some(sql_id(id)), None)?.pop();
         tx.commit().map_err(sqlite("loading a session"))?;
         Ok(session)
     }

@@ -201,10 +201,91 @@ fn a_session_resumed_waiting_takes_its_inbox() {
         inbox: vec![InboxEvent { seq: 5, event: b"hello".to_vec(), key: None }],
         unapplied: Vec::new(),
     };
-    let (mut life, effects) = Lifecycle::resumed(stored, 0);
+    let (mut life, effects) = Lifecycle::resumed(stored, Inherited::default());
     assert!(effects.push);
     let due = life.start_action(100).expect("the event's action is due");
     assert_eq!((due.action.as_str(), due.input.as_slice()), ("answer", b"hello".as_slice()));
     let effects = life.action_done(None, TENANT, Some(outcome(Next::Done(serde_json::Value::Null), &[])), 1);
     assert_eq!(effects.checkpoint.expect("checkpoint").consumed, Some(5), "the checkpoint consumes the event");
+}
+
+#[test]
+fn a_fenced_checkpoint_or_one_failing_too_often_in_a_row_gives_the_session_up() {
+    let fail = |life: &mut Lifecycle, error: &Error| {
+        life.start_action(100).expect("due");
+        assert!(life.action_done(None, TENANT, Some(outcome(wait(None), &[])), 1).checkpoint.is_some());
+        life.commit_failed(error)
+    };
+    // Another node holds its shard: it runs there, not taken back here.
+    let mut fenced = started();
+    let effects = fail(&mut fenced, &Error::Fenced { session: SessionId(7) });
+    assert!(effects.take_back.is_none() && effects.publish.is_some());
+    assert_eq!(fenced.phase(), Phase::Stopped);
+
+    // Failures in a row, each taken back (the life read back inherits the count)...
+    let mut life = started();
+    for _ in 0..TAKE_BACKS {
+        assert!(fail(&mut life, &Error::ShuttingDown).take_back.is_some());
+        let inherited = life.inherited();
+        let stored = StoredSession {
+            record: crate::store::SessionRecord {
+                id: SessionId(7),
+                tenant: TENANT.into(),
+                app: "bot".into(),
+                snapshot: session(ready("start")),
+                fence: 0,
+            },
+            inbox: Vec::new(),
+            unapplied: Vec::new(),
+        };
+        let (resumed, effects) = Lifecycle::resumed(stored, inherited);
+        assert!(effects.push, "it runs again");
+        assert_eq!(resumed.wait_seq, inherited.wait_seq, "its waits numbered past the old life's");
+        life = resumed;
+    }
+    // ...until one too many gives it up.
+    assert!(fail(&mut life, &Error::ShuttingDown).take_back.is_none());
+    assert_eq!(life.phase(), Phase::Stopped);
+
+    // A commit between failures starts the count again.
+    let mut life = started();
+    assert!(fail(&mut life, &Error::ShuttingDown).take_back.is_some());
+    life.take_backs = TAKE_BACKS;
+    life.phase = Phase::Committing;
+    life.committed(TENANT, Vec::new());
+    assert_eq!(life.inherited().take_backs, 0);
+}
+
+#[test]
+fn a_cancel_accepted_before_a_take_back_ends_the_session_read_back() {
+    let stored = StoredSession {
+        record: crate::store::SessionRecord {
+            id: SessionId(3),
+            tenant: TENANT.into(),
+            app: "bot".into(),
+            snapshot: session(ready("start")),
+            fence: 0,
+        },
+        inbox: Vec::new(),
+        unapplied: Vec::new(),
+    };
+    let (life, effects) = Lifecycle::resumed(stored, Inherited { wait_seq: 4, cancel: true, take_backs: 1 });
+    assert!(!effects.push, "nothing more runs");
+    let checkpoint = effects.checkpoint.expect("its cancellation is committed");
+    assert_eq!(checkpoint.snapshot.status, Status::Cancelled);
+    assert_eq!(life.phase(), Phase::Committing);
+}
+
+#[test]
+fn an_event_landing_while_the_session_is_taken_back_is_left_to_the_life_read_back() {
+    let mut life = started();
+    life.start_action(100).expect("due");
+    assert!(life.action_done(None, TENANT, Some(outcome(wait(None), &[])), 1).checkpoint.is_some());
+    life.accept_event(16, false).expect("accepted while it commits");
+    assert!(life.commit_failed(&Error::ShuttingDown).take_back.is_some());
+    assert!(life.appending(), "not taken back before its append lands");
+    let (answer, effects) = life.event_appended(Appended::New(1), b"x".to_vec(), None);
+    assert!(matches!(answer, Ok(Appended::New(1))), "acknowledged: it is durable in the store's inbox");
+    assert!(!effects.push && life.unapplied().is_empty(), "neither taken here nor reported");
+    assert!(!life.appending());
 }

@@ -245,7 +245,7 @@ impl PgStore {
         let mut writer = self.writer()?;
         let mut tx = snapshot(&mut writer, "loading shards")?;
         let mut quarantined = Vec::new();
-        let sessions = load_sessions(&mut tx, Scope::Shards(&shards), &mut quarantined)?;
+        let sessions = load_sessions(&mut tx, Scope::Shards(&shards), Some(&mut quarantined))?;
         tx.commit().map_err(pg("loading shards"))?;
         Ok((sessions, quarantined))
     }

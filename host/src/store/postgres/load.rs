@@ -17,7 +17,7 @@ pub(super) fn load_all(client: &mut postgres::Client) -> Result<Image, StoreErro
     let mut tx = snapshot(client, "loading")?;
     let mut image = Image::default();
     load_catalogue(&mut tx, &mut image)?;
-    image.sessions = load_sessions(&mut tx, Scope::All, &mut image.quarantined)?;
+    image.sessions = load_sessions(&mut tx, Scope::All, Some(&mut image.quarantined))?;
     let purged: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'purged_up_to'", &[]).map_err(&fail)?.get(0);
     let last = image.sessions.iter().map(|s| s.record.id.0).max().unwrap_or(0);
     image.last_session_id = last.max(u64_of(purged));
@@ -71,21 +71,26 @@ pub(super) enum Scope<'a> {
     Session(i64),
 }
 
-/// One session as `load_all` reads it (`None` if it is not stored).
+/// One session as `load_all` reads it (`None` if it is not stored), writing nothing: a row that
+/// does not decode is an error here (the next start sets it aside). Its row is locked first, so
+/// a commit of it still in flight (one whose outcome the host could not learn) is waited for:
+/// one that lands meanwhile fails this read as a serialisation failure, to be read again.
 pub(super) fn load_session(client: &mut postgres::Client, id: i64) -> Result<Option<StoredSession>, StoreError> {
+    let fail = pg("loading a session");
     let mut tx = snapshot(client, "loading a session")?;
-    let mut quarantined = Vec::new();
-    let session = load_sessions(&mut tx, Scope::Session(id), &mut quarantined)?.pop();
-    tx.commit().map_err(pg("loading a session"))?;
+    tx.query("SELECT id FROM sessions WHERE id = $1 FOR SHARE", &[&id]).map_err(&fail)?;
+    let session = load_sessions(&mut tx, Scope::Session(id), None)?.pop();
+    tx.commit().map_err(&fail)?;
     Ok(session)
 }
 
 /// The sessions in `scope` with their inboxes, oldest first; rows that do not decode are set
-/// aside and come back as failed sessions saying why.
+/// aside (noted in `quarantined`) and come back as failed sessions saying why, or are an error
+/// when there is nowhere to note them.
 pub(super) fn load_sessions(
     tx: &mut Transaction<'_>,
     scope: Scope<'_>,
-    quarantined: &mut Vec<Quarantined>,
+    mut quarantined: Option<&mut Vec<Quarantined>>,
 ) -> Result<Vec<StoredSession>, StoreError> {
     let fail = pg("loading");
     let (all, shards, only) = match scope {
@@ -123,9 +128,12 @@ pub(super) fn load_sessions(
         let snapshot = match serde_json::from_str(&text) {
             Ok(snapshot) => snapshot,
             Err(error) => {
+                let Some(noted) = quarantined.as_deref_mut() else {
+                    return Err(StoreError::Decode { what: "checkpoint", source: error });
+                };
                 let reason = format!("its checkpoint does not decode ({error})");
                 let snapshot = quarantine(tx, id, &tenant, &app, &text, &reason)?;
-                quarantined.push(Quarantined { session: SessionId(u64_of(id)), tenant: tenant.clone(), reason });
+                noted.push(Quarantined { session: SessionId(u64_of(id)), tenant: tenant.clone(), reason });
                 let pending = inboxes.remove(&id).unwrap_or_default();
                 unapplied
                     .entry(id)

@@ -47,11 +47,13 @@ pub(super) fn catalogue(tx: &Transaction<'_>, image: &mut Image) -> Result<(), S
     Ok(())
 }
 
-/// The sessions (only session `only` when given) with their inboxes, oldest first.
+/// The sessions (only session `only` when given) with their inboxes, oldest first; rows that do
+/// not decode are set aside (noted in `quarantined`) and come back as failed sessions saying
+/// why, or are an error when there is nowhere to note them.
 pub(super) fn sessions(
     tx: &Transaction<'_>,
     only: Option<i64>,
-    quarantined: &mut Vec<Quarantined>,
+    mut quarantined: Option<&mut Vec<Quarantined>>,
 ) -> Result<Vec<StoredSession>, StoreError> {
     let mut sessions = Vec::new();
     let mut inboxes: BTreeMap<i64, Vec<InboxEvent>> = BTreeMap::new();
@@ -89,9 +91,12 @@ pub(super) fn sessions(
         let snapshot = match serde_json::from_str(&row.snapshot) {
             Ok(snapshot) => snapshot,
             Err(error) => {
+                let Some(noted) = quarantined.as_deref_mut() else {
+                    return Err(StoreError::Decode { what: "checkpoint", source: error });
+                };
                 let reason = format!("its checkpoint does not decode ({error})");
                 let snapshot = quarantine(tx, &row, &reason)?;
-                quarantined.push(Quarantined { session: session_id(row.id), tenant: row.tenant.clone(), reason });
+                noted.push(Quarantined { session: session_id(row.id), tenant: row.tenant.clone(), reason });
                 unapplied.entry(row.id).or_default().extend(
                     inboxes
                         .remove(&row.id)
