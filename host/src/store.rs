@@ -171,10 +171,11 @@ fn postgres_unavailable(error: &::postgres::Error) -> bool {
         // No answer from the server at all: a closed, reset or refused connection.
         None => true,
         // Connection exceptions (08), insufficient resources such as a full disk (53), operator
-        // intervention such as a shutdown (57), system errors (58), serialisation failures (40).
+        // intervention such as a shutdown (57), system errors (58), serialisation failures (40),
+        // a lock not had within `lock_timeout` (55P03).
         Some(db) => {
             let code = db.code().code();
-            ["08", "53", "57", "58", "40"].iter().any(|class| code.starts_with(class))
+            ["08", "53", "57", "58", "40", "55P03"].iter().any(|class| code.starts_with(class))
                 || postgres::kills_connection(error)
         }
     }

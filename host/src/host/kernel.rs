@@ -178,9 +178,6 @@ impl Kernel {
 
     /// Carries out a transition's effects (the checkpoint, if any, was queued under the lock).
     pub(crate) fn carry_out(&self, tenant: &Tenant, app_ix: crate::scheduler::AppIx, id: SessionId, effects: Effects) {
-        if effects.push {
-            self.dispatcher.push(app_ix, id);
-        }
         if let Some((due_ms, seq)) = effects.arm {
             let after = Duration::from_millis(due_ms.saturating_sub(now_ms()));
             let at =
@@ -202,6 +199,10 @@ impl Kernel {
         {
             let event = SessionEvent { session: id, tenant: tenant.name().to_string(), status, outputs, first_output };
             self.bus.publish(event);
+        }
+        // Queued last: whatever its next action publishes comes after what this one does.
+        if effects.push {
+            self.dispatcher.push(app_ix, id);
         }
     }
 

@@ -62,8 +62,8 @@ pub(crate) struct Effects {
     pub(crate) take_back: Option<String>,
 }
 
-/// Checkpoints of a session that may fail in a row (each taken back from the store) before it is
-/// given up.
+/// Take-backs of a session in a row (each after a failed checkpoint, with no commit between):
+/// the next failure gives it up.
 const TAKE_BACKS: u32 = 3;
 
 /// What a session taken back from the store keeps of the life it replaces.
@@ -75,6 +75,8 @@ pub(crate) struct Inherited {
     pub(crate) cancel: bool,
     /// Its checkpoints that failed in a row.
     pub(crate) take_backs: u32,
+    /// It replaces a life whose checkpoint failed: its watchers hear where it stands.
+    pub(crate) taken_back: bool,
 }
 
 /// What the action due now needs from the session.
@@ -155,11 +157,15 @@ impl Lifecycle {
             unapplied: stored.unapplied,
             take_backs: inherited.take_backs,
         };
-        let effects = match (finished, inherited.cancel) {
+        let mut effects = match (finished, inherited.cancel) {
             (true, _) => Effects::default(),
             (false, true) => life.end_cancelled(&record.tenant),
             (false, false) => life.move_on(),
         };
+        if inherited.taken_back {
+            // Outputs of a commit that landed unheard are read from the store by their streams.
+            effects.publish = Some((life.released, Vec::new(), life.visible().clone()));
+        }
         (life, effects)
     }
 
@@ -183,7 +189,7 @@ impl Lifecycle {
 
     /// What a life taken back from the store in its place keeps of it.
     pub(crate) fn inherited(&self) -> Inherited {
-        Inherited { wait_seq: self.wait_seq + 1, cancel: self.cancel, take_backs: self.take_backs }
+        Inherited { wait_seq: self.wait_seq + 1, cancel: self.cancel, take_backs: self.take_backs, taken_back: true }
     }
 
     /// Whether events accepted for it have appends on their way to the store.
@@ -268,7 +274,10 @@ impl Lifecycle {
         self.appends = self.appends.saturating_sub(1);
         match appended {
             // Durable in the inbox of a session open in the store: the life taken back from it
-            // (once no append is on its way) takes the event.
+            // (once no append is on its way) takes the event, or, cancelled, reports it.
+            Appended::New(_) if self.phase == Phase::TakingBack && self.cancel => {
+                (Err(Error::NotApplied { session: self.id }), Effects::default())
+            }
             Appended::New(_) if self.phase == Phase::TakingBack => (Ok(appended), Effects::default()),
             Appended::New(seq) if self.is_open() && !self.cancel => {
                 self.inbox.push_back(InboxEvent { seq, event, key });

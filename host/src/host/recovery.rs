@@ -7,14 +7,16 @@
 //! answered `session_recovering` (503, try again). One thread of its own does this, off the
 //! path of actions: it waits for the appends of events accepted for the session to land first
 //! (the store's inbox then holds them), and while the store is unavailable. A session whose
-//! checkpoints fail `lifecycle::TAKE_BACKS` times in a row, or that cannot be read back, is
-//! given up: it stops, failed, its watchers are told, and a restart resumes it.
+//! checkpoint fails again after `lifecycle::TAKE_BACKS` take-backs in a row, or that cannot be read back, is
+//! given up: it stops, failed, its watchers are told, and a restart resumes it. A creation that
+//! did not land tells its watchers so.
 
 use super::bus::SessionEvent;
 use super::kernel::Kernel;
 use super::lifecycle::Phase;
 use crate::error::Error;
-use crate::session::SessionId;
+use crate::failure::{Failure, FailureKind};
+use crate::session::{SessionId, Status};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -107,30 +109,38 @@ impl Kernel {
         };
         // Nothing else moves a session being taken back: it is still as it was looked at.
         let Some(stored) = stored else {
-            // A creation that did not land (or its tenant deleted meanwhile): gone here too.
+            // A creation that did not land (or its tenant deleted meanwhile): gone here too, and
+            // whoever watched it is told.
             if let Some(entry) = super::sessions::release(&mut self.sessions().shard(id), id) {
                 entry.tenant.close_session();
+                if self.bus().wants(id) {
+                    let failure = Failure::new(FailureKind::Trap, "", "its creation did not land: start it again");
+                    self.bus().publish(SessionEvent {
+                        session: id,
+                        tenant: entry.tenant.name().to_string(),
+                        status: Status::Failed { failure },
+                        outputs: Vec::new(),
+                        first_output: 0,
+                    });
+                }
             }
             return Ok(TakeBack::Done);
         };
         let tenant = self.sessions().shard(id).get(&id).map(|entry| entry.tenant.clone());
-        super::resume::resume_session(self, stored, inherited, &mut |hash| self.code(hash))?;
-        let Some(tenant) = tenant else { return Ok(TakeBack::Done) };
-        // Counted open again by the resume: the life it replaced is no longer.
-        tenant.close_session();
-        // Its watchers hear where it stands: outputs of a commit that landed unheard are read
-        // from the store by their streams, and an end ends them.
-        let heard = self.sessions().shard(id).get(&id).map(|entry| SessionEvent {
-            session: id,
-            tenant: tenant.name().to_string(),
-            status: entry.life.visible().clone(),
-            outputs: Vec::new(),
-            first_output: entry.life.released(),
-        });
-        if let Some(event) = heard
-            && self.bus().wants(id)
+        // Its life here is no longer counted open (the resume counts the one read back): closed
+        // first, so that no start meanwhile is refused for a quota one session fills twice.
+        if let Some(tenant) = &tenant {
+            tenant.close_session();
+        }
+        let resumed = super::resume::resume_session(self, stored, inherited, &mut |hash| self.code(hash));
+        if resumed.is_err()
+            && let Some(tenant) = &tenant
         {
-            self.bus().publish(event);
+            tenant.resumed_open();
+        }
+        match resumed {
+            Err(Error::Store(error)) if error.is_unavailable() => return Ok(TakeBack::Later),
+            resumed => resumed?,
         }
         tracing::info!(session = %id, "a session whose checkpoint failed was taken back from the store");
         Ok(TakeBack::Done)

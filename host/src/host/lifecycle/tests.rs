@@ -269,7 +269,8 @@ fn a_cancel_accepted_before_a_take_back_ends_the_session_read_back() {
         inbox: Vec::new(),
         unapplied: Vec::new(),
     };
-    let (life, effects) = Lifecycle::resumed(stored, Inherited { wait_seq: 4, cancel: true, take_backs: 1 });
+    let (life, effects) =
+        Lifecycle::resumed(stored, Inherited { wait_seq: 4, cancel: true, take_backs: 1, taken_back: true });
     assert!(!effects.push, "nothing more runs");
     let checkpoint = effects.checkpoint.expect("its cancellation is committed");
     assert_eq!(checkpoint.snapshot.status, Status::Cancelled);

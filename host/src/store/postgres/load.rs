@@ -71,14 +71,21 @@ pub(super) enum Scope<'a> {
     Session(i64),
 }
 
-/// One session as `load_all` reads it (`None` if it is not stored), writing nothing: a row that
-/// does not decode is an error here (the next start sets it aside). Its row is locked first, so
-/// a commit of it still in flight (one whose outcome the host could not learn) is waited for:
-/// one that lands meanwhile fails this read as a serialisation failure, to be read again.
-pub(super) fn load_session(client: &mut postgres::Client, id: i64) -> Result<Option<StoredSession>, StoreError> {
+/// One session of `shard` as `load_all` reads it (`None` if it is not stored), writing nothing: a
+/// row that does not decode is an error here (the next start sets it aside). Every group commit
+/// holds the lease rows of its shards (`FOR SHARE`) until it ends, so taking the shard's row
+/// for a moment first waits out a commit still in flight, one whose outcome its host could not
+/// learn (a creation as well as a checkpoint): the snapshot taken after sees it if it landed.
+/// A wait longer than `lock_timeout` fails as unavailable, to be tried again.
+pub(super) fn load_session(
+    client: &mut postgres::Client,
+    shard: i32,
+    id: i64,
+) -> Result<Option<StoredSession>, StoreError> {
     let fail = pg("loading a session");
+    client.batch_execute("SET lock_timeout = '5s'").map_err(&fail)?;
+    client.query("SELECT shard FROM leases WHERE shard = $1 FOR NO KEY UPDATE", &[&shard]).map_err(&fail)?;
     let mut tx = snapshot(client, "loading a session")?;
-    tx.query("SELECT id FROM sessions WHERE id = $1 FOR SHARE", &[&id]).map_err(&fail)?;
     let session = load_sessions(&mut tx, Scope::Session(id), None)?.pop();
     tx.commit().map_err(&fail)?;
     Ok(session)
