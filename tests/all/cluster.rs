@@ -406,17 +406,22 @@ fn a_standby_whose_connection_was_killed_keeps_waiting_and_takes_over() {
     assert!(standby.holds_claim());
 }
 
+/// A store holding every shard of `schema` under a 1 s lease, with session 1 created.
+fn holding_with_a_short_lease(schema: &PgSchema) -> Arc<PgStore> {
+    let store = Arc::new(PgStore::open(&schema.url_with("shards=2")).expect("opens"));
+    let policy = ClaimPolicy { node: "slow".into(), lease: Duration::from_secs(1), wait: false, address: None };
+    store.claim_all(&policy, |_| {}, || panic!("the claim is not lost")).expect("claims");
+    assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
+    store
+}
+
 /// A host whose renewals were held up (a pause, a slow database) past its self-fencing margin
 /// renews on its next commit instead of refusing it: the leases are still its own, and a refused
 /// checkpoint would stop the session for nothing.
 #[test]
 fn an_overdue_claim_is_renewed_by_the_next_commit_not_given_up() {
     let schema = PgSchema::new("overdue");
-    let url = schema.url_with("shards=2");
-    let store = Arc::new(PgStore::open(&url).expect("opens"));
-    let policy = ClaimPolicy { node: "slow".into(), lease: Duration::from_secs(1), wait: false, address: None };
-    store.claim_all(&policy, |_| {}, || panic!("the claim is not lost")).expect("claims");
-    assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
+    let store = holding_with_a_short_lease(&schema);
     // The renewals wait behind a lock on the lease rows for longer than the lease.
     let mut blocker = raw(&schema);
     let mut hold = blocker.transaction().expect("begins");
@@ -435,11 +440,7 @@ fn an_overdue_claim_is_renewed_by_the_next_commit_not_given_up() {
 #[test]
 fn a_commit_held_up_past_the_margin_commits_under_the_epoch_it_locked() {
     let schema = PgSchema::new("heldup");
-    let url = schema.url_with("shards=2");
-    let store = Arc::new(PgStore::open(&url).expect("opens"));
-    let policy = ClaimPolicy { node: "slow".into(), lease: Duration::from_secs(1), wait: false, address: None };
-    store.claim_all(&policy, |_| {}, || panic!("the claim is not lost")).expect("claims");
-    assert_eq!(store.commit(&[create(1, 0)]).expect("commits"), [Written::Created]);
+    let store = holding_with_a_short_lease(&schema);
     let mut blocker = raw(&schema);
     let mut hold = blocker.transaction().expect("begins");
     hold.query("SELECT shard FROM leases ORDER BY shard FOR UPDATE", &[]).expect("locks");

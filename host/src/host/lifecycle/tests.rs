@@ -33,6 +33,18 @@ fn started() -> Lifecycle {
     life
 }
 
+/// Session `id` as a store gives it back, at `status`, with nothing in its inbox.
+fn stored(id: u64, status: Status) -> StoredSession {
+    let record = crate::store::SessionRecord {
+        id: SessionId(id),
+        tenant: TENANT.into(),
+        app: "bot".into(),
+        snapshot: session(status),
+        fence: 0,
+    };
+    StoredSession { record, inbox: Vec::new(), unapplied: Vec::new() }
+}
+
 /// The outcome of an action that goes on with `next`, emitting `outputs`.
 fn outcome(next: Next, outputs: &[&str]) -> ActionOutcome {
     let effects = ActionEffects {
@@ -227,17 +239,7 @@ fn a_fenced_checkpoint_or_one_failing_too_often_in_a_row_gives_the_session_up() 
     for _ in 0..TAKE_BACKS {
         assert!(fail(&mut life, &Error::ShuttingDown).take_back.is_some());
         let inherited = life.inherited();
-        let stored = StoredSession {
-            record: crate::store::SessionRecord {
-                id: SessionId(7),
-                tenant: TENANT.into(),
-                app: "bot".into(),
-                snapshot: session(ready("start")),
-                fence: 0,
-            },
-            inbox: Vec::new(),
-            unapplied: Vec::new(),
-        };
+        let stored = stored(7, ready("start"));
         let (resumed, effects) = Lifecycle::resumed(stored, inherited);
         assert!(effects.push, "it runs again");
         assert_eq!(resumed.wait_seq, inherited.wait_seq, "its waits numbered past the old life's");
@@ -258,17 +260,7 @@ fn a_fenced_checkpoint_or_one_failing_too_often_in_a_row_gives_the_session_up() 
 
 #[test]
 fn a_cancel_accepted_before_a_take_back_ends_the_session_read_back() {
-    let stored = StoredSession {
-        record: crate::store::SessionRecord {
-            id: SessionId(3),
-            tenant: TENANT.into(),
-            app: "bot".into(),
-            snapshot: session(ready("start")),
-            fence: 0,
-        },
-        inbox: Vec::new(),
-        unapplied: Vec::new(),
-    };
+    let stored = stored(3, ready("start"));
     let (life, effects) =
         Lifecycle::resumed(stored, Inherited { wait_seq: 4, cancel: true, take_backs: 1, taken_back: true });
     assert!(!effects.push, "nothing more runs");
