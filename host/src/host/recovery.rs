@@ -7,9 +7,9 @@
 //! answered `session_recovering` (503, try again). One thread of its own does this, off the
 //! path of actions: it waits for the appends of events accepted for the session to land first
 //! (the store's inbox then holds them), and while the store is unavailable. A session whose
-//! checkpoint fails again after `lifecycle::TAKE_BACKS` take-backs in a row, or that cannot be read back, is
-//! given up: it stops, failed, its watchers are told, and a restart resumes it. A creation that
-//! did not land tells its watchers so.
+//! checkpoint fails again after `lifecycle::TAKE_BACKS` take-backs in a row, or that cannot be
+//! read back, is given up: it stops, failed, its watchers are told, and a restart resumes it. A
+//! creation that did not land tells its watchers so.
 
 use super::bus::SessionEvent;
 use super::kernel::Kernel;
