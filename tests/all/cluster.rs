@@ -139,10 +139,10 @@ fn a_steal_waits_for_a_commit_in_flight_and_then_sees_it() {
     let store = PgStore::open(&url).expect("opens");
     let leases = store.acquire("old", LEASE, 2).expect("acquires");
     expire_all(&mut raw(&schema));
-    // A commit in flight holds shard 0's lease row FOR SHARE (as every group commit does).
+    // A commit in flight holds shard 0's lease row FOR KEY SHARE (as every group commit does).
     let mut commit = raw(&schema);
     let mut tx = commit.transaction().expect("begins");
-    tx.query("SELECT epoch FROM leases WHERE shard = 0 FOR SHARE", &[]).expect("locks");
+    tx.query("SELECT epoch FROM leases WHERE shard = 0 FOR KEY SHARE", &[]).expect("locks");
     // The thief skips the locked shard this time instead of waiting or stealing under it...
     let taken = store.acquire("thief", LEASE, 2).expect("acquires");
     assert_eq!(taken.iter().map(|l| l.shard).collect::<Vec<_>>(), [1]);
@@ -159,7 +159,8 @@ fn a_commit_behind_a_steal_in_flight_waits_and_is_fenced() {
     let store = PgStore::open(&url).expect("opens");
     let [Lease { epoch, .. }] = store.acquire("old", LEASE, 1).expect("acquires")[..] else { panic!("one shard") };
     store.commit(&[create(1, epoch)]).expect("commits");
-    // A steal in flight: the lease row is updated (locked) but not committed yet.
+    // A steal in flight: the lease row is updated (locked) but not committed yet. It is a plain
+    // UPDATE: changing the epoch, a key, locks the row FOR UPDATE however the statement reads.
     let mut thief = raw(&schema);
     let mut steal = thief.transaction().expect("begins");
     steal.execute("UPDATE leases SET owner = 'thief', epoch = epoch + 1 WHERE shard = 0", &[]).expect("steals");
@@ -168,11 +169,53 @@ fn a_commit_behind_a_steal_in_flight_waits_and_is_fenced() {
         let store = store.clone();
         move || store.commit(&[checkpoint(1, epoch, "late")])
     });
-    wait_until_blocked(&mut raw(&schema), "ORDER BY shard FOR SHARE");
+    wait_until_blocked(&mut raw(&schema), "ORDER BY shard FOR KEY SHARE");
     steal.commit().expect("the steal commits");
     let written = committing.join().expect("joins").expect("commits");
     assert_eq!(written, [Written::Fenced], "the commit saw the new epoch once the steal was done");
     assert!(store.outputs(SessionId(1), 0, 10).expect("reads").is_empty());
+}
+
+/// Back-to-back group commits once held the lease renewals up (`FOR SHARE` against the renewal's
+/// row lock): a renewal now never waits for a commit, while a steal and a release still do.
+#[test]
+fn a_renewal_does_not_wait_for_a_commit_in_flight_and_a_steal_or_release_still_does() {
+    let schema = PgSchema::new("renew_free");
+    let store = Arc::new(PgStore::open(&schema.url_with("shards=1")).expect("opens"));
+    let held = store.acquire("owner", LEASE, 1).expect("acquires");
+    store.commit(&[create(1, held[0].epoch)]).expect("commits");
+    // The next commit is held inside its transaction, its lease row locked, by a session row
+    // another connection holds.
+    let mut blocker = raw(&schema);
+    let mut hold = blocker.transaction().expect("begins");
+    hold.query("SELECT id FROM sessions WHERE id = 1 FOR UPDATE", &[]).expect("locks");
+    let committing = std::thread::spawn({
+        let store = store.clone();
+        let epoch = held[0].epoch;
+        move || store.commit(&[checkpoint(1, epoch, "held")])
+    });
+    wait_until_blocked(&mut raw(&schema), "UPDATE sessions s SET snapshot");
+    let (renewed, answer) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let (store, held) = (store.clone(), held.clone());
+        move || renewed.send(store.renew("owner", LEASE, &held)).expect("the test waits")
+    });
+    let renewed = answer.recv_timeout(Duration::from_secs(30)).expect("the renewal does not wait for the commit");
+    assert_eq!(renewed.expect("renews"), held);
+    // A thief finds the lease run out but the row locked by the commit: it skips it.
+    expire_all(&mut raw(&schema));
+    assert!(store.acquire("thief", LEASE, 1).expect("acquires").is_empty(), "the commit holds the steal off");
+    // A graceful release waits for the commit too, so that a standby it wakes finds the row free.
+    let releasing = std::thread::spawn({
+        let (store, held) = (store.clone(), held.clone());
+        move || store.release("owner", &held)
+    });
+    wait_until_blocked(&mut raw(&schema), "SET owner = NULL");
+    hold.rollback().expect("lets go");
+    assert_eq!(committing.join().expect("joins").expect("commits"), [Written::Committed]);
+    releasing.join().expect("joins").expect("releases");
+    let taken = store.acquire("thief", LEASE, 1).expect("acquires");
+    assert_eq!(taken.iter().map(|l| (l.shard, l.epoch)).collect::<Vec<_>>(), [(0, held[0].epoch + 1)]);
 }
 
 #[test]
@@ -449,7 +492,7 @@ fn a_commit_held_up_past_the_margin_commits_under_the_epoch_it_locked() {
         std::thread::spawn(move || store.commit(&[checkpoint(1, 0, "late")]))
     };
     let mut observer = raw(&schema);
-    wait_until_blocked(&mut observer, "FOR SHARE");
+    wait_until_blocked(&mut observer, "FOR KEY SHARE");
     std::thread::sleep(Duration::from_millis(1200));
     assert!(!store.holds_claim(), "overdue now");
     hold.rollback().expect("lets go");

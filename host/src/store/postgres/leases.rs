@@ -179,7 +179,10 @@ impl PgStore {
     }
 
     /// Gives `held` up at once (a graceful stop), and wakes the standbys waiting for them (see
-    /// [`PgStore::await_release`]), so that one takes them now instead of after the lease.
+    /// [`PgStore::await_release`]), so that one takes them now instead of after the lease. The
+    /// rows are locked `FOR UPDATE`, which waits for a group commit still holding them: a standby
+    /// woken before that commit ended would skip them and look again only a sixth of the lease
+    /// later.
     pub fn release(&self, node: &str, held: &[Lease]) -> Result<(), StoreError> {
         let (shards, epochs) = shard_numbers(held);
         self.on_control("releasing shard leases", |client| {
@@ -189,7 +192,7 @@ impl PgStore {
                 "WITH mine AS (
                      SELECT shard FROM leases
                      WHERE owner = $1 AND (shard, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
-                     ORDER BY shard FOR NO KEY UPDATE)
+                     ORDER BY shard FOR UPDATE)
                  UPDATE leases l SET owner = NULL, address = NULL, expires_at = '-infinity' FROM mine WHERE l.shard = mine.shard",
                 &[&node, &shards, &epochs],
             )?;

@@ -73,9 +73,10 @@ pub(super) enum Scope<'a> {
 
 /// One session of `shard` as `load_all` reads it (`None` if it is not stored), writing nothing: a
 /// row that does not decode is an error here (the next start sets it aside). Every group commit
-/// holds the lease rows of its shards (`FOR SHARE`) until it ends, so taking the shard's row
-/// for a moment first waits out a commit still in flight, one whose outcome its host could not
-/// learn (a creation as well as a checkpoint): the snapshot taken after sees it if it landed.
+/// holds the lease rows of its shards (`FOR KEY SHARE`) until it ends, so locking the shard's
+/// row `FOR UPDATE` for a moment first waits out a commit still in flight, one whose outcome its
+/// host could not learn (a creation as well as a checkpoint): the snapshot taken after sees it if
+/// it landed.
 /// A wait longer than `lock_timeout` fails as unavailable, to be tried again.
 pub(super) fn load_session(
     client: &mut postgres::Client,
@@ -84,7 +85,7 @@ pub(super) fn load_session(
 ) -> Result<Option<StoredSession>, StoreError> {
     let fail = pg("loading a session");
     client.batch_execute("SET lock_timeout = '5s'").map_err(&fail)?;
-    client.query("SELECT shard FROM leases WHERE shard = $1 FOR NO KEY UPDATE", &[&shard]).map_err(&fail)?;
+    client.query("SELECT shard FROM leases WHERE shard = $1 FOR UPDATE", &[&shard]).map_err(&fail)?;
     let mut tx = snapshot(client, "loading a session")?;
     let session = load_sessions(&mut tx, Scope::Session(id), None)?.pop();
     tx.commit().map_err(&fail)?;

@@ -56,6 +56,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE leases ADD COLUMN protocol INTEGER;
     ALTER TABLE leases ADD COLUMN protocol_epoch BIGINT;
 "#,
+    // The epoch made part of a unique key: PostgreSQL then locks a lease row `FOR UPDATE` for
+    // any statement that changes its epoch (the takeovers lock so explicitly; this holds for any
+    // other, an operator's by hand included), which waits for the group commits holding the row
+    // `FOR KEY SHARE` (the fence, `commit.rs`), while renewals, which change no key, do not.
+    r#"
+    CREATE UNIQUE INDEX leases_fence ON leases (shard, epoch);
+"#,
 ];
 
 /// The schema version this build writes.
