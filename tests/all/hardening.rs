@@ -435,6 +435,7 @@ fn a_start_whose_commit_had_no_answer_is_taken_back_and_found_by_its_retry() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(host.tenant("t").expect("tenant").open_sessions, 2);
+    assert_eq!(host.metrics().tenant("t").map(|t| t.sessions_started), Some(2), "counted once they were found");
     // The retry under the key finds its call, however often it is sent.
     let found = host.start_session_once("t", "echo", "start", b"1".to_vec(), Some("call-1")).expect("found");
     assert!(found.before, "{found:?}");

@@ -392,13 +392,22 @@ fn a_checkpoint_refused_or_of_unknown_outcome_is_taken_back_and_the_call_goes_on
     wait_for(&events, refused, done);
     assert_eq!(crate::fixtures::outputs_of(&host, "t", refused), [r#""first""#]);
 
-    // Landed, its answer lost: read back as it landed, not run again.
+    // Landed, its answer lost: read back as it landed, not run again. An output stream open over
+    // HTTP meanwhile carries the output it never heard live (read from the store), once, and the
+    // end.
+    let stream = output_stream(&host, landed);
     store.spoil(landed, true, 1);
     host.deliver("t", landed, br#""second""#.to_vec(), Some("k2")).expect("acknowledged");
     // Its watchers hear it ended, though nothing ran after the take-back to tell them.
     wait_for(&events, landed, done);
     assert_eq!(crate::fixtures::outputs_of(&host, "t", landed), [r#""second""#], "once");
+    let streamed = stream.join().expect("the stream ends");
+    assert_eq!(streamed.matches("event: output").count(), 1, "{streamed}");
+    assert!(streamed.contains("id: 1\n") && streamed.contains(r#""second""#), "{streamed}");
+    assert!(streamed.contains("event: end"), "{streamed}");
     assert_eq!(host.session("t", landed).expect("kept").counters.actions, 2, "the answer ran once");
+    let counted = host.metrics().tenant("t").map(|t| (t.sessions_started, t.sessions_finished));
+    assert_eq!(counted, Some((3, 2)), "its end, landed unheard, counted once");
 
     // Refused every time: given up, saying why; still open in the store, for a restart.
     store.spoil(hopeless, false, u32::MAX);
@@ -416,4 +425,29 @@ fn a_checkpoint_refused_or_of_unknown_outcome_is_taken_back_and_the_call_goes_on
     let stored = sqlite.session(hopeless).expect("reads").expect("stored");
     assert!(waiting(&stored.record.snapshot.status), "open in the store: {:?}", stored.record.snapshot.status);
     assert_eq!(stored.inbox.len(), 1, "its event kept for the restart");
+}
+
+/// Session `id`'s output stream, opened over HTTP (open once this returns), read to its end on a
+/// thread of its own.
+fn output_stream(host: &Arc<Host>, id: SessionId) -> std::thread::JoinHandle<String> {
+    let (_, token) = host.issue_token("t").expect("token");
+    let api = router(Api::new(host.clone(), ADMIN));
+    let (open, opened) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let http = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        http.block_on(async move {
+            let request = Request::get(format!("/v1/sessions/{}/outputs", id.0))
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .expect("request");
+            // The router (and the API's shutdown signal in it) lives as long as the stream.
+            let response = api.clone().oneshot(request).await.expect("response");
+            assert_eq!(response.status(), StatusCode::OK);
+            open.send(()).expect("the test waits");
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            String::from_utf8(body.to_vec()).expect("utf-8")
+        })
+    });
+    opened.recv().expect("the stream opens");
+    reader
 }

@@ -194,6 +194,14 @@ impl Kernel {
         if let Some(why) = effects.take_back {
             self.recovery.push(id, why);
         }
+        let (started, finished) = effects.landed_unheard;
+        if started || finished {
+            self.dispatcher.with(|s| {
+                let counters = s.counters_mut(tenant.ix());
+                counters.sessions_started += u64::from(started);
+                counters.sessions_finished += u64::from(finished);
+            });
+        }
         if let Some((first_output, outputs, status)) = effects.publish
             && self.bus.wants(id)
         {

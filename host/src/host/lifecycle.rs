@@ -60,6 +60,8 @@ pub(crate) struct Effects {
     pub(crate) finished: Option<u64>,
     /// Its checkpoint failed (why): take it back from the store.
     pub(crate) take_back: Option<String>,
+    /// Read back from the store, it had landed unheard: count it (started, finished).
+    pub(crate) landed_unheard: (bool, bool),
 }
 
 /// Take-backs of a session in a row (each after a failed checkpoint, with no commit between):
@@ -77,6 +79,9 @@ pub(crate) struct Inherited {
     pub(crate) take_backs: u32,
     /// It replaces a life whose checkpoint failed: its watchers hear where it stands.
     pub(crate) taken_back: bool,
+    /// The life it replaces was heard to be created (a creation of unknown outcome was not):
+    /// one read back otherwise landed unheard, and is counted started then.
+    pub(crate) created: bool,
 }
 
 /// What the action due now needs from the session.
@@ -111,6 +116,8 @@ pub(crate) struct Lifecycle {
     unapplied: Vec<Unapplied>,
     /// Its checkpoints that failed in a row.
     take_backs: u32,
+    /// Its creation is known to have landed.
+    created: bool,
 }
 
 impl Lifecycle {
@@ -130,6 +137,7 @@ impl Lifecycle {
             released: 0,
             unapplied: Vec::new(),
             take_backs: 0,
+            created: false,
         }
     }
 
@@ -156,6 +164,7 @@ impl Lifecycle {
             fence: record.fence,
             unapplied: stored.unapplied,
             take_backs: inherited.take_backs,
+            created: true,
         };
         let mut effects = match (finished, inherited.cancel) {
             (true, _) => Effects::default(),
@@ -165,6 +174,9 @@ impl Lifecycle {
         if inherited.taken_back {
             // Outputs of a commit that landed unheard are read from the store by their streams.
             effects.publish = Some((life.released, Vec::new(), life.visible().clone()));
+            // Only a failed checkpoint or creation is taken back: an end read back is its final
+            // checkpoint, landed unheard.
+            effects.landed_unheard = (!inherited.created, finished);
         }
         (life, effects)
     }
@@ -189,7 +201,13 @@ impl Lifecycle {
 
     /// What a life taken back from the store in its place keeps of it.
     pub(crate) fn inherited(&self) -> Inherited {
-        Inherited { wait_seq: self.wait_seq + 1, cancel: self.cancel, take_backs: self.take_backs, taken_back: true }
+        Inherited {
+            wait_seq: self.wait_seq + 1,
+            cancel: self.cancel,
+            take_backs: self.take_backs,
+            taken_back: true,
+            created: self.created,
+        }
     }
 
     /// Whether events accepted for it have appends on their way to the store.
@@ -222,6 +240,7 @@ impl Lifecycle {
             return Effects::default();
         }
         self.phase = Phase::Idle;
+        self.created = true;
         if self.cancel {
             return self.end_cancelled(tenant);
         }
@@ -380,7 +399,13 @@ impl Lifecycle {
         }
         self.phase = Phase::TakingBack;
         self.take_backs += 1;
-        if matches!(error, Error::Fenced { .. }) || self.take_backs > TAKE_BACKS {
+        if matches!(error, Error::Fenced { .. }) {
+            return self.stop(format!(
+                "its checkpoint was refused ({}); the host that holds its shard now runs it from its last checkpoint",
+                error.chain()
+            ));
+        }
+        if self.take_backs > TAKE_BACKS {
             return self.give_up(&error.chain());
         }
         Effects { take_back: Some(error.chain()), ..Effects::default() }
@@ -393,9 +418,13 @@ impl Lifecycle {
         if self.phase != Phase::TakingBack {
             return Effects::default();
         }
-        let message = format!(
+        self.stop(format!(
             "its checkpoint could not be committed ({error}); it resumes from its last checkpoint after a restart"
-        );
+        ))
+    }
+
+    /// It stops here, failed, saying `message`, and its watchers are told.
+    fn stop(&mut self, message: String) -> Effects {
         let failure = Failure::new(FailureKind::Trap, "", message);
         self.phase = Phase::Stopped;
         self.visible = Status::Failed { failure };

@@ -231,7 +231,10 @@ fn a_fenced_checkpoint_or_one_failing_too_often_in_a_row_gives_the_session_up() 
     // Another node holds its shard: it runs there, not taken back here.
     let mut fenced = started();
     let effects = fail(&mut fenced, &Error::Fenced { session: SessionId(7) });
-    assert!(effects.take_back.is_none() && effects.publish.is_some());
+    assert!(effects.take_back.is_none());
+    let (_, _, status) = effects.publish.expect("its watchers hear it");
+    let Status::Failed { failure } = status else { panic!("failed: {status:?}") };
+    assert!(failure.message.contains("the host that holds its shard now runs it"), "{}", failure.message);
     assert_eq!(fenced.phase(), Phase::Stopped);
 
     // Failures in a row, each taken back (the life read back inherits the count)...
@@ -261,8 +264,10 @@ fn a_fenced_checkpoint_or_one_failing_too_often_in_a_row_gives_the_session_up() 
 #[test]
 fn a_cancel_accepted_before_a_take_back_ends_the_session_read_back() {
     let stored = stored(3, ready("start"));
-    let (life, effects) =
-        Lifecycle::resumed(stored, Inherited { wait_seq: 4, cancel: true, take_backs: 1, taken_back: true });
+    let (life, effects) = Lifecycle::resumed(
+        stored,
+        Inherited { wait_seq: 4, cancel: true, take_backs: 1, taken_back: true, created: true },
+    );
     assert!(!effects.push, "nothing more runs");
     let checkpoint = effects.checkpoint.expect("its cancellation is committed");
     assert_eq!(checkpoint.snapshot.status, Status::Cancelled);
@@ -281,4 +286,34 @@ fn an_event_landing_while_the_session_is_taken_back_is_left_to_the_life_read_bac
     assert!(matches!(answer, Ok(Appended::New(1))), "acknowledged: it is durable in the store's inbox");
     assert!(!effects.push && life.unapplied().is_empty(), "neither taken here nor reported");
     assert!(!life.appending());
+}
+
+#[test]
+fn what_landed_unheard_is_counted_once_read_back() {
+    // A creation of unknown outcome that landed, read back open: counted started, not finished.
+    let mut creating = Lifecycle::creating(SessionId(7), session(ready("start")));
+    assert!(creating.commit_failed(&Error::ShuttingDown).take_back.is_some());
+    let (_, effects) = Lifecycle::resumed(stored(7, ready("start")), creating.inherited());
+    assert_eq!(effects.landed_unheard, (true, false));
+
+    // A final checkpoint that landed unheard, read back ended: counted finished, not started.
+    let mut life = started();
+    life.start_action(100).expect("due");
+    let effects = life.action_done(None, TENANT, Some(outcome(Next::Done(serde_json::Value::Null), &[])), 1);
+    assert!(effects.checkpoint.is_some() && effects.finished.is_none(), "not counted before it commits");
+    assert!(life.commit_failed(&Error::ShuttingDown).take_back.is_some());
+    let done = Status::Done { result: serde_json::Value::Null };
+    let (_, effects) = Lifecycle::resumed(stored(7, done), life.inherited());
+    assert_eq!(effects.landed_unheard, (false, true));
+    assert!(effects.finished.is_none(), "its end counted once, as landed unheard");
+
+    // A checkpoint read back open, and a session loaded at a start: nothing more to count.
+    let mut life = started();
+    life.start_action(100).expect("due");
+    assert!(life.action_done(None, TENANT, Some(outcome(wait(None), &[])), 1).checkpoint.is_some());
+    assert!(life.commit_failed(&Error::ShuttingDown).take_back.is_some());
+    let (_, effects) = Lifecycle::resumed(stored(7, ready("start")), life.inherited());
+    assert_eq!(effects.landed_unheard, (false, false));
+    let (_, effects) = Lifecycle::resumed(stored(7, ready("start")), Inherited::default());
+    assert_eq!(effects.landed_unheard, (false, false));
 }
