@@ -208,7 +208,10 @@ fn a_paused_server_that_lost_its_shards_exits_and_writes_nothing() {
     wait_until("a standby to take over", || acting(port_b) || acting(port_c));
     for asked in hanging {
         let (status, body) = asked.join().expect("answered while the zombie is still paused");
-        assert_eq!((status, json_body(&body)["code"].as_str()), (503, Some("standby")), "{body}");
+        // Or, on a loaded machine, sent only once that standby acted: then it answers itself.
+        let answer = json_body(&body);
+        let answered = (status, answer["code"].as_str());
+        assert!(matches!(answered, (503, Some("standby")) | (200, None)), "{answered:?}: {body}");
     }
     // And the stream flowing from it ends, for its client to resume from the node acting now.
     streamed.join().expect("joins").expect("the stream ends while the zombie is still paused");
