@@ -130,6 +130,10 @@ pub enum Error {
     /// every caller whose write was in it).
     #[error("store: {0}")]
     Store(#[source] std::sync::Arc<StoreError>),
+    /// New work refused, nothing written: the store is failing (or a commit's outcome is still
+    /// unknown), and the host takes new work again once a commit goes through.
+    #[error("the store is unavailable: nothing was written")]
+    StoreDown(#[source] std::sync::Arc<StoreError>),
     /// A session snapshot that can't be read or resumed here.
     #[error("session snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
@@ -212,6 +216,7 @@ impl Error {
             Error::DeployRate { .. } => "deploy_rate",
             Error::InvalidConfig { .. } => "invalid_config",
             Error::Store(error) if error.is_unavailable() => "store_unavailable",
+            Error::StoreDown(_) => "store_unavailable",
             Error::Store(_) => "store",
             Error::Snapshot(_) => "bad_snapshot",
             Error::Fenced { .. } => "fenced",

@@ -9,6 +9,10 @@ use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+/// What a client is told when the store is failing (the operator's log has the cause).
+const STORE_UNAVAILABLE: &str =
+    "the store is unavailable: nothing was written; try again shortly (the host retries by itself)";
+
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
@@ -58,6 +62,7 @@ impl From<Error> for ApiError {
             Error::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Deploy(DeployError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Store(_)
+            | Error::StoreDown(_)
             | Error::ShuttingDown
             | Error::TakingBack { .. }
             | Error::Deploy(DeployError::CompileBusy | DeployError::CompileDelayed) => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,10 +71,8 @@ impl From<Error> for ApiError {
         };
         // The host's own failures are logged in full; their text (paths, SQL) stays out of answers.
         let message = match &error {
-            Error::Store(store) if store.is_unavailable() => {
-                "the store is unavailable: nothing was written; try again shortly (the host retries by itself)"
-                    .to_owned()
-            }
+            Error::StoreDown(_) => STORE_UNAVAILABLE.to_owned(),
+            Error::Store(store) if store.is_unavailable() => STORE_UNAVAILABLE.to_owned(),
             Error::Store(_) | Error::Engine { .. } | Error::Io { .. } => {
                 tracing::error!(error = %error.chain(), "a request failed in the host");
                 "the host could not complete this request; its operator's log has the details".to_owned()

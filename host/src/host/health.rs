@@ -121,10 +121,11 @@ impl StoreHealth {
         current.then(|| StoreOutage { failing_for: outage.since.elapsed(), error: outage.error.clone() })
     }
 
-    /// Refuses new work while the store is down.
+    /// Refuses new work while the store is down (`store_unavailable`, whatever the failure that
+    /// began the outage: an unknown outcome is one too).
     pub(crate) fn check(&self) -> Result<(), Error> {
         match self.outage() {
-            Some(outage) => Err(Error::Store(outage.error)),
+            Some(outage) => Err(Error::StoreDown(outage.error)),
             None => Ok(()),
         }
     }
@@ -186,4 +187,25 @@ pub(crate) fn spawn_retry(
             }
         })
         .map_err(|e| Error::io("starting the commit retry thread", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// New work is refused as unavailable (nothing written, try again) whatever began the
+    /// outage, a commit whose outcome is unknown included, until a commit goes through.
+    #[test]
+    fn new_work_is_refused_as_unavailable_until_a_commit_goes_through() {
+        let health = StoreHealth::default();
+        health.check().expect("no outage");
+        let lost = StoreError::Damaged { report: "no answer to COMMIT".into() };
+        let unknown = Arc::new(StoreError::CommitUnknown { source: Box::new(lost) });
+        assert!(!unknown.is_unavailable(), "the outcome is unknown, not the store unavailable");
+        health.failed_with(unknown, false);
+        let refused = health.check().expect_err("refused meanwhile");
+        assert_eq!(refused.code(), "store_unavailable", "{}", refused.chain());
+        health.committed();
+        health.check().expect("taken again");
+    }
 }
