@@ -313,9 +313,9 @@ impl Host {
         owner.may_deploy(app, &hash)?;
         // No compile for a version the store could not keep now.
         self.core.health().check()?;
-        let _turn = owner.deploy_turn()?;
+        let mut turn = owner.deploy_turn()?;
         // Held by the compile until it ends, even past its time limit: one slot per tenant.
-        let hold = owner.hold_compile()?;
+        let hold = owner.hold_compile().inspect_err(|_| turn.forgive())?;
         // Whether these bytes were compiled before is the tenant's to know only if it deployed
         // them itself: another tenant's modules are none of its business.
         let seen_before = owner.has_version(&hash);
@@ -323,7 +323,11 @@ impl Host {
             owner.storage().check_module(tenant, &owner.policy(), bytes.len())?;
         }
         // Compiling happens before the admin lock: other tenants' deploys go on meanwhile.
-        let deployment = self.runtime().deploy_holding(bytes, hold)?;
+        let deployment = self.runtime().deploy_holding(bytes, hold).inspect_err(|error| {
+            if matches!(error, Error::Deploy(crate::app::DeployError::CompileBusy)) {
+                turn.forgive();
+            }
+        })?;
         let version = deployment.app;
         let admin = self.core.tenants().admin();
         owner.may_deploy(app, version.hash())?;

@@ -189,9 +189,9 @@ fn a_tenant_holds_one_compile_at_a_time_and_others_load_their_evicted_apps_besid
     config.runtime.engine.pool_instances = 8;
     config.runtime.deploy = limits;
     let host = Host::new(config).expect("host starts");
-    for tenant in ["bomber", "good"] {
-        host.create_tenant(tenant, TenantConfig::default()).expect("tenant");
-    }
+    // Two deploys a minute: the refusals below, which compile nothing, are not counted.
+    host.create_tenant("bomber", TenantConfig { deploys_per_minute: 2, ..TenantConfig::default() }).expect("tenant");
+    host.create_tenant("good", TenantConfig::default()).expect("tenant");
     host.deploy("good", "app", &done_app(7)).expect("deploys");
     crate::serve::wait_until("the good tenant's app to be evicted", || host.metrics().modules.evicted >= 1);
     let refused = host.deploy("bomber", "bomb", &compile_bomb(2_000)).expect_err("out of time");

@@ -71,9 +71,16 @@ impl Drop for CompileHold {
 }
 
 /// A tenant's turn to deploy: its other deploys wait until this one is done.
-pub(crate) struct DeployTurn<'a>(
-    #[expect(dead_code, reason = "held for its lock, never read")] MutexGuard<'a, VecDeque<Instant>>,
-);
+pub(crate) struct DeployTurn<'a>(MutexGuard<'a, VecDeque<Instant>>);
+
+impl DeployTurn<'_> {
+    /// Takes this deploy off the tenant's count: the host refused it before compiling anything
+    /// (every compile slot busy, or its previous compile still running), which is the host's
+    /// business or already counted, not a deploy to hold against the tenant's rate.
+    pub(crate) fn forgive(&mut self) {
+        self.0.pop_back();
+    }
+}
 
 /// One named app of a tenant.
 pub(crate) struct AppEntry {
