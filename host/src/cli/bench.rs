@@ -1,7 +1,8 @@
 //! `turnstile bench`: every figure measured in one run on this machine, next to the raw-wasmtime
 //! baseline measured in the same run.
 //!
-//! (a) raw wasmtime: a fresh pooled instance + one trivial call + drop, on one thread;
+//! (a) raw wasmtime: a fresh pooled instance + one trivial call + drop, on one thread (and (a2) on
+//! one thread per worker, sharing one engine: what the machine gives wasmtime on every core);
 //! (b) Turnstile: trivial actions through the whole scheduler (1000 sessions, 100 apps, 10 tenants);
 //! (c) b / a; (d) the scheduler's cost per action; (e) Jain's fairness index of fuel across 8
 //! equal-weight saturating tenants; (f) isolation from every kind of hostile tenant
@@ -102,13 +103,23 @@ pub(crate) fn bench(plan: &BenchPlan) -> Result<std::process::ExitCode> {
 fn throughput(window: Duration, workers: usize, repeat: usize) -> Result<f64> {
     let mut runs = Vec::new();
     for run in 0..repeat {
-        let raw = raw_wasmtime(window)?;
+        let raw = raw_wasmtime(window, 1)?;
+        let threads = raw_wasmtime(window, workers)?;
         let through = through_scheduler(window, workers)?;
         let ratio = through / raw;
         if repeat > 1 {
-            println!("run {:>2}: (a) {raw:>8.0}/s  (b) {through:>8.0}/s  (c) b/a {ratio:.2}", run + 1);
+            println!(
+                "run {:>2}: (a) {raw:>8.0}/s  (a2) {threads:>8.0}/s  (b) {through:>8.0}/s  (c) b/a {ratio:.2}  b/a2 {:.2}",
+                run + 1,
+                through / threads
+            );
         } else {
             println!("(a) raw wasmtime 48, pooled instance + trivial call + drop, 1 thread: {raw:>10.0} actions/s");
+            println!(
+                "(a2) the same on {workers} threads sharing one engine: {threads:>10.0} actions/s ({:.2} × (a); (b) is {:.2} of it)",
+                threads / raw,
+                through / threads
+            );
             println!("(b) Turnstile, whole scheduler, 1000 sessions / 100 apps / 10 tenants: {through:>7.0} actions/s");
             println!("(c) b / a: {ratio:.2}   (target ≥ 0.8){}", verdict(ratio >= 0.8));
             let per_action_us = workers as f64 / through * 1e6;
@@ -140,9 +151,11 @@ fn verdict(met: bool) -> &'static str {
     if met { "  ✓" } else { "  ✗ missed" }
 }
 
-/// (a): the baseline the host is measured against. It configures wasmtime itself, as any
-/// embedder would (pooling allocator, nothing else), rather than going through `engine.rs`.
-fn raw_wasmtime(window: Duration) -> Result<f64> {
+/// (a): the baseline the host is measured against, on `threads` threads sharing one engine (one
+/// for (a) itself; one per worker for (a2), what the machine gives two threads of wasmtime). It
+/// configures wasmtime itself, as any embedder would (pooling allocator, nothing else), rather
+/// than going through `engine.rs`.
+fn raw_wasmtime(window: Duration, threads: usize) -> Result<f64> {
     let mut pool = wasmtime::PoolingAllocationConfig::new();
     pool.total_core_instances(16).total_memories(16).total_tables(16).max_memory_size(1 << 20);
     let mut config = wasmtime::Config::new();
@@ -159,18 +172,29 @@ fn raw_wasmtime(window: Duration) -> Result<f64> {
         let instance = pre.instantiate(&mut store)?;
         instance.get_typed_func::<(), i32>(&mut store, "tick")?.call(&mut store, ())
     };
-    for _ in 0..1000 {
-        run_once().map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let started = Instant::now();
-    let mut count = 0u64;
-    while started.elapsed() < window {
+    let run = || -> Result<u64> {
         for _ in 0..1000 {
             run_once().map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        count += 1000;
-    }
-    Ok(count as f64 / started.elapsed().as_secs_f64())
+        let started = Instant::now();
+        let mut count = 0u64;
+        while started.elapsed() < window {
+            for _ in 0..1000 {
+                run_once().map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            count += 1000;
+        }
+        Ok(count)
+    };
+    let started = Instant::now();
+    let counts: Result<Vec<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(&run)).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a bench thread panicked"))))
+            .collect()
+    });
+    Ok(counts?.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The whole part of a non-negative figure.
