@@ -502,6 +502,19 @@ async fn metrics_can_be_kept_to_the_operator() {
     // Unprotected (the default), anyone may scrape.
     let (status, _) = server.call(Method::GET, "/metrics", None, None, Vec::new()).await;
     assert_eq!(status, StatusCode::OK);
+    // Scrapes within a second share one render (a render walks every session): a tenant made
+    // in between shows only in a scrape a second later.
+    let scrape = || async { server.call(Method::GET, "/metrics", None, None, Vec::new()).await.1.to_string() };
+    let started = std::time::Instant::now();
+    let first = scrape().await;
+    let (status, _) = server.json(Method::POST, "/v1/tenants", ADMIN, json!({ "name": "newcomer" })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let second = scrape().await;
+    if started.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(first, second, "the same render");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(scrape().await.contains("newcomer"), "rendered again after a second");
 }
 
 #[tokio::test]
