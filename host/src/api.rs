@@ -74,8 +74,11 @@ pub struct Api {
     /// Recent readings of the tenants' latencies, for the console's overview.
     latency_history: Arc<console::LatencyHistory>,
     /// The last `/metrics` text and when it was rendered.
-    scraped: Arc<std::sync::Mutex<Option<(Instant, Arc<str>)>>>,
+    scraped: Arc<std::sync::Mutex<Option<Scrape>>>,
 }
+
+/// A rendered `/metrics` text and when it was rendered.
+type Scrape = (Instant, Arc<str>);
 
 /// How long a rendered `/metrics` text is served again: a render walks every session and takes
 /// the dispatcher's lock, so a client scraping in a loop (the route is open by default) would

@@ -188,7 +188,7 @@ fn raw_wasmtime(window: Duration, threads: usize) -> Result<f64> {
     };
     let started = Instant::now();
     let counts: Result<Vec<u64>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(&run)).collect();
+        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(run)).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a bench thread panicked"))))
