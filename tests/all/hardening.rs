@@ -123,6 +123,35 @@ fn events_racing_a_sessions_end_are_applied_or_reported_never_dropped() {
     }
 }
 
+/// An acknowledged event whose action never runs (the session's loop guard ends it first, as
+/// a cancel landing while that action is queued does) is reported not applied, and its key's
+/// retry is told so, not answered `duplicate` (red-team helper 20: it was dropped).
+#[test]
+fn an_event_whose_action_never_runs_is_reported_not_applied_and_its_retry_told_so() {
+    let host = host_with(DeployLimits::default());
+    let mut config = TenantConfig::default();
+    config.limits.max_actions_per_session = 1;
+    host.create_tenant("t", config).expect("tenant");
+    host.deploy("t", "echo", &echo_once_app()).expect("deploys");
+    let events = host.subscribe();
+    let id = host.start_session("t", "echo", "start", Vec::new()).expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(host.session("t", id).expect("s").status, Status::Waiting { .. }) {
+        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it waits");
+    }
+    host.deliver("t", id, br#""pay""#.to_vec(), Some("order-43")).expect("acknowledged");
+    while !host.session("t", id).expect("s").status.is_finished() {
+        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it ends");
+    }
+    let view = host.session("t", id).expect("s");
+    assert!(matches!(&view.status, Status::Failed { failure } if failure.message.contains("limit")), "{view:?}");
+    assert!(outputs_of(&host, "t", id).is_empty(), "never applied");
+    let keys: Vec<Option<String>> = view.unapplied.iter().map(|u| u.key.clone()).collect();
+    assert_eq!(keys, [Some("order-43".to_owned())], "reported");
+    let retry = host.deliver("t", id, br#""pay""#.to_vec(), Some("order-43")).expect_err("told");
+    assert_eq!(retry.code(), "not_applied", "{retry}");
+}
+
 /// An app whose `start` ends with a `done` value nested `depth` arrays deep.
 fn deep_done_app(depth: usize) -> Vec<u8> {
     let done = format!(r#"{{"done":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));

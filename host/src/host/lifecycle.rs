@@ -102,7 +102,7 @@ pub(crate) struct Lifecycle {
     /// Acknowledged events not yet taken, oldest first.
     inbox: VecDeque<InboxEvent>,
     /// The inbox event the running (or next) action takes.
-    consumed: Option<u64>,
+    consumed: Option<Unapplied>,
     /// Cancelled while busy: whatever its action does, the session ends cancelled.
     cancel: bool,
     /// Events accepted for its inbox whose append has not committed yet.
@@ -352,11 +352,20 @@ impl Lifecycle {
         now_ms: u64,
     ) -> Effects {
         let mut released = crate::session::Released::default();
+        let ran = outcome.is_some();
         if let Some(outcome) = outcome {
             released = self.session.apply(error_action, &outcome.usage, outcome.result, now_ms);
         }
         if self.cancel {
             self.session.status = Status::Cancelled;
+        }
+        // Ended before its action ran (cancelled while queued, or stopped by its loop guard): the
+        // event that action was to take was never applied, and is reported so, not consumed.
+        if !ran
+            && self.session.status.is_finished()
+            && let Some(event) = self.consumed.take()
+        {
+            self.unapplied.push(event);
         }
         self.phase = Phase::Committing;
         let mut checkpoint = self.checkpoint(tenant);
@@ -467,7 +476,7 @@ impl Lifecycle {
             && let Some(event) = self.inbox.front()
             && self.session.deliver(event.event.clone()).is_ok()
         {
-            self.consumed = self.inbox.pop_front().map(|e| e.seq);
+            self.consumed = self.inbox.pop_front().map(|e| Unapplied { seq: e.seq, key: e.key });
             self.wait_seq += 1;
             self.phase = Phase::Queued;
             return Effects { push: true, ..Effects::default() };
@@ -507,7 +516,7 @@ impl Lifecycle {
             snapshot: self.session.clone(),
             outputs: Vec::new(),
             kv_writes: Default::default(),
-            consumed: self.consumed.take(),
+            consumed: self.consumed.take().map(|event| event.seq),
             fence: self.fence,
         }
     }

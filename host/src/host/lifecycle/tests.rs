@@ -317,3 +317,42 @@ fn what_landed_unheard_is_counted_once_read_back() {
     let (_, effects) = Lifecycle::resumed(stored(7, ready("start")), Inherited::default());
     assert_eq!(effects.landed_unheard, (false, false));
 }
+
+#[test]
+fn an_event_taken_for_an_action_that_never_runs_is_reported_not_applied() {
+    // Cancelled while the action that takes the event is queued: red-team helper 20 found the
+    // event consumed (its inbox row deleted, its key answering `duplicate`) though never applied.
+    let mut life = started();
+    run(&mut life, outcome(wait(None), &[]));
+    life.accept_event(16, true).expect("accepted");
+    let (_, effects) = life.event_appended(Appended::New(1), b"pay".to_vec(), Some("order-43".into()));
+    assert!(effects.push, "queued to take it");
+    assert!(life.cancel(TENANT).expect("accepted").checkpoint.is_none(), "ends once its action is dispatched");
+    assert!(life.start_action(100).is_none(), "nothing runs");
+    let checkpoint = life.action_done(None, TENANT, None, 1).checkpoint.expect("its end is committed");
+    assert_eq!(checkpoint.snapshot.status, Status::Cancelled);
+    assert_eq!(checkpoint.consumed, None, "not consumed: the store reports its row not applied");
+    assert_eq!(life.unapplied(), [Unapplied { seq: 1, key: Some("order-43".into()) }]);
+
+    // Stopped by its loop guard before the action that takes the event: the same.
+    let mut life = started();
+    run(&mut life, outcome(wait(None), &[]));
+    life.accept_event(16, false).expect("accepted");
+    life.event_appended(Appended::New(2), b"x".to_vec(), None);
+    assert!(life.start_action(1).is_none(), "its one action has run");
+    let checkpoint = life.action_done(None, TENANT, None, 1).checkpoint.expect("its end is committed");
+    assert!(matches!(checkpoint.snapshot.status, Status::Failed { .. }));
+    assert_eq!(checkpoint.consumed, None);
+    assert_eq!(life.unapplied(), [Unapplied { seq: 2, key: None }]);
+
+    // An action that ran took its event, whatever became of the session after.
+    let mut life = started();
+    run(&mut life, outcome(wait(None), &[]));
+    life.accept_event(16, false).expect("accepted");
+    life.event_appended(Appended::New(3), b"y".to_vec(), None);
+    life.start_action(100).expect("due");
+    life.cancel(TENANT).expect("accepted while it runs");
+    let done = life.action_done(None, TENANT, Some(outcome(wait(None), &[])), 1);
+    assert_eq!(done.checkpoint.expect("checkpoint").consumed, Some(3));
+    assert!(life.unapplied().is_empty());
+}
