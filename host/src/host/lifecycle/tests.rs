@@ -338,7 +338,7 @@ fn an_event_taken_for_an_action_that_never_runs_is_reported_not_applied() {
     let mut life = started();
     run(&mut life, outcome(wait(None), &[]));
     life.accept_event(16, false).expect("accepted");
-    life.event_appended(Appended::New(2), b"x".to_vec(), None);
+    life.event_appended(Appended::New(2), b"x".to_vec(), None).0.expect("appended");
     assert!(life.start_action(1).is_none(), "its one action has run");
     let checkpoint = life.action_done(None, TENANT, None, 1).checkpoint.expect("its end is committed");
     assert!(matches!(checkpoint.snapshot.status, Status::Failed { .. }));
@@ -349,7 +349,7 @@ fn an_event_taken_for_an_action_that_never_runs_is_reported_not_applied() {
     let mut life = started();
     run(&mut life, outcome(wait(None), &[]));
     life.accept_event(16, false).expect("accepted");
-    life.event_appended(Appended::New(3), b"y".to_vec(), None);
+    life.event_appended(Appended::New(3), b"y".to_vec(), None).0.expect("appended");
     life.start_action(100).expect("due");
     life.cancel(TENANT).expect("accepted while it runs");
     let done = life.action_done(None, TENANT, Some(outcome(wait(None), &[])), 1);
