@@ -244,11 +244,13 @@ impl Host {
     pub fn delete_tenant(&self, name: &str) -> Result<(), Error> {
         let admin = self.core.tenants().admin();
         let tenant = self.core.tenants().get(name).ok_or_else(|| Error::not_found("tenant", name))?;
-        let open = tenant.open_sessions();
-        if open > 0 {
-            return Err(Error::TenantBusy { tenant: name.to_owned(), open });
-        }
-        self.core.store().delete_tenant(name)?;
+        // Closed to new sessions in the same step as none is found open: a start racing this
+        // would otherwise commit a session after its tenant's rows were deleted.
+        tenant.close_for_deletion().map_err(|open| match open {
+            0 => Error::not_found("tenant", name),
+            open => Error::TenantBusy { tenant: name.to_owned(), open },
+        })?;
+        self.core.store().delete_tenant(name).inspect_err(|_| tenant.reopen())?;
         self.core.tokens().revoke_all(name);
         self.core.sessions().remove_tenant(name);
         self.core.dispatcher().with(|s| s.remove_tenant(tenant.ix()));

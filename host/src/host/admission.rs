@@ -73,6 +73,9 @@ impl Kernel {
         let session = Session::start(&version, entry_action, input)?;
         self.dispatcher().has_room(app_entry.ix).map_err(Error::QueueFull)?;
         if !tenant.open_session(policy.max_sessions) {
+            if tenant.is_closed() {
+                return Err(Error::not_found("tenant", tenant.name()));
+            }
             return Err(Error::Quota {
                 owner: tenant.name().to_string(),
                 what: "open sessions",

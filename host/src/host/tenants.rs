@@ -222,12 +222,34 @@ impl Tenant {
     }
 
     pub(crate) fn open_sessions(&self) -> u64 {
-        self.open_sessions.load(Ordering::Acquire)
+        self.open_sessions.load(Ordering::Acquire) & !CLOSED
     }
 
-    /// Counts one more open session, unless it already has `max`.
+    /// Counts one more open session, unless it already has `max` or is being deleted.
     pub(crate) fn open_session(&self, max: u64) -> bool {
-        self.open_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+        self.open_sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n & CLOSED == 0 && n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Closes it to new sessions for its deletion, if it has none open (in the same step, so
+    /// that no start slips in between the check and the deletion); `Err` with its open count
+    /// (0: another deletion closed it first).
+    pub(crate) fn close_for_deletion(&self) -> Result<(), u64> {
+        self.open_sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n == 0).then_some(CLOSED))
+            .map(drop)
+            .map_err(|n| n & !CLOSED)
+    }
+
+    /// Opens it to new sessions again (its deletion failed).
+    pub(crate) fn reopen(&self) {
+        self.open_sessions.fetch_and(!CLOSED, Ordering::AcqRel);
+    }
+
+    /// Whether it is being deleted (closed to new sessions).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.open_sessions.load(Ordering::Acquire) & CLOSED != 0
     }
 
     /// Finished sessions it holds until they are purged.
@@ -288,9 +310,14 @@ impl Tenant {
 
     /// One of its sessions ended (or was never created).
     pub(crate) fn close_session(&self) {
-        let _ = self.open_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let _ = self.open_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n & !CLOSED).checked_sub(1).map(|m| m | (n & CLOSED))
+        });
     }
 }
+
+/// The bit of a tenant's open-session count that closes it to new sessions (it is being deleted).
+const CLOSED: u64 = 1 << 63;
 
 /// The ids of one tenant's sessions held here, in order: a page of its list costs a look-up, not
 /// a pass over every shard. Its lock is a leaf: taken under a shard's lock, never the other way.
@@ -354,5 +381,26 @@ impl Tenants {
         let mut map = HashMap::clone(&self.map.load());
         map.remove(name);
         self.map.store(Arc::new(map));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deletion closes the tenant in the same step as it finds no session open: a start
+    /// racing it either counts first (the deletion is refused) or is refused itself.
+    #[test]
+    fn a_tenant_closed_for_deletion_opens_no_session_and_one_with_sessions_is_not_closed() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::default());
+        let tenant = Tenant::new("t", 0, Arc::new(TenantConfig::default()), &store);
+        assert!(tenant.open_session(10));
+        assert_eq!(tenant.close_for_deletion(), Err(1), "one open");
+        tenant.close_session();
+        tenant.close_for_deletion().expect("none open");
+        assert!(tenant.is_closed() && !tenant.open_session(10), "no start after it");
+        assert_eq!(tenant.open_sessions(), 0);
+        tenant.reopen();
+        assert!(tenant.open_session(10) && tenant.open_sessions() == 1, "open again");
     }
 }
