@@ -135,14 +135,9 @@ fn an_event_whose_action_never_runs_is_reported_not_applied_and_its_retry_told_s
     host.deploy("t", "echo", &echo_once_app()).expect("deploys");
     let events = host.subscribe();
     let id = host.start_session("t", "echo", "start", Vec::new()).expect("starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(host.session("t", id).expect("s").status, Status::Waiting { .. }) {
-        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it waits");
-    }
+    crate::durability::wait_for(&events, id, crate::durability::waiting);
     host.deliver("t", id, br#""pay""#.to_vec(), Some("order-43")).expect("acknowledged");
-    while !host.session("t", id).expect("s").status.is_finished() {
-        events.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("it ends");
-    }
+    crate::durability::wait_for(&events, id, Status::is_finished);
     let view = host.session("t", id).expect("s");
     assert!(matches!(&view.status, Status::Failed { failure } if failure.message.contains("limit")), "{view:?}");
     assert!(outputs_of(&host, "t", id).is_empty(), "never applied");
